@@ -1,0 +1,73 @@
+"""Which C++ sources are built for which CPU, and with which compiler flags.
+
+Shared by setup.py (the Python extension) and csrc/tests/build.py (the native test
+driver, also cross-compiled for ARM), so the two can never disagree.
+
+Kernel files are named for the instruction set they use: `gemm_avx2.cpp`,
+`attention_neon.cpp`. The suffix decides the flags the file is compiled with and on
+which architectures it is compiled at all; a file without a known suffix is portable
+C++ compiled everywhere with no extra flags.
+"""
+import platform
+from pathlib import Path
+
+# suffix -> (architectures, extra compiler flags)
+ISA_FLAGS = {
+    "avx2": ("x86_64", ["-mavx2", "-mfma", "-mf16c"]),
+    "avx512": ("x86_64", ["-mavx2", "-mfma", "-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl"]),
+    "avx512vnni": ("x86_64", ["-mavx2", "-mfma", "-mavx512f", "-mavx512bw", "-mavx512dq",
+                              "-mavx512vl", "-mavx512vnni"]),
+    "avxvnni": ("x86_64", ["-mavx2", "-mfma", "-mavxvnni"]),
+    "neon": ("aarch64 armv7", []),
+    "neon_dotprod": ("aarch64 armv7", ["-march=armv8.2-a+dotprod"]),
+    "neon_i8mm": ("aarch64", ["-march=armv8.2-a+dotprod+i8mm"]),
+}
+
+# Extra flags every file needs on an architecture (32-bit ARM must ask for NEON).
+ARCH_FLAGS = {"armv7": ["-mfpu=neon-fp-armv8", "-mfloat-abi=hard"]}
+
+CSRC = Path(__file__).resolve().parent / "csrc"
+
+
+def normalize_arch(machine: str) -> str:
+    """Map `platform.machine()` spellings onto the names used above."""
+    machine = machine.lower()
+    if machine in ("x86_64", "amd64", "x64"):
+        return "x86_64"
+    if machine in ("aarch64", "arm64"):
+        return "aarch64"
+    if machine.startswith("armv7") or machine.startswith("armv8l") or machine == "armhf":
+        return "armv7"
+    return machine
+
+
+def host_arch() -> str:
+    return normalize_arch(platform.machine())
+
+
+def isa_of(path: Path) -> str | None:
+    """The instruction-set suffix of a kernel file, or None for portable code."""
+    stem = path.stem
+    for suffix in sorted(ISA_FLAGS, key=len, reverse=True):
+        if stem.endswith("_" + suffix):
+            return suffix
+    return None
+
+
+def kernel_sources(arch: str) -> list[tuple[Path, list[str]]]:
+    """Every kernel source for `arch` (everything in csrc/ except the Python
+    bindings and the test driver) with the extra flags it needs."""
+    result = []
+    for path in sorted(CSRC.rglob("*.cpp")):
+        rel = path.relative_to(CSRC)
+        if rel.parts[0] == "tests" or rel.name == "bindings.cpp":
+            continue
+        isa = isa_of(path)
+        flags = list(ARCH_FLAGS.get(arch, []))
+        if isa is not None:
+            arches, isa_flags = ISA_FLAGS[isa]
+            if arch not in arches.split():
+                continue
+            flags += isa_flags
+        result.append((path, flags))
+    return result

@@ -1,0 +1,30 @@
+// The native test driver: runs every registered kernel test on every instruction-set
+// level this CPU can execute. Also cross-compiled for ARM and run under qemu.
+//   driver            run all tests
+//   driver NAME...    run only tests whose name contains one of the arguments
+#include <cstdio>
+#include <cstring>
+
+#include "../cpu.h"
+#include "check.h"
+
+int main(int argc, char** argv) {
+  using namespace tinylm::testing;
+  tinylm::init_isa_from_env();
+  std::printf("cpu features:");
+  for (const auto& f : tinylm::cpu_feature_names()) std::printf(" %s", f.c_str());
+  std::printf("\nactive isa: %s\n", tinylm::active_isa().c_str());
+  int passed = 0, failed = 0;
+  for (const auto& test : registry()) {
+    bool selected = argc == 1;
+    for (int i = 1; i < argc; ++i) selected |= std::strstr(test.name, argv[i]) != nullptr;
+    if (!selected) continue;
+    const int before = failures();
+    test.body();
+    const bool ok = failures() == before;
+    std::printf("%s %s\n", ok ? "PASS" : "FAIL", test.name);
+    (ok ? passed : failed)++;
+  }
+  std::printf("%d passed, %d failed\n", passed, failed);
+  return failed == 0 && passed > 0 ? 0 : 1;
+}

@@ -1,0 +1,25 @@
+// One small persistent thread pool shared by every kernel.
+//
+// Portable C++17 threads instead of OpenMP, because macOS's compiler has no OpenMP.
+// Kernels split their work with parallel_for; the calling thread works too, so a pool
+// of N threads runs N-1 workers. A parallel_for issued from inside a worker runs inline.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+
+namespace tinylm {
+
+// Threads the kernels use (including the caller). Defaults to the number of cores.
+int num_threads();
+
+// Resizes the pool; n < 1 means "one per core".
+void set_num_threads(int n);
+
+// Calls fn(begin, end) on disjoint ranges covering [0, n), in parallel, and returns when
+// all are done. Ranges are at least `grain` long (except the last). The split never
+// changes which element a range holds, so results do not depend on the thread count as
+// long as fn writes each element's output from that element alone.
+void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn);
+
+}  // namespace tinylm
