@@ -34,8 +34,8 @@ def test_rmsnorm_backward(rng):
 
 
 def test_linear_backward(rng):
-    x, W = rng.standard_normal((2, 3, 6)), rng.standard_normal((4, 6))
-    dy = rng.standard_normal((2, 3, 4))
+    x, W = rng.standard_normal((6, 6)), rng.standard_normal((4, 6))
+    dy = rng.standard_normal((6, 4))
     loss = lambda: (model.linear_forward(x, W) * dy).sum()  # noqa: E731
     dW = np.zeros_like(W)
     dx = model.linear_backward(dy, x, W, dW)
@@ -64,9 +64,9 @@ def test_rope_relative_position(rng):
 
 
 def test_swiglu_backward(rng):
-    x = rng.standard_normal((2, 3, 6))
+    x = rng.standard_normal((6, 6))
     w1, w3, w2 = rng.standard_normal((5, 6)), rng.standard_normal((5, 6)), rng.standard_normal((6, 5))
-    dy = rng.standard_normal((2, 3, 6))
+    dy = rng.standard_normal((6, 6))
     loss = lambda: (model.swiglu_forward(x, w1, w3, w2)[0] * dy).sum()  # noqa: E731
     grads = [np.zeros_like(w) for w in (w1, w3, w2)]
     dx = model.swiglu_backward(dy, w1, w3, w2, model.swiglu_forward(x, w1, w3, w2)[1], *grads)
@@ -77,7 +77,7 @@ def test_swiglu_backward(rng):
 @pytest.mark.parametrize("n_kv_head", [4, 2, 1])
 def test_attention_block_backward(rng, n_kv_head):
     cfg = ModelConfig(d_model=16, n_head=4, n_kv_head=n_kv_head, n_layer=1, d_ff=8, context=8)
-    x = rng.standard_normal((2, 5, 16))
+    x = rng.standard_normal((2 * 5, 16))  # B=2 sequences of T=5 positions
     kv = n_kv_head * cfg.head_dim
     ws = [rng.standard_normal(s) * 0.3 for s in [(16, 16), (kv, 16), (kv, 16), (16, 16)]]
     cos, sin = model.rope_tables(5, cfg.head_dim, cfg.rope_theta, np.float64)

@@ -121,7 +121,7 @@ def linear_forward(x, W):
 
 
 def linear_backward(dy, x, W, dW):
-    dW += dy.reshape(-1, dy.shape[-1]).T @ x.reshape(-1, x.shape[-1])
+    dW += dy.T @ x
     return dy @ W
 
 
@@ -164,31 +164,32 @@ def swiglu_backward(dy, w1, w3, w2, cache, dw1, dw3, dw2):
 
 
 def attention_block_forward(x, wq, wk, wv, wo, cfg, cos, sin, impl):
-    B, T, _ = x.shape
+    """x is [B*T, d_model] (rows are positions); cos/sin fix T."""
+    T = cos.shape[0]
+    B = x.shape[0] // T
     H, Hkv, D = cfg.n_head, cfg.n_kv_head, cfg.head_dim
 
-    def heads(w, n):  # [B, T, n*D] -> [B, n, T, D]
+    def heads(w, n):  # [B*T, n*D] -> [B, n, T, D]
         return (x @ w.T).reshape(B, T, n, D).transpose(0, 2, 1, 3)
 
     q = rope_forward(heads(wq, H), cos, sin)
     k = rope_forward(heads(wk, Hkv), cos, sin)
     v = heads(wv, Hkv)
     out, lse = attention.attention_forward(q, k, v)
-    merged = out.transpose(0, 2, 1, 3).reshape(B, T, H * D)
+    merged = out.transpose(0, 2, 1, 3).reshape(B * T, H * D)
     return merged @ wo.T, (x, q, k, v, out, lse, merged)
 
 
 def attention_block_backward(dy, wq, wk, wv, wo, cfg, cos, sin, cache, grads, impl):
     dwq, dwk, dwv, dwo = grads
     x, q, k, v, out, lse, merged = cache
-    B, T, _ = x.shape
-    H, D = cfg.n_head, cfg.head_dim
+    B, H, T, D = q.shape
     dmerged = linear_backward(dy, merged, wo, dwo)
     dout = dmerged.reshape(B, T, H, D).transpose(0, 2, 1, 3)
     dq, dk, dv = attention.attention_backward(q, k, v, out, lse, dout)
 
-    def unheads(dh):  # [B, n, T, D] -> [B, T, n*D]
-        return dh.transpose(0, 2, 1, 3).reshape(B, T, -1)
+    def unheads(dh):  # [B, n, T, D] -> [B*T, n*D]
+        return dh.transpose(0, 2, 1, 3).reshape(B * T, -1)
 
     dq = unheads(rope_backward(dq, cos, sin))
     dk = unheads(rope_backward(dk, cos, sin))
@@ -226,7 +227,7 @@ def forward(params, cfg: ModelConfig, ids, targets=None, impl=None):
         raise ValueError(f"sequence length {T} exceeds the model's context {cfg.context}")
     E = params[EMBED]
     cos, sin = rope_tables(T, cfg.head_dim, cfg.rope_theta, E.dtype)
-    x = embedding_forward(E, ids)
+    x = embedding_forward(E, ids.reshape(-1))  # [B*T, d_model]: one row per position
     layers = []
     for i in range(cfg.n_layer):
         p = lambda name: params[layer_param(i, name)]  # noqa: E731
@@ -243,8 +244,8 @@ def forward(params, cfg: ModelConfig, ids, targets=None, impl=None):
     h, final_norm = rmsnorm_forward(x, params[FINAL_NORM], cfg.norm_eps)
     logits = h @ E.T
     if targets is None:
-        return logits
-    loss, logp = cross_entropy_forward(logits.reshape(B * T, -1), targets.reshape(-1))
+        return logits.reshape(B, T, -1)
+    loss, logp = cross_entropy_forward(logits, targets.reshape(-1))
     tape = dict(ids=ids, targets=targets, layers=layers, h=h, final_norm=final_norm,
                 logp=logp, cos=cos, sin=sin, impl=impl)
     return loss, tape
@@ -254,12 +255,9 @@ def backward(params, cfg: ModelConfig, tape) -> dict:
     """Gradients of the mean loss with respect to every parameter."""
     grads = {name: np.zeros_like(w) for name, w in params.items()}
     E, dE = params[EMBED], grads[EMBED]
-    B, T = tape["ids"].shape
     cos, sin = tape["cos"], tape["sin"]
     dlogits = cross_entropy_backward(tape["logp"], tape["targets"].reshape(-1))
-    dlogits = dlogits.reshape(B, T, -1)
-    h = tape["h"]
-    dE += dlogits.reshape(B * T, -1).T @ h.reshape(B * T, -1)  # the tied head
+    dE += dlogits.T @ tape["h"]  # the tied head
     dx = rmsnorm_backward(dlogits @ E, params[FINAL_NORM], tape["final_norm"], grads[FINAL_NORM])
     for i in reversed(range(cfg.n_layer)):
         norm1, attn, norm2, mlp = tape["layers"][i]

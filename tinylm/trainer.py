@@ -11,7 +11,6 @@ and every update are deterministic, ends with the same weights as an uninterrupt
 """
 import json
 import math
-import os
 import signal
 import time
 from dataclasses import asdict, dataclass, fields
@@ -89,12 +88,12 @@ class Run:
     """One training run in a directory: create it, or resume it, then `train()`."""
 
     def __init__(self, out_dir, model_cfg: ModelConfig, train_cfg: TrainConfig, tokenizer,
-                 params=None, log=print):
+                 log=print):
         train_cfg.validate()
         self.dir = Path(out_dir)
         self.cfg, self.tcfg, self.tokenizer = model_cfg, train_cfg, tokenizer
         self.log = log
-        self.params = params if params is not None else None
+        self.params = None  # set by create() or resume()
         self.opt = AdamW(weight_decay=train_cfg.weight_decay,
                          decay_embeddings=train_cfg.decay_embeddings)
         self.rng = np.random.default_rng(train_cfg.seed)
@@ -189,9 +188,9 @@ class Run:
         try:
             while self.step < t.steps and not stop.requested:
                 t0 = time.perf_counter()
-                loss, lr, norm = self._train_step(split.train)
+                loss, lr, norm = self.train_step(lambda: data_mod.sample_batch(
+                    split.train, t.batch_size, cfg.context, self.rng))
                 dt = time.perf_counter() - t0
-                self.step += 1
                 rate = tokens_per_step / dt if rate is None else 0.9 * rate + 0.1 * tokens_per_step / dt
                 _write(metrics, dict(step=self.step, loss=loss, lr=lr, grad_norm=norm,
                                      tokens_per_s=round(tokens_per_step / dt, 1)))
@@ -216,11 +215,13 @@ class Run:
                      f"Continue with: tinylm train --resume {self.dir}")
         return val
 
-    def _train_step(self, train_tokens):
+    def train_step(self, next_batch):
+        """One optimizer step over `grad_accum` batches from next_batch() -> (x, y);
+        returns (mean loss, learning rate, gradient norm before clipping)."""
         t = self.tcfg
         grads, loss = None, 0.0
         for _ in range(t.grad_accum):
-            x, y = data_mod.sample_batch(train_tokens, t.batch_size, self.cfg.context, self.rng)
+            x, y = next_batch()
             micro_loss, micro_grads = loss_and_grads(self.params, self.cfg, x, y)
             loss += micro_loss / t.grad_accum
             if grads is None:
@@ -234,6 +235,7 @@ class Run:
         norm = clip_grad_norm(grads, t.grad_clip)
         lr = lr_at(self.step, t.lr, t.min_lr, t.warmup, t.steps)
         self.opt.step(self.params, grads, lr)
+        self.step += 1
         return loss, lr, norm
 
     def _evaluate(self, split, metrics, progress):
