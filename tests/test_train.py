@@ -16,10 +16,12 @@ from tinylm.checkpoint import load_safetensors
 SHAPE = ["--d-model", "32", "--n-layer", "1", "--n-head", "2", "--d-ff", "48", "--context", "16"]
 
 
-def tinylm(*args, check=True, **kw):
-    env = dict(os.environ, TINYLM_CACHE=kw.pop("cache"), OPENBLAS_NUM_THREADS="1")
+def tinylm(*args, check=True, cache):
+    """Runs the installed command line (from outside the source tree, so that the
+    installed package is what runs) with its own token cache."""
+    env = dict(os.environ, TINYLM_CACHE=cache, OPENBLAS_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-m", "tinylm", *map(str, args)], env=env,
-                          capture_output=True, text=True, **kw)
+                          cwd=os.path.dirname(cache), capture_output=True, text=True)
     if check and proc.returncode != 0:
         raise AssertionError(f"tinylm {' '.join(map(str, args))} failed:\n{proc.stderr}")
     return proc
@@ -86,7 +88,7 @@ def test_resume_after_sigkill_gives_the_same_weights(corpus, tmp_path, cache):
     proc = subprocess.Popen(
         [sys.executable, "-m", "tinylm", "train", "--data", str(corpus), "--out", str(killed),
          *SHAPE, "--batch-size", "4", "--eval-interval", "20", "--eval-tokens", "512",
-         "--seed", "3", *map(str, steps)], env=env, stdout=subprocess.DEVNULL,
+         "--seed", "3", *map(str, steps)], env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline:  # kill between the first and the last checkpoint
@@ -169,6 +171,6 @@ def test_binary_corpus_and_stdin(tmp_path, cache):
     out = tmp_path / "bin"
     proc = subprocess.run([sys.executable, "-m", "tinylm", "train", "--data", "-", "--out", str(out),
                            *SHAPE, "--steps", "3", "--batch-size", "2"], input=data,
-                          capture_output=True, env=dict(os.environ, TINYLM_CACHE=cache))
+                          capture_output=True, cwd=tmp_path, env=dict(os.environ, TINYLM_CACHE=cache))
     assert proc.returncode == 0, proc.stderr.decode()
     assert (out / "model.safetensors").exists()
