@@ -147,11 +147,12 @@ def _sp():
     return sentencepiece
 
 
-def _chunks(text: str, size: int = _CHUNK_CHARS) -> Iterator[str]:
+def _chunks(text: str, size: int | None = None) -> Iterator[str]:
     """Cut text into pieces of about ``size`` characters, each ending just after a
     newline when there is one. "\\n" is its own token, so no token spans such a cut and
     chunked encoding equals whole-text encoding; a longer newline-free run is cut at
     ``size`` characters (still exact round trip, just possibly different ids there)."""
+    size = size or _CHUNK_CHARS
     start, n = 0, len(text)
     while start < n:
         end = min(start + size, n)
