@@ -82,6 +82,7 @@ def test_byte_tokenizer_basics():
     assert tok.decode(np.array([0xC3], dtype=np.uint8)) == "\ufffd"  # cut character
     assert tok.decode_bytes([0xC3]) == b"\xc3"
     assert tok.decode([]) == "" and tok.encode("").shape == (0,)
+    assert tok.encode_bytes(np.frombuffer(b"ab", np.uint8)).tolist() == [97, 98]
 
 
 @settings(max_examples=300, deadline=None)
@@ -197,6 +198,8 @@ def test_sp_train_from_texts_and_invalid_utf8():
     texts = [CORPUS[:20000], CORPUS[20000:].encode()]  # str and bytes items both accepted
     tok = SentencePieceTokenizer.train(texts, vocab_size=300)
     assert tok.vocab_size == 300
+    from_array = SentencePieceTokenizer.train(np.frombuffer(CORPUS.encode(), np.uint8), vocab_size=300)
+    assert from_array.vocab_size == 300
     dirty = CORPUS[:5000].encode() + b"\xff\xfe\xc3 broken \x80"
     tok2 = SentencePieceTokenizer.train(dirty, vocab_size=300)
     assert tok2.decode_bytes(tok2.encode_bytes(dirty)) == dirty

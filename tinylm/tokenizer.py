@@ -67,8 +67,11 @@ def _utf8(text: str) -> bytes:
 
 
 def _as_bytes(data) -> bytes:
+    """Accept bytes-like data, including a 1-d uint8 array (e.g. a memory-mapped corpus)."""
+    if isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 1:
+        return data.tobytes()
     if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise ValueError(f"data must be bytes, got {type(data).__name__}; use encode for str")
+        raise ValueError(f"data must be bytes or a 1-d uint8 array, got {type(data).__name__}; use encode for str")
     return bytes(data)
 
 
@@ -166,8 +169,8 @@ def _chunks(text: str, size: int | None = None) -> Iterator[str]:
 
 def _training_lines(data, max_chars: int) -> Iterator[str]:
     """Non-empty lines of the corpus, each at most ``max_chars`` characters."""
-    if isinstance(data, (bytes, bytearray, memoryview)):
-        texts: Iterable = [bytes(data).decode("utf-8", errors="replace")]
+    if isinstance(data, (bytes, bytearray, memoryview, np.ndarray)):
+        texts: Iterable = [_as_bytes(data).decode("utf-8", errors="replace")]
     elif isinstance(data, str):
         texts = [data]
     else:
@@ -237,7 +240,8 @@ class SentencePieceTokenizer(Tokenizer):
         seed: int = 0,
         num_threads: int | None = None,
     ) -> "SentencePieceTokenizer":
-        """Train on ``data``: bytes (one corpus), a str, or an iterable of str/bytes texts.
+        """Train on ``data``: bytes or a uint8 array (one corpus), a str, or an iterable of
+        str/bytes texts.
 
         Bytes that are not valid UTF-8 are decoded with errors="replace" for training only
         (encoding stays exact: such bytes become byte-fallback ids). Training reads lines;
