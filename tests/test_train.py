@@ -174,3 +174,19 @@ def test_binary_corpus_and_stdin(tmp_path, cache):
                           capture_output=True, cwd=tmp_path, env=dict(os.environ, TINYLM_CACHE=cache))
     assert proc.returncode == 0, proc.stderr.decode()
     assert (out / "model.safetensors").exists()
+
+
+def test_sentencepiece_tokenizer_is_trained_and_stored_in_the_model(corpus, tmp_path, cache):
+    out = tmp_path / "sp"
+    train(corpus, out, cache, "--steps", 3, "--tokenizer", "sentencepiece", "--vocab-size", 300)
+    from tinylm.modelfile import load_model
+    cfg, _, tokenizer = load_model(out / "model.safetensors")
+    assert tokenizer.name == "sentencepiece" and cfg.vocab_size == tokenizer.vocab_size == 300
+    text = corpus.read_text(encoding="utf-8")[:500]
+    assert tokenizer.decode(tokenizer.encode(text)) == text
+    assert len(tokenizer.encode(text)) < len(text.encode())  # it learned some merges
+    ev = tinylm("eval", out / "model.safetensors", "--data", corpus, cache=cache)
+    assert "bits/byte" in ev.stdout
+    bad = tinylm("train", "--data", corpus, "--out", tmp_path / "x", "--tokenizer",
+                 "sentencepiece", "--vocab-size", 100, check=False, cache=cache)
+    assert bad.returncode == 2 and "too small" in bad.stderr

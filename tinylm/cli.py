@@ -122,8 +122,12 @@ def make_tokenizer(opts, docs):
         if "vocab_size" in opts:
             raise TinylmError("--vocab-size applies only to --tokenizer sentencepiece")
         return ByteTokenizer()
-    print(f"training a sentencepiece tokenizer (vocab {opts.get('vocab_size', 1024)}) ...", file=sys.stderr)
-    return SentencePieceTokenizer.train(docs, vocab_size=opts.get("vocab_size", 1024))
+    vocab = opts.get("vocab_size", 1024)
+    print(f"training a sentencepiece tokenizer (vocab {vocab}) ...", file=sys.stderr)
+    try:
+        return SentencePieceTokenizer.train(docs, vocab_size=vocab)
+    except ValueError as e:
+        raise TinylmError(f"--tokenizer sentencepiece: {e}") from None
 
 
 def cmd_train(args):
