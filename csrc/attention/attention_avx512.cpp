@@ -1,4 +1,4 @@
-// AVX-512 (F + DQ) tile kernels: 16 floats per vector, 6 x 64 register blocks.
+// AVX-512F tile kernels: 16 floats per vector, 6 x 64 register blocks.
 // Includes intrinsics only through simd_x86.h, so CI can compile this file against SIMDe
 // and check its logic on a CPU without AVX-512.
 #include "../simd_x86.h"
@@ -26,19 +26,15 @@ struct Avx512 {
   static V max(V a, V b) { return _mm512_max_ps(a, b); }
   static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
   static V round(V x) { return _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
-  static V pow2(V n) {
-    const __m512i e = _mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127));
-    return _mm512_castsi512_ps(_mm512_slli_epi32(e, 23));
-  }
+  static V pow2(V n) { return _mm512_scalef_ps(_mm512_set1_ps(1.f), n); }  // 1 * 2^n
   static V zero_below(V v, V x, V lo) {
     return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, lo, _CMP_GE_OQ), v);
   }
-  static __m256 halves_add(V v) {
-    return _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
+  static __m256 high(V v) {
+    return _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
   }
-  static __m256 halves_max(V v) {
-    return _mm256_max_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
-  }
+  static __m256 halves_add(V v) { return _mm256_add_ps(_mm512_castps512_ps256(v), high(v)); }
+  static __m256 halves_max(V v) { return _mm256_max_ps(_mm512_castps512_ps256(v), high(v)); }
   static float hsum(V v) {
     const __m256 a = halves_add(v);
     __m128 x = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
