@@ -161,3 +161,20 @@ def test_presets_match_the_documented_shapes():
 def test_invalid_configs_are_refused_with_a_clear_message(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         ModelConfig(**kwargs)
+
+
+@pytest.mark.parametrize("n_kv_head", [4, 2])
+def test_float32_model_with_native_attention_matches_float64_reference(rng, n_kv_head):
+    """The training configuration (float32, native attention kernel) against the float64
+    numpy reference whose gradients the checks above verified."""
+    cfg = ModelConfig(vocab_size=31, d_model=32, n_layer=2, n_head=4, n_kv_head=n_kv_head,
+                      d_ff=40, context=24)
+    params64 = model.init_params(cfg, seed=5, dtype=np.float64)
+    params32 = {k: v.astype(np.float32) for k, v in params64.items()}
+    ids, targets = rng.integers(0, 31, (3, 24)), rng.integers(0, 31, (3, 24))
+    loss64, grads64 = model.loss_and_grads(params64, cfg, ids, targets, impl="numpy")
+    loss32, grads32 = model.loss_and_grads(params32, cfg, ids, targets, impl="native")
+    assert loss32 == pytest.approx(loss64, rel=1e-5)
+    for name in params64:
+        scale = np.abs(grads64[name]).max()
+        np.testing.assert_allclose(grads32[name], grads64[name], atol=2e-4 * scale, err_msg=name)

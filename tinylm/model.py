@@ -163,6 +163,14 @@ def swiglu_backward(dy, w1, w3, w2, cache, dw1, dw3, dw2):
     return linear_backward(dh1, x, w1, dw1) + linear_backward(dh3, x, w3, dw3)
 
 
+def _attention_impl(impl, dtype):
+    """An explicit choice wins; otherwise the native kernel for float32 (its only dtype)
+    and the numpy reference for anything else (float64 gradient checks)."""
+    if impl is not None:
+        return impl
+    return None if dtype == np.float32 else "numpy"
+
+
 def attention_block_forward(x, wq, wk, wv, wo, cfg, cos, sin, impl):
     """x is [B*T, d_model] (rows are positions); cos/sin fix T."""
     T = cos.shape[0]
@@ -175,7 +183,8 @@ def attention_block_forward(x, wq, wk, wv, wo, cfg, cos, sin, impl):
     q = rope_forward(heads(wq, H), cos, sin)
     k = rope_forward(heads(wk, Hkv), cos, sin)
     v = heads(wv, Hkv)
-    out, lse = attention.attention_forward(q, k, v)
+    impl = _attention_impl(impl, x.dtype)
+    out, lse = attention.forward(q, k, v, impl)
     merged = out.transpose(0, 2, 1, 3).reshape(B * T, H * D)
     return merged @ wo.T, (x, q, k, v, out, lse, merged)
 
@@ -186,7 +195,7 @@ def attention_block_backward(dy, wq, wk, wv, wo, cfg, cos, sin, cache, grads, im
     B, H, T, D = q.shape
     dmerged = linear_backward(dy, merged, wo, dwo)
     dout = dmerged.reshape(B, T, H, D).transpose(0, 2, 1, 3)
-    dq, dk, dv = attention.attention_backward(q, k, v, out, lse, dout)
+    dq, dk, dv = attention.backward(q, k, v, out, lse, dout, _attention_impl(impl, x.dtype))
 
     def unheads(dh):  # [B, n, T, D] -> [B*T, n*D]
         return dh.transpose(0, 2, 1, 3).reshape(B * T, -1)
