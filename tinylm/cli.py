@@ -226,9 +226,9 @@ def cmd_info(args):
     forced = os.environ.get("TINYLM_ISA")
     print(f"active path:     {_C.active_isa()}" + (f"  (forced by TINYLM_ISA={forced})" if forced else ""))
     for family in ("attention", "int8"):
-        getter = getattr(_C, f"{family}_kernel", None)
+        getter = getattr(_C, f"{family}_path", None)
         if getter is not None:
-            print(f"  {family + ' kernel:':<17}{getter()}")
+            print(f"{family + ' kernel:':<17}{getter()}")
     print(f"threads:         {_C.num_threads()}")
 
 
