@@ -228,7 +228,7 @@ def cmd_info(args):
     for family in ("attention", "int8"):
         getter = getattr(_C, f"{family}_path", None)
         if getter is not None:
-            print(f"{family + ' kernel:':<17}{getter()}")
+            print(f"{family + ' path:':<17}{getter()}")
     print(f"threads:         {_C.num_threads()}")
 
 
