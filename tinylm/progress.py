@@ -18,11 +18,16 @@ class Progress:
         self.width, self.every = width, every
         self.t0 = time.perf_counter()
         self.last_len = 0
+        self.last_draw = 0.0
 
     def update(self, step: int, **fields):
         """Shows progress after `step` steps are done (fields: name -> formatted value)."""
+        now = time.perf_counter()
+        if self.tty and now - self.last_draw < 0.1 and step != self.total:
+            return  # redraw at most ten times a second
+        self.last_draw = now
         done = step - self.start
-        elapsed = time.perf_counter() - self.t0
+        elapsed = now - self.t0
         left = elapsed / done * (self.total - step) if done > 0 else 0.0
         filled = int(self.width * step / max(1, self.total))
         bar = "█" * filled + "░" * (self.width - filled)
