@@ -34,9 +34,10 @@ def main():
     from tinylm.model import init_params
     from tinylm.optim import lr_at
     from tinylm.tokenizer import ByteTokenizer
-    from tinylm.trainer import Run, TrainConfig
+    from tinylm.trainer import Run, TrainConfig, keep_freed_memory_in_the_heap
 
     _C.set_num_threads(args.threads)
+    keep_freed_memory_in_the_heap()  # as `tinylm train` does
     cfg = preset(args.preset)
     tcfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, warmup=min(50, args.steps // 4))
     tokenizer = ByteTokenizer()

@@ -9,9 +9,11 @@ A run directory holds:
 A run killed at any moment resumes from its last checkpoint and, because the data order
 and every update are deterministic, ends with the same weights as an uninterrupted run.
 """
+import ctypes
 import json
 import math
 import signal
+import sys
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -68,6 +70,27 @@ class TrainConfig:
     def from_dict(cls, d: dict) -> "TrainConfig":
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def keep_freed_memory_in_the_heap():
+    """Makes numpy's temporaries cheap on Linux.
+
+    Every numpy expression allocates a fresh array. glibc serves blocks above its mmap
+    threshold (128 KB to start with) straight from the kernel and unmaps them on free, so
+    each temporary of a training step page-faults its memory in again: measured here, that
+    made an elementwise product of a 1024x344 float32 array 10x slower than the arithmetic.
+    Raising the mmap threshold to its maximum (32 MB) and the trim threshold keeps freed
+    blocks in the heap for the next step. Called by the training loop; process-wide.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None)
+        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+        libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)
+        libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)
+    except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to tune
+        pass
 
 
 def evaluate(params, cfg: ModelConfig, val_tokens, val_bytes: int, max_tokens: int,
@@ -169,6 +192,7 @@ class Run:
 
     def train(self, split: data_mod.Split):
         cfg, t = self.cfg, self.tcfg
+        keep_freed_memory_in_the_heap()
         self.dir.mkdir(parents=True, exist_ok=True)
         metrics = self._metrics_file()
         tokens_per_step = t.batch_size * t.grad_accum * cfg.context
