@@ -9,7 +9,7 @@ import sys
 import time
 
 TRAIN_DEFAULT_PRESET = "tiny"
-TRAIN_DEFAULT_STEPS = 1000
+TRAIN_DEFAULT_STEPS = 2000
 SHAPE_FLAGS = ("preset", "d_model", "n_layer", "n_head", "n_kv_head", "d_ff", "context",
                "tokenizer", "vocab_size")
 
@@ -146,6 +146,7 @@ def cmd_train(args):
                                   "a resumed run keeps its model and directory")
         run = Run.resume(opts["resume"], {k: v for k, v in opts.items() if k in train_keys})
     else:
+        opts.setdefault("steps", TRAIN_DEFAULT_STEPS)
         tcfg = TrainConfig(**{k: v for k, v in opts.items() if k in train_keys})
         if "min_lr" not in opts:
             tcfg.min_lr = tcfg.lr / 10
