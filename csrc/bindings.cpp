@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "attention/attention.h"
 #include "cpu.h"
 #include "int8/int8.h"
 #include "threads.h"
@@ -86,7 +87,126 @@ void bind_runtime(py::module_& m) {
 // ---------------------------------------------------------------- attention kernels
 // (csrc/attention/)
 
-void bind_attention(py::module_& m) {}
+template <typename T>
+void require_aligned(const py::array_t<T>& a, const char* name) {
+  if (reinterpret_cast<std::uintptr_t>(a.data()) % alignof(T) != 0)
+    bad_arg(name, "data is not aligned to its element size (copy it with numpy.array)");
+}
+
+// A float32, C-contiguous, aligned, non-empty array with `ndim` dimensions.
+py::array_t<float> attention_arg(const py::handle& obj, const char* name, int ndim) {
+  auto a = checked<float>(obj, name, ndim);
+  require_aligned(a, name);
+  return a;
+}
+
+void require_same_shape(const py::array& a, const char* name, const py::array& like,
+                        const char* like_name) {
+  bool same = a.ndim() == like.ndim();
+  for (py::ssize_t i = 0; same && i < a.ndim(); ++i) same = a.shape(i) == like.shape(i);
+  if (!same)
+    bad_arg(name, "shape " + shape_str(a) + " must equal the shape of '" + like_name + "' " +
+                      shape_str(like));
+}
+
+// q [B,H,T,D] and k, v [B,Hkv,T,D] -> the kernel's dimensions.
+tinylm::attention::Dims attention_dims(const py::array& q, const py::array& k,
+                                       const py::array& v) {
+  require_dim(k, "k", 0, q.shape(0), "batch of q");
+  require_dim(k, "k", 2, q.shape(2), "sequence length of q");
+  require_dim(k, "k", 3, q.shape(3), "head_dim of q");
+  require_same_shape(v, "v", k, "k");
+  if (q.shape(1) % k.shape(1) != 0)
+    bad_arg("k", "shape " + shape_str(k) + ": its " + std::to_string(k.shape(1)) +
+                     " kv heads must divide the " + std::to_string(q.shape(1)) +
+                     " heads of q");
+  if (q.shape(3) > tinylm::attention::kMaxHeadDim)
+    bad_arg("q", "head_dim " + std::to_string(q.shape(3)) + " is above the supported " +
+                     std::to_string(tinylm::attention::kMaxHeadDim));
+  return {q.shape(0), q.shape(1), k.shape(1), q.shape(2), q.shape(3)};
+}
+
+template <typename Fn>
+void run_kernel(Fn&& fn) {
+  try {
+    py::gil_scoped_release release;
+    fn();
+  } catch (const std::invalid_argument& e) {
+    throw py::value_error(e.what());
+  }
+}
+
+void bind_attention(py::module_& m) {
+  m.def(
+      "attention_forward",
+      [](py::object q_, py::object k_, py::object v_) {
+        auto q = attention_arg(q_, "q", 4), k = attention_arg(k_, "k", 4),
+             v = attention_arg(v_, "v", 4);
+        const auto d = attention_dims(q, k, v);
+        py::array_t<float> out({d.batch, d.heads, d.seq, d.head_dim});
+        py::array_t<float> lse({d.batch, d.heads, d.seq});
+        float* o = out.mutable_data();
+        float* l = lse.mutable_data();
+        run_kernel([&] { tinylm::attention::forward(d, q.data(), k.data(), v.data(), o, l); });
+        return py::make_tuple(out, lse);
+      },
+      py::arg("q"), py::arg("k"), py::arg("v"),
+      "Causal attention forward. q [B,H,T,D], k and v [B,Hkv,T,D] float32 -> (out "
+      "[B,H,T,D], lse [B,H,T]).");
+  m.def(
+      "attention_backward",
+      [](py::object q_, py::object k_, py::object v_, py::object out_, py::object lse_,
+         py::object dout_) {
+        auto q = attention_arg(q_, "q", 4), k = attention_arg(k_, "k", 4),
+             v = attention_arg(v_, "v", 4), out = attention_arg(out_, "out", 4),
+             lse = attention_arg(lse_, "lse", 3), dout = attention_arg(dout_, "dout", 4);
+        const auto d = attention_dims(q, k, v);
+        require_same_shape(out, "out", q, "q");
+        require_same_shape(dout, "dout", q, "q");
+        for (int axis = 0; axis < 3; ++axis)
+          require_dim(lse, "lse", axis, q.shape(axis), "[B, H, T] of q");
+        py::array_t<float> dq({d.batch, d.heads, d.seq, d.head_dim});
+        py::array_t<float> dk({d.batch, d.kv_heads, d.seq, d.head_dim});
+        py::array_t<float> dv({d.batch, d.kv_heads, d.seq, d.head_dim});
+        float *gq = dq.mutable_data(), *gk = dk.mutable_data(), *gv = dv.mutable_data();
+        run_kernel([&] {
+          tinylm::attention::backward(d, q.data(), k.data(), v.data(), out.data(), lse.data(),
+                                      dout.data(), gq, gk, gv);
+        });
+        return py::make_tuple(dq, dk, dv);
+      },
+      py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("lse"), py::arg("dout"),
+      "Causal attention backward from the forward's out and lse -> (dq, dk, dv).");
+  m.def(
+      "attention_decode",
+      [](py::object q_, py::object k_, py::object v_, int64_t length) {
+        auto q = attention_arg(q_, "q", 2), kc = attention_arg(k_, "k_cache", 3),
+             vc = attention_arg(v_, "v_cache", 3);
+        require_dim(kc, "k_cache", 2, q.shape(1), "head_dim of q");
+        require_same_shape(vc, "v_cache", kc, "k_cache");
+        if (q.shape(0) % kc.shape(0) != 0)
+          bad_arg("k_cache", "shape " + shape_str(kc) + ": its " + std::to_string(kc.shape(0)) +
+                                 " kv heads must divide the " + std::to_string(q.shape(0)) +
+                                 " heads of q");
+        if (length < 1 || length > kc.shape(1))
+          bad_arg("length", std::to_string(length) + " is outside [1, " +
+                                std::to_string(kc.shape(1)) + "] (the cache capacity)");
+        if (q.shape(1) > tinylm::attention::kMaxHeadDim)
+          bad_arg("q", "head_dim " + std::to_string(q.shape(1)) + " is above the supported " +
+                           std::to_string(tinylm::attention::kMaxHeadDim));
+        const tinylm::attention::DecodeDims d{q.shape(0), kc.shape(0), kc.shape(1), length,
+                                              q.shape(1)};
+        py::array_t<float> out({d.heads, d.head_dim});
+        float* o = out.mutable_data();
+        run_kernel([&] { tinylm::attention::decode(d, q.data(), kc.data(), vc.data(), o); });
+        return out;
+      },
+      py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("length"),
+      "One query per head against cache positions [0, length). q [H,D], k_cache and "
+      "v_cache [Hkv, capacity, D] -> out [H,D].");
+  m.def("attention_path", &tinylm::attention::active_path,
+        "The attention implementation the active ISA level selects.");
+}
 
 // ---------------------------------------------------------------- int8 kernels
 // (csrc/int8/)

@@ -1,0 +1,65 @@
+// Causal self-attention with grouped-query heads: the public C++ API.
+//
+// Training (forward/backward) works on q [B, H, T, D] and k, v [B, Hkv, T, D], all
+// C-contiguous float32; Hkv divides H and each key/value head serves H / Hkv consecutive
+// query heads. Scores are scaled by 1/sqrt(D) and masked so that position t attends to
+// positions 0..t. The forward pass returns the output and the per-row log-sum-exp of the
+// scaled scores, lse [B, H, T]; the backward pass rebuilds the probabilities from lse, so
+// no T x T matrix is ever stored.
+//
+// Decode is one query per head against a key/value cache:
+//   q [H, D], k_cache and v_cache [Hkv, capacity, D], positions [0, length) valid.
+// Each cache head's rows are contiguous, so a decode step streams through them once;
+// appending a token writes row `length` of every head.
+//
+// Every function picks its implementation (AVX-512, AVX2+FMA, NEON or the scalar
+// reference) from tinylm::active_features() at call time, and splits work with
+// tinylm::parallel_for. Results do not depend on the thread count. Invalid dimensions
+// throw std::invalid_argument; pointers are trusted (the Python bindings check arrays).
+#pragma once
+
+#include <cstdint>
+
+namespace tinylm::attention {
+
+constexpr int64_t kMaxHeadDim = 256;
+
+struct Dims {
+  int64_t batch, heads, kv_heads, seq, head_dim;
+};
+
+struct DecodeDims {
+  int64_t heads, kv_heads, capacity, length, head_dim;
+};
+
+// Throw std::invalid_argument describing the first problem (sizes < 1, Hkv not dividing
+// H, head_dim above kMaxHeadDim, length outside [1, capacity]).
+void validate(const Dims& d);
+void validate(const DecodeDims& d);
+
+// out [B,H,T,D], lse [B,H,T].
+void forward(const Dims& d, const float* q, const float* k, const float* v, float* out,
+             float* lse);
+
+// Gradients given dout = dL/d(out); dq [B,H,T,D], dk and dv [B,Hkv,T,D] are overwritten.
+void backward(const Dims& d, const float* q, const float* k, const float* v, const float* out,
+              const float* lse, const float* dout, float* dq, float* dk, float* dv);
+
+// out [H, D].
+void decode(const DecodeDims& d, const float* q, const float* k_cache, const float* v_cache,
+            float* out);
+
+// Name of the implementation the calls above use now: "avx512", "avx2", "neon", "scalar".
+const char* active_path();
+
+// The scalar reference (double accumulation): the "scalar" path and the tests' oracle.
+namespace reference {
+void forward(const Dims& d, const float* q, const float* k, const float* v, float* out,
+             float* lse);
+void backward(const Dims& d, const float* q, const float* k, const float* v, const float* out,
+              const float* lse, const float* dout, float* dq, float* dk, float* dv);
+void decode(const DecodeDims& d, const float* q, const float* k_cache, const float* v_cache,
+            float* out);
+}  // namespace reference
+
+}  // namespace tinylm::attention

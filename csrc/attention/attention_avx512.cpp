@@ -1,0 +1,58 @@
+// AVX-512F tile kernels: 16 floats per vector, 6 x 64 register blocks.
+// Includes intrinsics only through simd_x86.h, so CI can compile this file against SIMDe
+// and check its logic on a CPU without AVX-512.
+#include "../simd_x86.h"
+#include "attention_tiled.h"
+
+// GCC 12 warns inside its own avx512fintrin.h (the self-initialized "undefined" vectors
+// behind _mm512_cvtps_epi32 and friends); the warning is about the header, not this code.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+namespace tinylm::attention::detail {
+namespace {
+
+struct Avx512 {
+  using V = __m512;
+  static constexpr int W = 16, R = 6, NV = 4;  // 24 accumulators of 32 registers
+
+  static V zero() { return _mm512_setzero_ps(); }
+  static V set1(float x) { return _mm512_set1_ps(x); }
+  static V load(const float* p) { return _mm512_loadu_ps(p); }
+  static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
+  static V add(V a, V b) { return _mm512_add_ps(a, b); }
+  static V sub(V a, V b) { return _mm512_sub_ps(a, b); }
+  static V mul(V a, V b) { return _mm512_mul_ps(a, b); }
+  static V min(V a, V b) { return _mm512_min_ps(a, b); }
+  static V max(V a, V b) { return _mm512_max_ps(a, b); }
+  static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  static V round(V x) { return _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static V pow2(V n) { return _mm512_scalef_ps(_mm512_set1_ps(1.f), n); }  // 1 * 2^n
+  static V zero_below(V v, V x, V lo) {
+    return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, lo, _CMP_GE_OQ), v);
+  }
+  static __m256 high(V v) {
+    return _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
+  }
+  static __m256 halves_add(V v) { return _mm256_add_ps(_mm512_castps512_ps256(v), high(v)); }
+  static __m256 halves_max(V v) { return _mm256_max_ps(_mm512_castps512_ps256(v), high(v)); }
+  static float hsum(V v) {
+    const __m256 a = halves_add(v);
+    __m128 x = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+    x = _mm_add_ss(x, _mm_shuffle_ps(x, x, 0x55));
+    return _mm_cvtss_f32(x);
+  }
+  static float hmax(V v) {
+    const __m256 a = halves_max(v);
+    __m128 x = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    x = _mm_max_ps(x, _mm_movehl_ps(x, x));
+    x = _mm_max_ss(x, _mm_shuffle_ps(x, x, 0x55));
+    return _mm_cvtss_f32(x);
+  }
+};
+
+}  // namespace
+
+const TileKernels* avx512_kernels() { return Tiled<Avx512>::table("avx512"); }
+
+}  // namespace tinylm::attention::detail

@@ -1,0 +1,337 @@
+// The tiled attention kernels, written once against a small vector interface and
+// compiled by each ISA file (attention_avx2.cpp, attention_avx512.cpp, attention_neon.cpp)
+// with its own flags. Everything here has internal linkage, so the copies never meet at
+// link time.
+//
+// The vector interface `O` provides: type V holding W floats; register blocking R (rows)
+// and NV (vectors per row) for the matrix-product block; and zero, set1, load, store
+// (unaligned), add, sub, mul, min, max, fma(a, b, c) = a*b + c, hsum, hmax,
+// round (to nearest integer), pow2(n) = 2^n for integral n in [-126, 127], and
+// zero_below(v, x, lo) = (x >= lo ? v : 0) lane by lane.
+//
+// Every matrix product is written as C[M x N] (+)= A[M x K] B[K x N] with A read one
+// element at a time (broadcast) and B read along rows in vectors, which is why the driver
+// hands over keys, queries and dout transposed: the score tiles then come out of the
+// same kernel as the value products, with no horizontal sums and no transposes inside.
+#pragma once
+
+#include <math.h>
+
+#include <cstdint>
+
+#include "kernels.h"
+
+namespace tinylm::attention::detail {
+namespace {
+
+inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+inline float maxf(float a, float b) { return a > b ? a : b; }
+
+constexpr float kNegInf = -INFINITY;
+
+template <class O>
+struct Tiled {
+  using V = typename O::V;
+  static constexpr int W = O::W;
+
+  // ------------------------------------------------------------------ e^x
+
+  // e^x = 2^n e^r with n = round(x / ln 2) and |r| <= ln(2)/2; e^r by its Taylor series up
+  // to r^7 (truncation error ~5e-9, below float rounding). Exactly 0 below -87.3, where
+  // e^x would be denormal: masked scores (-inf) come out as 0.
+  static inline V exp(V x) {
+    const V lo = O::set1(-87.3f);
+    const V xc = O::min(O::max(x, lo), O::set1(88.3f));
+    const V n = O::round(O::mul(xc, O::set1(1.44269504088896341f)));
+    V r = O::fma(n, O::set1(-0.693359375f), xc);  // ln 2 = 0.693359375 - 2.12194440e-4
+    r = O::fma(n, O::set1(2.12194440e-4f), r);
+    V p = O::set1(1.f / 5040);
+    p = O::fma(p, r, O::set1(1.f / 720));
+    p = O::fma(p, r, O::set1(1.f / 120));
+    p = O::fma(p, r, O::set1(1.f / 24));
+    p = O::fma(p, r, O::set1(1.f / 6));
+    p = O::fma(p, r, O::set1(0.5f));
+    p = O::fma(p, r, O::set1(1.f));
+    p = O::fma(p, r, O::set1(1.f));
+    return O::zero_below(O::mul(p, O::pow2(n)), x, lo);
+  }
+
+  // ------------------------------------------------------------------ matrix products
+
+  // One register block: R rows of C, NV vectors wide, over the whole K.
+  template <int R, int NV, bool ACC>
+  static inline void block(const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
+                           int64_t ldc, int64_t K) {
+    V acc[R][NV];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) acc[r][v] = ACC ? O::load(C + r * ldc + v * W) : O::zero();
+    for (int64_t k = 0; k < K; ++k) {
+      V b[NV];
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) b[v] = O::load(B + k * ldb + v * W);
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        const V a = O::set1(A[r * lda + k]);
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; ++v) acc[r][v] = O::fma(a, b[v], acc[r][v]);
+      }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) O::store(C + r * ldc + v * W, acc[r][v]);
+  }
+
+  // The last M % R rows, one block of Rt rows.
+  template <int NV, bool ACC, int Rt>
+  static inline void row_tail(int64_t m, const float* A, int64_t lda, const float* B,
+                              int64_t ldb, float* C, int64_t ldc, int64_t K) {
+    if constexpr (Rt > 0) {
+      if (m == Rt)
+        block<Rt, NV, ACC>(A, lda, B, ldb, C, ldc, K);
+      else
+        row_tail<NV, ACC, Rt - 1>(m, A, lda, B, ldb, C, ldc, K);
+    }
+  }
+
+  template <int NV, bool ACC>
+  static void rows(int64_t M, const float* A, int64_t lda, const float* B, int64_t ldb,
+                   float* C, int64_t ldc, int64_t K) {
+    int64_t r = 0;
+    for (; r + O::R <= M; r += O::R)
+      block<O::R, NV, ACC>(A + r * lda, lda, B, ldb, C + r * ldc, ldc, K);
+    row_tail<NV, ACC, O::R - 1>(M - r, A + r * lda, lda, B, ldb, C + r * ldc, ldc, K);
+  }
+
+  // The last columns, nv < NV vectors.
+  template <bool ACC, int NVt>
+  static inline void col_tail(int64_t nv, int64_t M, const float* A, int64_t lda,
+                              const float* B, int64_t ldb, float* C, int64_t ldc, int64_t K) {
+    if constexpr (NVt > 0) {
+      if (nv == NVt)
+        rows<NVt, ACC>(M, A, lda, B, ldb, C, ldc, K);
+      else
+        col_tail<ACC, NVt - 1>(nv, M, A, lda, B, ldb, C, ldc, K);
+    }
+  }
+
+  // C[M x N] = (ACC ? C : 0) + A[M x K] B[K x N]; N is a multiple of W.
+  template <bool ACC>
+  static void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B,
+                   int64_t ldb, float* C, int64_t ldc) {
+    int64_t n = 0;
+    for (; n + O::NV * W <= N; n += O::NV * W)
+      rows<O::NV, ACC>(M, A, lda, B + n, ldb, C + n, ldc, K);
+    col_tail<ACC, O::NV - 1>((N - n) / W, M, A, lda, B + n, ldb, C + n, ldc, K);
+  }
+
+  // ------------------------------------------------------------------ forward
+
+  // s[r][c] = -inf where key c comes after query r (the diagonal tile).
+  static void mask_future(float* s, int64_t M, int tile) {
+    for (int64_t r = 0; r < M; ++r)
+      for (int64_t c = r + 1; c < tile; ++c) s[r * tile + c] = kNegInf;
+  }
+
+  // Online softmax over one key tile: scores s [M x tile] become probabilities relative to
+  // the new running max; l and the output accumulator are rescaled to that max.
+  static void softmax_update(float* s, int64_t M, int tile, float scale, float* m, float* l,
+                             float* acc, int64_t Dp) {
+    const V vscale = O::set1(scale);
+    for (int64_t r = 0; r < M; ++r) {
+      float* row = s + r * tile;
+      V mx = O::load(row);
+      for (int c = W; c < tile; c += W) mx = O::max(mx, O::load(row + c));
+      const float m_new = maxf(m[r], O::hmax(mx) * scale);
+      const float alpha = expf(m[r] - m_new);  // 0 on the first tile, where m = -inf
+      const V neg_max = O::set1(-m_new);
+      V sum = O::zero();
+      for (int c = 0; c < tile; c += W) {
+        const V p = exp(O::fma(O::load(row + c), vscale, neg_max));
+        O::store(row + c, p);
+        sum = O::add(sum, p);
+      }
+      l[r] = l[r] * alpha + O::hsum(sum);
+      m[r] = m_new;
+      if (alpha != 1.f) {
+        const V va = O::set1(alpha);
+        float* a = acc + r * Dp;
+        for (int64_t d = 0; d < Dp; d += W) O::store(a + d, O::mul(O::load(a + d), va));
+      }
+    }
+  }
+
+  static void forward_tile(const ForwardJob& j, int64_t bh, int64_t qt) {
+    const int64_t b = bh / j.H, h = bh % j.H, hk = h / (j.H / j.Hkv);
+    const int tile = j.tile;
+    const int64_t T = j.T, D = j.D, Dp = j.Dp, q0 = qt * tile, M = min64(tile, T - q0);
+    const float* q = j.q + (bh * T + q0) * D;
+    const float* kT = j.kT + (b * j.Hkv + hk) * D * j.Tp;
+    const float* v = j.v + (b * j.Hkv + hk) * T * Dp;
+
+    alignas(64) float s[kMaxTile * kMaxTile];
+    alignas(64) float acc[kMaxTile * kMaxHeadDim];
+    float m[kMaxTile], l[kMaxTile];
+    for (int64_t r = 0; r < M; ++r) m[r] = kNegInf, l[r] = 0.f;
+    for (int64_t i = 0; i < M * Dp; i += W) O::store(acc + i, O::zero());
+
+    for (int64_t kt = 0; kt <= qt; ++kt) {
+      const int64_t k0 = kt * tile;
+      gemm<false>(M, tile, D, q, D, kT + k0, j.Tp, s, tile);
+      if (kt == qt) mask_future(s, M, tile);
+      softmax_update(s, M, tile, j.scale, m, l, acc, Dp);
+      gemm<true>(M, Dp, min64(tile, T - k0), s, tile, v + k0 * Dp, Dp, acc, Dp);
+    }
+
+    float* out = j.out + (bh * T + q0) * D;
+    float* lse = j.lse + bh * T + q0;
+    for (int64_t r = 0; r < M; ++r) {
+      const float inv = 1.f / l[r];
+      for (int64_t d = 0; d < D; ++d) out[r * D + d] = acc[r * Dp + d] * inv;
+      lse[r] = m[r] + logf(l[r]);
+    }
+  }
+
+  // ------------------------------------------------------------------ backward
+
+  // st[r][c] = -inf where query c comes before key r (the diagonal tile, transposed).
+  static void mask_past(float* st, int64_t M, int tile) {
+    for (int64_t r = 0; r < M; ++r)
+      for (int64_t c = 0; c < r && c < tile; ++c) st[r * tile + c] = kNegInf;
+  }
+
+  // From transposed scores st and dp^T: st becomes P^T = exp(scale*s - lse) and dpt becomes
+  // dS^T = P^T (dP^T - delta) * scale, the score gradient.
+  static void probs_and_grads(float* st, float* dpt, int64_t M, int tile, const float* lse,
+                              const float* delta, float scale) {
+    const V vscale = O::set1(scale);
+    for (int64_t r = 0; r < M; ++r) {
+      float* srow = st + r * tile;
+      float* drow = dpt + r * tile;
+      for (int c = 0; c < tile; c += W) {
+        const V p = exp(O::sub(O::mul(O::load(srow + c), vscale), O::load(lse + c)));
+        O::store(srow + c, p);
+        const V ds = O::mul(O::mul(p, O::sub(O::load(drow + c), O::load(delta + c))), vscale);
+        O::store(drow + c, ds);
+      }
+    }
+  }
+
+  static void backward_keys(const BackwardJob& j, int64_t bkv, int64_t kt_begin,
+                            int64_t kt_end, float* dqT) {
+    const int64_t b = bkv / j.Hkv, hk = bkv % j.Hkv, group = j.H / j.Hkv;
+    const int tile = j.tile;
+    const int64_t T = j.T, D = j.D, Dp = j.Dp, Tp = j.Tp, nq = Tp / tile;
+    const float* k = j.k + bkv * T * D;
+    const float* v = j.v + bkv * T * D;
+    const float* kT = j.kT + bkv * D * Tp;
+
+    alignas(64) float st[kMaxTile * kMaxTile];   // scores, then probabilities (transposed)
+    alignas(64) float dpt[kMaxTile * kMaxTile];  // dP, then dS (transposed)
+    alignas(64) float dk[kMaxTile * kMaxHeadDim];
+    alignas(64) float dv[kMaxTile * kMaxHeadDim];
+
+    for (int64_t kt = kt_begin; kt < kt_end; ++kt) {
+      const int64_t k0 = kt * tile, M = min64(tile, T - k0);
+      for (int64_t i = 0; i < M * Dp; i += W) O::store(dk + i, O::zero()), O::store(dv + i, O::zero());
+      for (int64_t g = 0; g < group; ++g) {
+        const int64_t bh = b * j.H + hk * group + g;
+        const float* qT = j.qT + bh * D * Tp;
+        const float* doT = j.doT + bh * D * Tp;
+        const float* qp = j.qp + bh * T * Dp;
+        const float* dop = j.dop + bh * T * Dp;
+        const float* lse = j.lse + bh * Tp;
+        const float* delta = j.delta + bh * Tp;
+        float* dq = dqT + bh * D * Tp;
+        for (int64_t qt = kt; qt < nq; ++qt) {
+          const int64_t q0 = qt * tile, N = min64(tile, T - q0);
+          gemm<false>(M, tile, D, k + k0 * D, D, qT + q0, Tp, st, tile);
+          gemm<false>(M, tile, D, v + k0 * D, D, doT + q0, Tp, dpt, tile);
+          if (qt == kt) mask_past(st, M, tile);
+          probs_and_grads(st, dpt, M, tile, lse + q0, delta + q0, j.scale);
+          gemm<true>(M, Dp, N, st, tile, dop + q0 * Dp, Dp, dv, Dp);   // dV += P^T dO
+          gemm<true>(M, Dp, N, dpt, tile, qp + q0 * Dp, Dp, dk, Dp);   // dK += dS^T Q
+          gemm<true>(D, tile, M, kT + k0, Tp, dpt, tile, dq + q0, Tp);  // dQ^T += K^T dS^T
+        }
+      }
+      float* dk_out = j.dk + (bkv * T + k0) * D;
+      float* dv_out = j.dv + (bkv * T + k0) * D;
+      for (int64_t r = 0; r < M; ++r)
+        for (int64_t d = 0; d < D; ++d) {
+          dk_out[r * D + d] = dk[r * Dp + d];
+          dv_out[r * D + d] = dv[r * Dp + d];
+        }
+    }
+  }
+
+  // ------------------------------------------------------------------ decode
+
+  static inline float dot(const float* a, const float* b, int64_t D) {
+    V s = O::zero();
+    int64_t d = 0;
+    for (; d + W <= D; d += W) s = O::fma(O::load(a + d), O::load(b + d), s);
+    float t = O::hsum(s);
+    for (; d < D; ++d) t += a[d] * b[d];
+    return t;
+  }
+
+  // acc[0:D] += p * x[0:D] (acc has room for Dp floats; x only for D).
+  static inline void axpy(float* acc, float p, const float* x, int64_t D) {
+    const V vp = O::set1(p);
+    int64_t d = 0;
+    for (; d + W <= D; d += W) O::store(acc + d, O::fma(vp, O::load(x + d), O::load(acc + d)));
+    for (; d < D; ++d) acc[d] += p * x[d];
+  }
+
+  static void decode_part(const DecodeJob& j, int64_t hk, int64_t begin, int64_t end, float* m,
+                          float* l, float* acc) {
+    constexpr int kChunk = 64;  // keys per online-softmax step, read once for the whole group
+    const int64_t group = j.H / j.Hkv, D = j.D, Dp = j.Dp;
+    const float* K = j.k_cache + hk * j.capacity * D;
+    const float* Vc = j.v_cache + hk * j.capacity * D;
+    for (int64_t g = 0; g < group; ++g) {
+      m[g] = kNegInf, l[g] = 0.f;
+      for (int64_t d = 0; d < Dp; d += W) O::store(acc + g * Dp + d, O::zero());
+    }
+    alignas(64) float s[kChunk];
+    for (int64_t c0 = begin; c0 < end; c0 += kChunk) {
+      const int64_t n = min64(kChunk, end - c0);
+      for (int64_t g = 0; g < group; ++g) {
+        const float* q = j.q + (hk * group + g) * D;
+        float* a = acc + g * Dp;
+        float cmax = kNegInf;
+        for (int64_t t = 0; t < n; ++t) {
+          s[t] = dot(q, K + (c0 + t) * D, D) * j.scale;
+          cmax = maxf(cmax, s[t]);
+        }
+        for (int64_t t = n; t < kChunk; ++t) s[t] = kNegInf;
+        const float m_new = maxf(m[g], cmax);
+        const float alpha = expf(m[g] - m_new);
+        const V neg_max = O::set1(-m_new);
+        V sum = O::zero();
+        for (int t = 0; t < kChunk; t += W) {
+          const V p = exp(O::add(O::load(s + t), neg_max));
+          O::store(s + t, p);
+          sum = O::add(sum, p);
+        }
+        if (alpha != 1.f) {
+          const V va = O::set1(alpha);
+          for (int64_t d = 0; d < Dp; d += W) O::store(a + d, O::mul(O::load(a + d), va));
+        }
+        l[g] = l[g] * alpha + O::hsum(sum);
+        m[g] = m_new;
+        for (int64_t t = 0; t < n; ++t) axpy(a, s[t], Vc + (c0 + t) * D, D);
+      }
+    }
+  }
+
+  static const TileKernels* table(const char* name) {
+    static const TileKernels k = {name, W, &forward_tile, &backward_keys, &decode_part};
+    return &k;
+  }
+};
+
+}  // namespace
+}  // namespace tinylm::attention::detail

@@ -1,0 +1,277 @@
+// The portable driver of the attention kernels: picks the kernel table from
+// active_features() at every call, packs transposed and padded copies of the inputs,
+// splits the work into independent items on the thread pool and combines the results.
+//
+// Work items never share an output element, and how the work is split depends only on
+// the problem's shape (never on the thread count), so results are deterministic and
+// need no atomics:
+//   forward   one item per (batch, head, query tile);
+//   backward  one item per (batch, kv head, range of key tiles); each writes dk and dv of
+//             its key tiles and its own copy of dq, and the copies are summed in a fixed
+//             order afterwards (one copy when there are enough kv heads to go round);
+//   decode    one item per (kv head, range of cache positions), combined like the
+//             partial softmaxes of flash-decoding.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "../cpu.h"
+#include "../threads.h"
+#include "attention.h"
+#include "kernels.h"
+
+namespace tinylm::attention {
+
+namespace {
+
+[[noreturn]] void invalid(const std::string& what) { throw std::invalid_argument(what); }
+
+void check_heads(int64_t heads, int64_t kv_heads, int64_t head_dim) {
+  if (heads % kv_heads != 0)
+    invalid("heads (" + std::to_string(heads) + ") must be a multiple of kv_heads (" +
+            std::to_string(kv_heads) + ")");
+  if (head_dim > kMaxHeadDim)
+    invalid("head_dim " + std::to_string(head_dim) + " is larger than the supported " +
+            std::to_string(kMaxHeadDim));
+}
+
+}  // namespace
+
+void validate(const Dims& d) {
+  if (d.batch < 1 || d.heads < 1 || d.kv_heads < 1 || d.seq < 1 || d.head_dim < 1)
+    invalid("attention sizes must be at least 1");
+  check_heads(d.heads, d.kv_heads, d.head_dim);
+}
+
+void validate(const DecodeDims& d) {
+  if (d.heads < 1 || d.kv_heads < 1 || d.capacity < 1 || d.head_dim < 1)
+    invalid("attention decode sizes must be at least 1");
+  check_heads(d.heads, d.kv_heads, d.head_dim);
+  if (d.length < 1 || d.length > d.capacity)
+    invalid("length " + std::to_string(d.length) + " must be in [1, capacity=" +
+            std::to_string(d.capacity) + "]");
+}
+
+namespace detail {
+namespace {
+
+const TileKernels* select_kernels() {
+  const uint32_t f = active_features();
+#if defined(__x86_64__) || defined(_M_X64)
+  if (f & kAVX512) return avx512_kernels();
+  if (f & kAVX2) return avx2_kernels();
+#elif defined(__aarch64__) || defined(__arm__)
+  if (f & kNEON) return neon_kernels();
+#endif
+  (void)f;
+  return nullptr;
+}
+
+int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// Square tiles: 64 for long sequences; smaller ones when T is short, where the diagonal
+// tile (half of it masked) would otherwise be most of the work.
+int choose_tile(int64_t T, int lanes) {
+  const int64_t t = T >= 192 ? 64 : T > 32 ? 32 : round_up(T, lanes);
+  return int(std::max<int64_t>(t, lanes));
+}
+
+// Uninitialized float storage (every element is written before it is read).
+struct Buffer {
+  std::unique_ptr<float[]> data;
+  explicit Buffer(int64_t n) : data(new float[size_t(std::max<int64_t>(n, 1))]) {}
+  float* get() { return data.get(); }
+};
+
+// src rows [T x D] -> dst [D x Tp], columns T..Tp zero.
+void transpose(const float* src, int64_t T, int64_t D, float* dst, int64_t Tp) {
+  for (int64_t d = 0; d < D; ++d) {
+    float* row = dst + d * Tp;
+    for (int64_t t = 0; t < T; ++t) row[t] = src[t * D + d];
+    std::fill(row + T, row + Tp, 0.f);
+  }
+}
+
+// src rows [T x D] -> dst [T x Dp], columns D..Dp zero.
+void pad_rows(const float* src, int64_t T, int64_t D, float* dst, int64_t Dp) {
+  for (int64_t t = 0; t < T; ++t) {
+    std::copy(src + t * D, src + (t + 1) * D, dst + t * Dp);
+    std::fill(dst + t * Dp + D, dst + (t + 1) * Dp, 0.f);
+  }
+}
+
+// Splits key tiles [0, n) into `parts` contiguous ranges of about equal work, where tile
+// kt costs n - kt (the query tiles at or after it).
+std::vector<int64_t> balanced_splits(int64_t n, int64_t parts) {
+  const int64_t total = n * (n + 1) / 2;
+  std::vector<int64_t> bounds{0};
+  int64_t done = 0, kt = 0;
+  for (int64_t s = 1; s < parts; ++s) {
+    while (kt < n && done * parts < total * s) done += n - kt++;
+    kt = std::max(kt, bounds.back() + 1);           // every range non-empty...
+    kt = std::min(kt, n - (parts - s));             // ...and room left for the rest
+    done = kt * n - kt * (kt - 1) / 2;              // work of tiles [0, kt)
+    bounds.push_back(kt);
+  }
+  bounds.push_back(n);
+  return bounds;
+}
+
+}  // namespace
+
+void forward_with(const TileKernels* kern, const Dims& d, const float* q, const float* k,
+                  const float* v, float* out, float* lse) {
+  validate(d);
+  if (kern == nullptr) return reference::forward(d, q, k, v, out, lse);
+  const int64_t B = d.batch, H = d.heads, Hkv = d.kv_heads, T = d.seq, D = d.head_dim;
+  const int tile = choose_tile(T, kern->lanes);
+  const int64_t Tp = round_up(T, tile), Dp = round_up(D, kern->lanes), nq = Tp / tile;
+
+  Buffer kT(B * Hkv * D * Tp), vp(Dp == D ? 0 : B * Hkv * T * Dp);
+  parallel_for(B * Hkv, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      transpose(k + i * T * D, T, D, kT.get() + i * D * Tp, Tp);
+      if (Dp != D) pad_rows(v + i * T * D, T, D, vp.get() + i * T * Dp, Dp);
+    }
+  });
+
+  const ForwardJob job{q,   kT.get(), Dp == D ? v : vp.get(), out, lse, B, H, Hkv, T, D, Dp,
+                       Tp,  tile,     float(1.0 / std::sqrt(double(D)))};
+  // Longest items (last query tiles) first, so the pool's dynamic ranges balance.
+  const int64_t heads = B * H;
+  parallel_for(heads * nq, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) kern->forward_tile(job, i % heads, nq - 1 - i / heads);
+  });
+}
+
+void backward_with(const TileKernels* kern, const Dims& d, const float* q, const float* k,
+                   const float* v, const float* out, const float* lse, const float* dout,
+                   float* dq, float* dk, float* dv) {
+  validate(d);
+  if (kern == nullptr) return reference::backward(d, q, k, v, out, lse, dout, dq, dk, dv);
+  const int64_t B = d.batch, H = d.heads, Hkv = d.kv_heads, T = d.seq, D = d.head_dim;
+  const int64_t group = H / Hkv;
+  const int tile = choose_tile(T, kern->lanes);
+  const int64_t Tp = round_up(T, tile), Dp = round_up(D, kern->lanes), nk = Tp / tile;
+
+  // Enough items to keep a few threads busy when there are few kv heads, with a cap on
+  // the memory the dq copies take (each is B*H*D*Tp floats).
+  const int64_t per_copy = B * H * D * Tp;
+  int64_t splits = std::min<int64_t>(nk, (16 + B * Hkv - 1) / (B * Hkv));
+  splits = std::max<int64_t>(1, std::min<int64_t>(splits, (int64_t(1) << 26) / per_copy));
+  const std::vector<int64_t> bounds = balanced_splits(nk, splits);
+
+  const bool pad = Dp != D;
+  Buffer kT(B * Hkv * D * Tp), qT(B * H * D * Tp), doT(B * H * D * Tp);
+  Buffer qp(pad ? B * H * T * Dp : 0), dop(pad ? B * H * T * Dp : 0);
+  Buffer lse_p(B * H * Tp), delta(B * H * Tp);
+  std::vector<float> dqT(size_t(splits * per_copy), 0.f);
+
+  parallel_for(B * H, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t bh = begin; bh < end; ++bh) {
+      const int64_t rows = bh * T * D;
+      if (bh % group == 0) transpose(k + bh / group * T * D, T, D, kT.get() + bh / group * D * Tp, Tp);
+      transpose(q + rows, T, D, qT.get() + bh * D * Tp, Tp);
+      transpose(dout + rows, T, D, doT.get() + bh * D * Tp, Tp);
+      if (pad) {
+        pad_rows(q + rows, T, D, qp.get() + bh * T * Dp, Dp);
+        pad_rows(dout + rows, T, D, dop.get() + bh * T * Dp, Dp);
+      }
+      float* lp = lse_p.get() + bh * Tp;
+      float* dl = delta.get() + bh * Tp;
+      for (int64_t t = 0; t < Tp; ++t) {
+        lp[t] = t < T ? lse[bh * T + t] : std::numeric_limits<float>::infinity();
+        float s = 0.f;
+        for (int64_t c = 0; t < T && c < D; ++c) s += dout[rows + t * D + c] * out[rows + t * D + c];
+        dl[t] = s;
+      }
+    }
+  });
+
+  const BackwardJob job{k,         v,        kT.get(), qT.get(), doT.get(),
+                        pad ? qp.get() : q,   pad ? dop.get() : dout,
+                        lse_p.get(), delta.get(), dk, dv, B, H, Hkv, T, D, Dp, Tp, tile,
+                        float(1.0 / std::sqrt(double(D)))};
+  parallel_for(B * Hkv * splits, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t bkv = i / splits, s = i % splits;
+      kern->backward_keys(job, bkv, bounds[s], bounds[s + 1], dqT.data() + s * per_copy);
+    }
+  });
+
+  // dq = the sum of the copies, transposed back.
+  parallel_for(B * H, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t bh = begin; bh < end; ++bh)
+      for (int64_t t = 0; t < T; ++t)
+        for (int64_t c = 0; c < D; ++c) {
+          float s = 0.f;
+          for (int64_t p = 0; p < splits; ++p) s += dqT[p * per_copy + (bh * D + c) * Tp + t];
+          dq[(bh * T + t) * D + c] = s;
+        }
+  });
+}
+
+void decode_with(const TileKernels* kern, const DecodeDims& d, const float* q,
+                 const float* k_cache, const float* v_cache, float* out) {
+  validate(d);
+  if (kern == nullptr) return reference::decode(d, q, k_cache, v_cache, out);
+  const int64_t H = d.heads, Hkv = d.kv_heads, D = d.head_dim, L = d.length, group = H / Hkv;
+  const int64_t Dp = round_up(D, kern->lanes);
+  constexpr int64_t kSplit = 512;  // cache positions per item
+  const int64_t splits = (L + kSplit - 1) / kSplit;
+  std::vector<float> m(size_t(splits * H)), l(size_t(splits * H)), acc(size_t(splits * H * Dp));
+
+  const DecodeJob job{q, k_cache, v_cache, H, Hkv, d.capacity, D, Dp,
+                      float(1.0 / std::sqrt(double(D)))};
+  const int64_t items = Hkv * splits;
+  // Waking the pool costs more than a short cache takes: stay on this thread then.
+  const int64_t grain = L * H * D < (int64_t(1) << 16) ? items : 1;
+  parallel_for(items, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t hk = i / splits, s = i % splits, row = s * H + hk * group;
+      kern->decode_part(job, hk, s * kSplit, std::min(L, (s + 1) * kSplit), &m[row], &l[row],
+                        &acc[row * Dp]);
+    }
+  });
+
+  for (int64_t h = 0; h < H; ++h) {
+    float mx = -std::numeric_limits<float>::infinity();
+    for (int64_t s = 0; s < splits; ++s) mx = std::max(mx, m[s * H + h]);
+    float sum = 0.f;
+    for (int64_t c = 0; c < D; ++c) out[h * D + c] = 0.f;
+    for (int64_t s = 0; s < splits; ++s) {
+      const float w = std::exp(m[s * H + h] - mx);
+      sum += w * l[s * H + h];
+      for (int64_t c = 0; c < D; ++c) out[h * D + c] += w * acc[(s * H + h) * Dp + c];
+    }
+    for (int64_t c = 0; c < D; ++c) out[h * D + c] /= sum;
+  }
+}
+
+}  // namespace detail
+
+void forward(const Dims& d, const float* q, const float* k, const float* v, float* out,
+             float* lse) {
+  detail::forward_with(detail::select_kernels(), d, q, k, v, out, lse);
+}
+
+void backward(const Dims& d, const float* q, const float* k, const float* v, const float* out,
+              const float* lse, const float* dout, float* dq, float* dk, float* dv) {
+  detail::backward_with(detail::select_kernels(), d, q, k, v, out, lse, dout, dq, dk, dv);
+}
+
+void decode(const DecodeDims& d, const float* q, const float* k_cache, const float* v_cache,
+            float* out) {
+  detail::decode_with(detail::select_kernels(), d, q, k_cache, v_cache, out);
+}
+
+const char* active_path() {
+  const detail::TileKernels* k = detail::select_kernels();
+  return k ? k->name : "scalar";
+}
+
+}  // namespace tinylm::attention

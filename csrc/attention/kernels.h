@@ -1,0 +1,94 @@
+// Internal interface between the portable driver (dispatch.cpp) and the per-ISA tile
+// kernels (attention_avx2.cpp, attention_avx512.cpp, attention_neon.cpp).
+//
+// The driver owns everything that allocates, threads or reshapes: it packs transposed
+// and padded copies of the inputs, splits the work into independent items and calls a
+// kernel per item. A kernel only computes on the buffers it is given, so the ISA files
+// need no std:: containers (whose out-of-line copies, compiled with AVX-512 flags, could
+// otherwise be picked by the linker for code running on an older CPU).
+//
+// Layouts ("Tp" is T rounded up to the tile, "Dp" is D rounded up to the vector width;
+// padding is zero unless noted):
+#pragma once
+
+#include <cstdint>
+
+#include "attention.h"
+
+namespace tinylm::attention::detail {
+
+constexpr int kMaxTile = 64;
+
+struct ForwardJob {
+  const float* q;   // [B, H, T, D]    the caller's array
+  const float* kT;  // [B, Hkv, D, Tp] keys transposed
+  const float* v;   // [B, Hkv, T, Dp] values, padded rows
+  float* out;       // [B, H, T, D]
+  float* lse;       // [B, H, T]
+  int64_t B, H, Hkv, T, D, Dp, Tp;
+  int tile;  // query and key tile size, a multiple of the vector width, <= kMaxTile
+  float scale;
+};
+
+struct BackwardJob {
+  const float* k;      // [B, Hkv, T, D]  the caller's arrays
+  const float* v;      // [B, Hkv, T, D]
+  const float* kT;     // [B, Hkv, D, Tp]
+  const float* qT;     // [B, H, D, Tp]
+  const float* doT;    // [B, H, D, Tp]   dout transposed
+  const float* qp;     // [B, H, T, Dp]   q with padded rows
+  const float* dop;    // [B, H, T, Dp]   dout with padded rows
+  const float* lse;    // [B, H, Tp]      padded with +inf (so padded probabilities are 0)
+  const float* delta;  // [B, H, Tp]      rowsum(dout * out)
+  float* dk;           // [B, Hkv, T, D]
+  float* dv;           // [B, Hkv, T, D]
+  int64_t B, H, Hkv, T, D, Dp, Tp;
+  int tile;
+  float scale;
+};
+
+struct DecodeJob {
+  const float* q;        // [H, D]
+  const float* k_cache;  // [Hkv, capacity, D]
+  const float* v_cache;  // [Hkv, capacity, D]
+  int64_t H, Hkv, capacity, D, Dp;
+  float scale;
+};
+
+struct TileKernels {
+  const char* name;
+  int lanes;  // vector width in floats: tiles and Dp are multiples of it
+
+  // Query tile `qt` of head `bh` (= b * H + h): writes its rows of out and lse.
+  void (*forward_tile)(const ForwardJob& job, int64_t bh, int64_t qt);
+
+  // Key tiles [kt_begin, kt_end) of kv head `bkv` (= b * Hkv + hk), for every query head
+  // of its group: writes those rows of dk and dv, and adds the tiles' share of dq,
+  // transposed, into dqT [B, H, D, Tp].
+  void (*backward_keys)(const BackwardJob& job, int64_t bkv, int64_t kt_begin, int64_t kt_end,
+                        float* dqT);
+
+  // Cache positions [begin, end) for the query heads of kv head `hk`: per query head g of
+  // the group, the running max m[g], the sum l[g] of exp(score - m[g]) and the
+  // unnormalized output acc[g * Dp + d].
+  void (*decode_part)(const DecodeJob& job, int64_t hk, int64_t begin, int64_t end, float* m,
+                      float* l, float* acc);
+};
+
+// Defined in the ISA files compiled for this architecture.
+const TileKernels* avx2_kernels();
+const TileKernels* avx512_kernels();
+const TileKernels* neon_kernels();
+
+// The driver with an explicit kernel table (nullptr = the scalar reference); the public
+// functions call it with the table active_features() selects. The native tests use it to
+// run a table directly (e.g. the AVX-512 source compiled against SIMDe).
+void forward_with(const TileKernels* kernels, const Dims& d, const float* q, const float* k,
+                  const float* v, float* out, float* lse);
+void backward_with(const TileKernels* kernels, const Dims& d, const float* q, const float* k,
+                   const float* v, const float* out, const float* lse, const float* dout,
+                   float* dq, float* dk, float* dv);
+void decode_with(const TileKernels* kernels, const DecodeDims& d, const float* q,
+                 const float* k_cache, const float* v_cache, float* out);
+
+}  // namespace tinylm::attention::detail

@@ -1,0 +1,113 @@
+"""Builds the native C++ test driver for every target and runs it on every CPU model.
+
+The driver (csrc/tests/) runs each kernel against its scalar reference on every
+instruction-set level the CPU offers, and checks CPU detection and the thread pool.
+Targets and CPUs come from csrc/tests/build.py: x86-64 natively and under
+`qemu-x86_64 -cpu Westmere/Haswell`, the AVX-512/VNNI sources against SIMDe, aarch64
+under qemu as Pi 3/4/5 and `max`, and 32-bit ARM under qemu-arm.
+
+A missing cross compiler, qemu or SIMDe skips a test with the Debian package to install,
+except in CI (CI=true), where it fails: CI must not pass by skipping.
+"""
+import importlib.util
+import os
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _load_build():
+    spec = importlib.util.spec_from_file_location("tinylm_native_build", REPO / "csrc/tests/build.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+build = _load_build()
+
+RUNS = [(target, run.cpu) for target, runs in build.RUNS.items() for run in runs]
+SUMMARY = re.compile(r"^(\d+) passed, (\d+) failed$", re.MULTILINE)
+TIMEOUT_S = 600
+_built: dict[str, Path | Exception] = {}
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
+
+
+def require_tools(target: str, cpu: str | None = None) -> None:
+    run = build.find_run(target, cpu) if cpu else None
+    missing = build.missing_tools(target, run)
+    if missing:
+        message = f"{target}{' ' + cpu if cpu else ''} needs: {'; '.join(missing)}"
+        if in_ci():
+            pytest.fail(f"{message} (CI must run every target, not skip it)")
+        pytest.skip(message)
+
+
+def built_driver(target: str) -> Path:
+    """Builds a target once per session (objects are cached on disk across sessions)."""
+    if target not in _built:
+        try:
+            _built[target] = build.build(target)
+        except build.BuildError as e:
+            _built[target] = e
+    result = _built[target]
+    if isinstance(result, Exception):
+        pytest.fail(str(result), pytrace=False)
+    return result
+
+
+def run_driver(target: str, cpu: str, *args: str, **env: str):
+    require_tools(target, cpu)
+    built_driver(target)
+    return build.run_driver(target, cpu, list(args), timeout=TIMEOUT_S, extra_env=env)
+
+
+@pytest.mark.parametrize("target,cpu", RUNS, ids=[f"{t}-{c}" for t, c in RUNS])
+def test_driver_passes(target, cpu):
+    result = run_driver(target, cpu)
+    summary = SUMMARY.findall(result.stdout)
+    assert result.returncode == 0, (
+        f"driver {target} on {cpu}: {build.describe_exit(result.returncode)}\n{result.stdout[-6000:]}")
+    assert summary, f"no 'N passed, N failed' line in the output:\n{result.stdout[-3000:]}"
+    passed, failed = map(int, summary[-1])
+    assert failed == 0 and passed > 0, result.stdout[-6000:]
+
+
+def test_driver_lists_every_test_source():
+    """Every csrc/tests/test_*.cpp is compiled into the driver, and every kernel
+    source of the architecture, so a new kernel or test file needs no harness change."""
+    sources = {job.source.name for job in build.compile_jobs("host")}
+    for test_file in (REPO / "csrc/tests").glob("test_*.cpp"):
+        assert test_file.name in sources
+    assert {"main.cpp", "cpu.cpp", "threads.cpp", "test_runtime.cpp"} <= sources
+    arm = {job.source.name for job in build.compile_jobs("aarch64")}
+    assert not any(name.endswith(("_avx2.cpp", "_avx512.cpp")) for name in arm)
+    assert not any(name.endswith("_neon.cpp") for name in sources)
+
+
+def test_tinylm_isa_caps_the_level():
+    """TINYLM_ISA, read by the driver at start, caps the active level."""
+    result = run_driver("host", "native", "runtime_detects", TINYLM_ISA="scalar")
+    assert result.returncode == 0, result.stdout
+    assert "active isa: scalar" in result.stdout
+
+
+def test_unknown_tinylm_isa_is_refused_with_the_choices():
+    result = run_driver("host", "native", "runtime_detects", TINYLM_ISA="sse9")
+    assert result.returncode != 0
+    assert "TINYLM_ISA=sse9" in result.stdout and "available: scalar" in result.stdout
+
+
+def test_a_failing_check_fails_the_driver():
+    """The harness sees a failure: a wrong expectation makes the driver exit non-zero."""
+    result = run_driver("host", "native", "runtime_detects", TINYLM_EXPECT_ISAS="scalar,bogus")
+    assert result.returncode == 1, result.stdout
+    assert "expected scalar,bogus" in result.stdout
+    assert SUMMARY.findall(result.stdout)[-1] == ("0", "1")

@@ -1,0 +1,192 @@
+"""Training end to end through the command line: learning, reproducibility, exact resume
+after SIGKILL, fine-tuning, recipes, and the one-line errors for bad input."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from tinylm.checkpoint import load_safetensors
+
+# A model small enough that a step takes milliseconds.
+SHAPE = ["--d-model", "32", "--n-layer", "1", "--n-head", "2", "--d-ff", "48", "--context", "16"]
+
+
+def tinylm(*args, check=True, cache):
+    """Runs the installed command line (from outside the source tree, so that the
+    installed package is what runs) with its own token cache."""
+    env = dict(os.environ, TINYLM_CACHE=cache, OPENBLAS_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "tinylm", *map(str, args)], env=env,
+                          cwd=os.path.dirname(cache), capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"tinylm {' '.join(map(str, args))} failed:\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    """A small corpus with learnable structure: repeated lines of a few words."""
+    rng = np.random.default_rng(0)
+    words = ["alpha", "beta", "gamma", "delta", "é", "€uro", "\t", "naïve"]
+    lines = [" ".join(rng.choice(words, 6)) for _ in range(1500)]
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def cache(tmp_path):
+    return str(tmp_path / "cache")
+
+
+def metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def weights(run_dir):
+    tensors, _ = load_safetensors(run_dir / "model.safetensors")
+    return {k: np.array(v) for k, v in tensors.items()}
+
+
+def train(corpus, out, cache, *extra):
+    return tinylm("train", "--data", corpus, "--out", out, *SHAPE, "--batch-size", 4,
+                  "--eval-interval", 20, "--eval-tokens", 512, "--seed", 3, *extra, cache=cache)
+
+
+def test_training_lowers_validation_loss_and_writes_a_model(corpus, tmp_path, cache):
+    out = tmp_path / "run"
+    proc = train(corpus, out, cache, "--steps", 60, "--lr", 1e-2)
+    vals = [m["val_loss"] for m in metrics(out) if "val_loss" in m]
+    assert vals[-1] < vals[0] - 1.0, vals
+    assert "parameters" in proc.stdout and "bits/byte" in proc.stdout
+    assert "model:" in proc.stdout and "parameters" in proc.stdout.splitlines()[0]
+    assert (out / "model.safetensors").exists()
+    ev = tinylm("eval", out / "model.safetensors", "--data", corpus, cache=cache)
+    assert "nats/token" in ev.stdout and "bits/byte" in ev.stdout
+
+
+def test_same_seed_gives_the_same_loss_curve(corpus, tmp_path, cache):
+    a, b = tmp_path / "a", tmp_path / "b"
+    train(corpus, a, cache, "--steps", 15)
+    train(corpus, b, cache, "--steps", 15)
+    la = [m["loss"] for m in metrics(a) if "loss" in m]
+    lb = [m["loss"] for m in metrics(b) if "loss" in m]
+    assert len(la) == 15 and la == lb
+
+
+def test_resume_after_sigkill_gives_the_same_weights(corpus, tmp_path, cache):
+    steps = ["--steps", 400, "--checkpoint-interval", 50]
+    full = tmp_path / "full"
+    train(corpus, full, cache, *steps)
+
+    killed = tmp_path / "killed"
+    env = dict(os.environ, TINYLM_CACHE=cache, OPENBLAS_NUM_THREADS="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tinylm", "train", "--data", str(corpus), "--out", str(killed),
+         *SHAPE, "--batch-size", "4", "--eval-interval", "20", "--eval-tokens", "512",
+         "--seed", "3", *map(str, steps)], env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # kill between the first and the last checkpoint
+        done = [m["step"] for m in metrics(killed)] if (killed / "metrics.jsonl").exists() else []
+        if (killed / "checkpoint.safetensors").exists() and done and max(done) > 70:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert max(m["step"] for m in metrics(killed)) < 400
+
+    tinylm("train", "--resume", killed, cache=cache)
+    w_full, w_resumed = weights(full), weights(killed)
+    assert w_full.keys() == w_resumed.keys()
+    for name in w_full:
+        np.testing.assert_array_equal(w_full[name], w_resumed[name], err_msg=name)
+    steps_logged = [m["step"] for m in metrics(killed) if "loss" in m]
+    assert steps_logged == list(range(1, 401))  # each step once, none lost
+
+
+def test_finetune_from_a_model(corpus, tmp_path, cache):
+    base = tmp_path / "base"
+    train(corpus, base, cache, "--steps", 5)
+    other = tmp_path / "domain.txt"
+    other.write_text("zeta eta theta\n" * 400)
+    tuned = tmp_path / "tuned"
+    tinylm("train", "--init", base / "model.safetensors", "--data", other, "--out", tuned,
+           "--steps", 5, "--batch-size", 4, cache=cache)
+    assert weights(tuned).keys() == weights(base).keys()
+    refused = tinylm("train", "--init", base / "model.safetensors", "--data", other,
+                     "--n-layer", 3, "--out", tmp_path / "x", check=False, cache=cache)
+    assert refused.returncode == 2 and "--n-layer cannot be combined with --init" in refused.stderr
+
+
+def test_recipe_is_read_and_flags_override_it(corpus, tmp_path, cache):
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(f'data = "{corpus}"\nsteps = 7\nd-model = 32\nn_layer = 1\nn_head = 2\n'
+                      'd_ff = 48\ncontext = 16\nbatch_size = 4\neval_interval = 100\n')
+    out = tmp_path / "r"
+    tinylm("train", "--config", recipe, "--steps", 4, "--out", out, cache=cache)
+    assert max(m["step"] for m in metrics(out)) == 4
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--data", "{tmp}/missing.txt"], "does not exist"),
+    (["--data", "{tmp}/empty.txt"], "is empty"),
+    (["--data", "{tmp}/short.txt"], "corpus is too short"),
+    (["--data", "{tmp}/short.txt", "--d-model", "30", "--n-head", "4"], "divisible by n_head"),
+    (["--resume", "{tmp}"], "no run to resume"),
+    (["--config", "{tmp}/bad.toml"], "unknown option"),
+])
+def test_bad_input_gets_a_one_line_error(tmp_path, cache, args, message):
+    (tmp_path / "empty.txt").write_bytes(b"")
+    (tmp_path / "short.txt").write_bytes(b"abc" * 20)
+    (tmp_path / "bad.toml").write_text("stepz = 3\n")
+    proc = tinylm("train", *[a.format(tmp=tmp_path) for a in args], "--steps", "2",
+                  check=False, cache=cache) if "--resume" not in args else tinylm(
+        "train", *[a.format(tmp=tmp_path) for a in args], check=False, cache=cache)
+    assert proc.returncode == 2
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_truncated_checkpoint_is_refused_clearly(corpus, tmp_path, cache):
+    out = tmp_path / "run"
+    train(corpus, out, cache, "--steps", 2)
+    ckpt = out / "checkpoint.safetensors"
+    ckpt.write_bytes(ckpt.read_bytes()[:1000])
+    proc = tinylm("train", "--resume", out, check=False, cache=cache)
+    assert proc.returncode == 2 and "cannot resume" in proc.stderr and "Traceback" not in proc.stderr
+    model = out / "model.safetensors"
+    model.write_bytes(model.read_bytes()[:-10])
+    proc = tinylm("eval", model, "--data", corpus, check=False, cache=cache)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+
+
+def test_binary_corpus_and_stdin(tmp_path, cache):
+    data = bytes(np.random.default_rng(1).integers(0, 256, 4000, dtype=np.uint8))
+    out = tmp_path / "bin"
+    proc = subprocess.run([sys.executable, "-m", "tinylm", "train", "--data", "-", "--out", str(out),
+                           *SHAPE, "--steps", "3", "--batch-size", "2"], input=data,
+                          capture_output=True, cwd=tmp_path, env=dict(os.environ, TINYLM_CACHE=cache))
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert (out / "model.safetensors").exists()
+
+
+def test_sentencepiece_tokenizer_is_trained_and_stored_in_the_model(corpus, tmp_path, cache):
+    out = tmp_path / "sp"
+    train(corpus, out, cache, "--steps", 3, "--tokenizer", "sentencepiece", "--vocab-size", 300)
+    from tinylm.modelfile import load_model
+    cfg, _, tokenizer = load_model(out / "model.safetensors")
+    assert tokenizer.name == "sentencepiece" and cfg.vocab_size == tokenizer.vocab_size == 300
+    text = corpus.read_text(encoding="utf-8")[:500]
+    assert tokenizer.decode(tokenizer.encode(text)) == text
+    assert len(tokenizer.encode(text)) < len(text.encode())  # it learned some merges
+    ev = tinylm("eval", out / "model.safetensors", "--data", corpus, cache=cache)
+    assert "bits/byte" in ev.stdout
+    bad = tinylm("train", "--data", corpus, "--out", tmp_path / "x", "--tokenizer",
+                 "sentencepiece", "--vocab-size", 100, check=False, cache=cache)
+    assert bad.returncode == 2 and "too small" in bad.stderr

@@ -1,0 +1,286 @@
+"""The `tinylm` command: train, eval, info (and the commands other modules add).
+
+Heavy imports (numpy, the extension) happen inside the commands, after --threads has
+been applied to the BLAS library's environment, which numpy reads when it is imported.
+"""
+import argparse
+import os
+import sys
+import time
+
+TRAIN_DEFAULT_PRESET = "tiny"
+TRAIN_DEFAULT_STEPS = 2000
+SHAPE_FLAGS = ("preset", "d_model", "n_layer", "n_head", "n_kv_head", "d_ff", "context",
+               "tokenizer", "vocab_size")
+
+
+def set_threads(n):
+    """Applies --threads to numpy's BLAS (before numpy is imported) and our kernels."""
+    if n is None:
+        return
+    if n < 1:
+        raise SystemExit("tinylm: error: --threads must be at least 1")
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+                "VECLIB_MAXIMUM_THREADS"):
+        os.environ[var] = str(n)
+    from . import _C
+    _C.set_num_threads(n)
+
+
+# ---------------------------------------------------------------- train
+
+
+def add_train_parser(sub):
+    p = sub.add_parser(
+        "train", help="train a model on a corpus",
+        description="Train a model. With no arguments: the 'tiny' preset for "
+        f"{TRAIN_DEFAULT_STEPS} steps on the Python standard library's own source code, "
+        "written to runs/<preset>-<time>/. Flags override a --config recipe.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter, argument_default=None)
+    io = p.add_argument_group("run")
+    io.add_argument("--config", metavar="FILE", help="TOML recipe; flags given here override it")
+    io.add_argument("--data", metavar="PATH", help="corpus: a file, a folder (recursive), or - for "
+                    "stdin (default: the Python standard library's .py files)")
+    io.add_argument("--out", metavar="DIR", help="run directory (default: runs/<preset>-<time>)")
+    io.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
+    io.add_argument("--init", metavar="MODEL", help="fine-tune: start from this model's weights "
+                    "and tokenizer (shape flags are then not allowed)")
+    io.add_argument("--threads", type=int, metavar="N", help="threads for numpy and the kernels "
+                    "(default: all cores)")
+    shape = p.add_argument_group("model shape")
+    shape.add_argument("--preset", help="tiny, baby, small or medium (default: tiny)")
+    shape.add_argument("--d-model", type=int)
+    shape.add_argument("--n-layer", type=int)
+    shape.add_argument("--n-head", type=int)
+    shape.add_argument("--n-kv-head", type=int, help="key/value heads (default: n-head)")
+    shape.add_argument("--d-ff", type=int, help="SwiGLU hidden width")
+    shape.add_argument("--context", type=int, help="sequence length")
+    shape.add_argument("--tokenizer", choices=["bytes", "sentencepiece"], help="default: bytes")
+    shape.add_argument("--vocab-size", type=int, help="sentencepiece vocabulary size (default 1024)")
+    opt = p.add_argument_group("optimization")
+    opt.add_argument("--steps", type=int, help=f"optimizer steps (default {TRAIN_DEFAULT_STEPS})")
+    opt.add_argument("--batch-size", type=int, help="sequences per micro-batch (default 16)")
+    opt.add_argument("--grad-accum", type=int, help="micro-batches per step (default 1)")
+    opt.add_argument("--lr", type=float, help="peak learning rate (default 3e-3)")
+    opt.add_argument("--min-lr", type=float, help="final learning rate (default lr/10)")
+    opt.add_argument("--warmup", type=int, help="warm-up steps (default 50)")
+    opt.add_argument("--weight-decay", type=float, help="AdamW decay (default 0.1)")
+    opt.add_argument("--decay-embeddings", action="store_true",
+                     help="also decay the embedding (default: only the matrices)")
+    opt.add_argument("--grad-clip", type=float, help="clip the global gradient norm (default 1.0; 0 = off)")
+    opt.add_argument("--seed", type=int, help="seed for initial weights and data order (default 1337)")
+    ev = p.add_argument_group("evaluation and checkpoints")
+    ev.add_argument("--eval-interval", type=int, help="steps between evaluations (default 250)")
+    ev.add_argument("--eval-tokens", type=int, help="validation tokens per evaluation (default 16384)")
+    ev.add_argument("--checkpoint-interval", type=int, help="steps between checkpoints (default 250)")
+    ev.add_argument("--val-fraction", type=float, help="share of the corpus held out (default 0.05)")
+    p.set_defaults(func=cmd_train)
+
+
+def read_recipe(path):
+    import tomllib
+    try:
+        with open(path, "rb") as f:
+            recipe = tomllib.load(f)
+    except FileNotFoundError:
+        raise TinylmError(f"recipe '{path}' does not exist") from None
+    except tomllib.TOMLDecodeError as e:
+        raise TinylmError(f"recipe '{path}' is not valid TOML: {e}") from None
+    return {k.replace("-", "_"): v for k, v in recipe.items()}
+
+
+def train_options(args):
+    """Defaults < recipe (--config) < flags, as one dict of the train flags' names."""
+    flags = {k: v for k, v in vars(args).items()
+             if v is not None and k not in ("func", "command") and not k.startswith("_")}
+    if not flags.get("decay_embeddings"):
+        flags.pop("decay_embeddings", None)
+    options = read_recipe(flags.pop("config")) if "config" in flags else {}
+    valid = {a.dest for a in args._parser._actions} - {"help", "config"}
+    unknown = sorted(set(options) - valid)
+    if unknown:
+        raise TinylmError(f"recipe has unknown option(s): {', '.join(unknown)}; "
+                          "see `tinylm train --help` for the names")
+    options.update(flags)
+    return options
+
+
+def build_model_config(opts, tokenizer):
+    from .config import preset
+    cfg = preset(opts.get("preset", TRAIN_DEFAULT_PRESET))
+    changes = {k: opts[k] for k in ("d_model", "n_layer", "n_head", "n_kv_head", "d_ff", "context")
+               if k in opts}
+    if "n_head" in changes and "n_kv_head" not in changes:
+        changes["n_kv_head"] = changes["n_head"]
+    changes["vocab_size"] = tokenizer.vocab_size
+    return cfg.with_(**changes)
+
+
+def make_tokenizer(opts, docs):
+    from .tokenizer import ByteTokenizer, SentencePieceTokenizer
+    if opts.get("tokenizer", "bytes") == "bytes":
+        if "vocab_size" in opts:
+            raise TinylmError("--vocab-size applies only to --tokenizer sentencepiece")
+        return ByteTokenizer()
+    vocab = opts.get("vocab_size", 1024)
+    print(f"training a sentencepiece tokenizer (vocab {vocab}) ...", file=sys.stderr)
+    try:
+        return SentencePieceTokenizer.train(docs, vocab_size=vocab)
+    except ValueError as e:
+        raise TinylmError(f"--tokenizer sentencepiece: {e}") from None
+
+
+def cmd_train(args):
+    opts = train_options(args)
+    set_threads(opts.pop("threads", None))
+    from . import data
+    from .trainer import Run, TrainConfig, summary
+    train_keys = set(TrainConfig.__dataclass_fields__)
+    started = time.perf_counter()
+    docs = None  # the corpus, when it had to be read to train a tokenizer
+
+    if "resume" in opts:
+        for bad in ("init", "out") + SHAPE_FLAGS:
+            if bad in opts:
+                raise TinylmError(f"--{bad.replace('_', '-')} cannot be combined with --resume: "
+                                  "a resumed run keeps its model and directory")
+        run = Run.resume(opts["resume"], {k: v for k, v in opts.items() if k in train_keys})
+    else:
+        opts.setdefault("steps", TRAIN_DEFAULT_STEPS)
+        tcfg = TrainConfig(**{k: v for k, v in opts.items() if k in train_keys})
+        if "min_lr" not in opts:
+            tcfg.min_lr = tcfg.lr / 10
+        if "init" in opts:
+            given = [f"--{k.replace('_', '-')}" for k in SHAPE_FLAGS if k in opts]
+            if given:
+                raise TinylmError(f"{', '.join(given)} cannot be combined with --init: a "
+                                  "fine-tuned model keeps the shape and tokenizer of its base")
+            from .modelfile import load_model
+            cfg, params, tokenizer = load_model(opts["init"])
+        else:
+            if opts.get("tokenizer") == "sentencepiece" or tcfg.data == "-":
+                docs = data.read_documents(tcfg.data)  # stdin can be read only once
+            tokenizer = make_tokenizer(opts, docs)
+            cfg, params = build_model_config(opts, tokenizer), None
+        out = opts.get("out") or os.path.join(
+            "runs", f"{opts.get('preset', TRAIN_DEFAULT_PRESET)}-{time.strftime('%Y%m%d-%H%M%S')}")
+        run = Run.create(out, cfg, tcfg, tokenizer, params=params)
+    tokens = data.load_tokens(run.tcfg.data, run.tokenizer, docs=docs)
+    split = data.split_tokens(tokens, run.tokenizer, run.cfg.context, run.tcfg.val_fraction)
+    val = run.train(split)
+    print(summary(run, val, time.perf_counter() - started))
+
+
+# ---------------------------------------------------------------- eval
+
+
+def add_eval_parser(sub):
+    p = sub.add_parser("eval", help="validation loss and bits per byte of a model",
+                       description="Evaluate a model on the validation split of a corpus.")
+    p.add_argument("model", help="model file (.safetensors)")
+    p.add_argument("--data", default=None, help="corpus (default: the Python standard library)")
+    p.add_argument("--val-fraction", type=float, default=0.05, help="share held out (as in training)")
+    p.add_argument("--eval-tokens", type=int, default=65536, help="validation tokens to score")
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(func=cmd_eval)
+
+
+def cmd_eval(args):
+    set_threads(args.threads)
+    from . import data
+    from .modelfile import load_model
+    from .trainer import evaluate
+    cfg, params, tokenizer = load_model(args.model)
+    source = args.data or data.DEFAULT_SOURCE
+    split = data.split_tokens(data.load_tokens(source, tokenizer), tokenizer, cfg.context,
+                              args.val_fraction)
+    nats, bpb = evaluate(params, cfg, split.val, split.val_bytes, args.eval_tokens)
+    print(f"{args.model}: validation loss {nats:.4f} nats/token, {bpb:.4f} bits/byte "
+          f"({min(len(split.val), args.eval_tokens):,} tokens of {source})")
+
+
+# ---------------------------------------------------------------- info
+
+
+def add_info_parser(sub):
+    p = sub.add_parser("info", help="CPU features, kernel paths, versions; or a model file's contents",
+                       description="Without MODEL: what the CPU supports and which kernel paths "
+                       "tinylm uses. With MODEL: its format, shape, size and parameter count.")
+    p.add_argument("model", nargs="?", help="a model file to describe")
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(func=cmd_info)
+
+
+def cmd_info(args):
+    set_threads(args.threads)
+    if args.model:
+        return describe_model(args.model)
+    import platform
+
+    import numpy as np
+
+    from . import __version__, _C
+    print(f"tinylm {__version__}  (python {platform.python_version()}, numpy {np.__version__}, "
+          f"{platform.machine()} {platform.system()})")
+    print(f"cpu features:    {', '.join(_C.cpu_features()) or 'none beyond the baseline'}")
+    print(f"available paths: {', '.join(_C.available_isas())}")
+    forced = os.environ.get("TINYLM_ISA")
+    print(f"active path:     {_C.active_isa()}" + (f"  (forced by TINYLM_ISA={forced})" if forced else ""))
+    for family in ("attention", "int8"):
+        getter = getattr(_C, f"{family}_path", None)
+        if getter is not None:
+            print(f"{family + ' path:':<17}{getter()}")
+    print(f"threads:         {_C.num_threads()}")
+
+
+def describe_model(path):
+    from .config import format_count
+    from .modelfile import read_model
+    cfg, tensors, tokenizer, meta = read_model(path)
+    size = os.path.getsize(path)
+    dtypes = sorted({str(t.dtype) for name, t in tensors.items() if name.startswith("model.")})
+    print(f"{path}")
+    print(f"  format      {meta.get('tinylm.weights', 'fp32')} ({', '.join(dtypes)} tensors)")
+    print(f"  size        {size / 1e6:.2f} MB")
+    print(f"  parameters  {format_count(cfg.num_params())} ({cfg.num_params():,})")
+    print(f"  shape       {cfg.n_layer} layers, d_model {cfg.d_model}, {cfg.n_head} heads "
+          f"({cfg.n_kv_head} kv), d_ff {cfg.d_ff}, context {cfg.context}")
+    print(f"  tokenizer   {tokenizer.name}, vocab {tokenizer.vocab_size}")
+    if "tinylm.step" in meta:
+        print(f"  trained     {meta['tinylm.step']} steps")
+
+
+# ---------------------------------------------------------------- main
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="tinylm", description="A from-scratch super tiny language model: train it on a "
+        "laptop, run it on a Raspberry Pi.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    add_train_parser(sub)
+    add_eval_parser(sub)
+    add_info_parser(sub)
+    for name, p in sub.choices.items():
+        p.set_defaults(_parser=p)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except TinylmError as e:
+        print(f"tinylm: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tinylm: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+from .errors import TinylmError  # noqa: E402  (light: no numpy)
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""A one-line progress bar for the terminal (plain periodic lines when not a terminal)."""
+import sys
+import time
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+
+
+class Progress:
+    def __init__(self, total: int, start: int = 0, stream=None, width: int = 24, every: int = 50):
+        self.total, self.start = total, start
+        self.stream = stream or sys.stderr
+        self.tty = getattr(self.stream, "isatty", lambda: False)()
+        self.width, self.every = width, every
+        self.t0 = time.perf_counter()
+        self.last_len = 0
+        self.last_draw = 0.0
+
+    def update(self, step: int, **fields):
+        """Shows progress after `step` steps are done (fields: name -> formatted value)."""
+        now = time.perf_counter()
+        if self.tty and now - self.last_draw < 0.1 and step != self.total:
+            return  # redraw at most ten times a second
+        self.last_draw = now
+        done = step - self.start
+        elapsed = now - self.t0
+        left = elapsed / done * (self.total - step) if done > 0 else 0.0
+        filled = int(self.width * step / max(1, self.total))
+        bar = "█" * filled + "░" * (self.width - filled)
+        info = " | ".join(f"{k} {v}" for k, v in fields.items())
+        line = (f"step {step:>{len(str(self.total))}}/{self.total} {bar} {info} | "
+                f"{format_duration(elapsed)}<{format_duration(left)}")
+        if self.tty:
+            self.stream.write("\r" + line.ljust(self.last_len))
+            self.last_len = len(line)
+        elif step % self.every == 0 or step == self.total:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def message(self, text: str):
+        """Prints a line of its own without breaking the bar."""
+        if self.tty and self.last_len:
+            self.stream.write("\r" + " " * self.last_len + "\r")
+            self.last_len = 0
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def close(self):
+        if self.tty and self.last_len:
+            self.stream.write("\n")
+            self.stream.flush()
