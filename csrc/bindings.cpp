@@ -297,8 +297,8 @@ void bind_int8(py::module_& m) {
       py::arg("x"), py::arg("weight"), py::arg("scale"), py::arg("out") = py::none(),
       "y [M, N] = dequant(q(x) . weight.T): float32 x [M, K] quantized per row, int8 "
       "weight [N, K] (values in [-127, 127], not re-checked here) with float32 scale [N].");
-  m.def("int8_active_kernel", &tinylm::int8::active_kernel,
-        "The int8 kernel the active instruction-set level selects.");
+  m.def("int8_path", &tinylm::int8::active_kernel,
+        "The int8 kernel the active instruction-set level selects (e.g. 'avx512vnni').");
   m.def(
       "int8_kernels",
       [] {

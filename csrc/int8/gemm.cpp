@@ -4,6 +4,7 @@
 // kernels() after checking the CPU level.
 #include <algorithm>
 #include <atomic>
+#include <cfloat>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -90,15 +91,20 @@ void quantize_rows(const float* x, int64_t M, int64_t K, int8_t* q, int64_t q_st
     const float* row = x + m * K;
     int8_t* out = q + m * q_stride;
     float amax = 0.0f;
+    bool finite = true;
     for (int64_t k = 0; k < K; ++k) {
       const float a = std::fabs(row[k]);
       amax = a > amax ? a : amax;
+      finite &= a <= FLT_MAX;  // false for inf and NaN
     }
-    scale[m] = amax / 127.0f;
-    const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+    // A row with NaN or inf gets scale NaN and q = 0, so its outputs are NaN. A row whose
+    // largest magnitude is subnormal (127 / amax would overflow) counts as zero.
+    const bool normal = amax >= FLT_MIN;
+    scale[m] = !finite ? NAN : normal ? amax / 127.0f : 0.0f;
+    const float inv = finite && normal ? 127.0f / amax : 0.0f;
     for (int64_t k = 0; k < K; ++k) {
-      float v = round_even(row[k] * inv);
-      v = v <= 127.0f ? v : 127.0f;    // also maps NaN (from inf inputs) into range
+      float v = round_even((finite ? row[k] : 0.0f) * inv);
+      v = v <= 127.0f ? v : 127.0f;
       v = v >= -127.0f ? v : -127.0f;  // never -128: see int8.h
       out[k] = int8_t(v);
     }
