@@ -12,6 +12,7 @@
 
 #include "attention/attention.h"
 #include "cpu.h"
+#include "int8/int8.h"
 #include "threads.h"
 
 namespace py = pybind11;
@@ -210,7 +211,113 @@ void bind_attention(py::module_& m) {
 // ---------------------------------------------------------------- int8 kernels
 // (csrc/int8/)
 
-void bind_int8(py::module_& m) {}
+// The kernels accumulate in int32: K * 127 * 127 must fit, which holds up to K = 65536.
+constexpr py::ssize_t kInt8MaxK = 65536;
+
+void require_int8_k(const py::array& a, const char* name) {
+  if (a.shape(1) > kInt8MaxK)
+    bad_arg(name, "shape " + shape_str(a) + ": K = " + std::to_string(a.shape(1)) +
+                      " exceeds " + std::to_string(kInt8MaxK) +
+                      " (int32 accumulation of 127*127 products would overflow)");
+}
+
+// -128 breaks the AVX2 sign trick and the NEON int16 pair sums (see csrc/int8/int8.h).
+void require_no_minus128(const py::array_t<int8_t>& a, const char* name) {
+  const int8_t* p = a.data();
+  for (py::ssize_t i = 0; i < a.size(); ++i)
+    if (p[i] == -128)
+      bad_arg(name, "contains -128 at flat index " + std::to_string(i) +
+                        "; int8 operands must lie in [-127, 127] (symmetric quantization)");
+}
+
+void bind_int8(py::module_& m) {
+  m.def(
+      "int8_quantize_rows",
+      [](const py::handle& x_obj) {
+        auto x = checked<float>(x_obj, "x", 2);
+        const py::ssize_t M = x.shape(0), K = x.shape(1);
+        py::array_t<int8_t> q({M, K});
+        py::array_t<float> scale(M);
+        {
+          py::gil_scoped_release release;
+          tinylm::int8::quantize_rows(x.data(), M, K, q.mutable_data(), K, scale.mutable_data());
+        }
+        return py::make_tuple(q, scale);
+      },
+      py::arg("x"),
+      "Symmetric per-row int8 quantization of float32 x [M, K]: returns (q int8 [M, K], "
+      "scale float32 [M]) with q = rint(x * 127 / max|row|) in [-127, 127], "
+      "x ~= q * scale.");
+  m.def(
+      "int8_gemm_i32",
+      [](const py::handle& a_obj, const py::handle& b_obj) {
+        auto a = checked<int8_t>(a_obj, "a", 2);
+        auto b = checked<int8_t>(b_obj, "b", 2);
+        require_dim(b, "b", 1, a.shape(1), "b is [N, K] with the K of a [M, K]");
+        require_int8_k(a, "a");
+        require_no_minus128(a, "a");
+        require_no_minus128(b, "b");
+        const py::ssize_t M = a.shape(0), N = b.shape(0), K = a.shape(1);
+        py::array_t<int32_t> c({M, N});
+        {
+          py::gil_scoped_release release;
+          tinylm::int8::gemm_i32(a.data(), b.data(), c.mutable_data(), M, N, K);
+        }
+        return c;
+      },
+      py::arg("a"), py::arg("b"),
+      "Exact int32 c = a @ b.T for int8 a [M, K] and b [N, K] (values in [-127, 127]) on "
+      "the active instruction-set path; for testing every path against the reference.");
+  m.def(
+      "int8_linear",
+      [](const py::handle& x_obj, const py::handle& w_obj, const py::handle& s_obj,
+         const py::object& out_obj) {
+        auto x = checked<float>(x_obj, "x", 2);
+        auto w = checked<int8_t>(w_obj, "weight", 2);
+        auto s = checked<float>(s_obj, "scale", 1);
+        require_dim(w, "weight", 1, x.shape(1), "weight is [N, K] with the K of x [M, K]");
+        require_dim(s, "scale", 0, w.shape(0), "one scale per weight row");
+        require_int8_k(x, "x");
+        const py::ssize_t M = x.shape(0), N = w.shape(0), K = x.shape(1);
+        py::array_t<float> out;
+        if (out_obj.is_none()) {
+          out = py::array_t<float>({M, N});
+        } else {
+          out = checked<float>(out_obj, "out", 2);
+          require_dim(out, "out", 0, M, "one row per row of x");
+          require_dim(out, "out", 1, N, "one column per weight row");
+          require_writeable(out, "out");
+        }
+        {
+          py::gil_scoped_release release;
+          tinylm::int8::linear(x.data(), M, K, w.data(), s.data(), N, out.mutable_data());
+        }
+        return out;
+      },
+      py::arg("x"), py::arg("weight"), py::arg("scale"), py::arg("out") = py::none(),
+      "y [M, N] = dequant(q(x) . weight.T): float32 x [M, K] quantized per row, int8 "
+      "weight [N, K] (values in [-127, 127], not re-checked here) with float32 scale [N].");
+  m.def("int8_path", &tinylm::int8::active_kernel,
+        "The int8 kernel the active instruction-set level selects (e.g. 'avx512vnni').");
+  m.def(
+      "int8_kernels",
+      [] {
+        std::vector<std::string> names;
+        for (const auto& k : tinylm::int8::kernels()) names.push_back(k.name);
+        return names;
+      },
+      "The int8 kernels compiled into this build, best first.");
+  m.def(
+      "int8_read_checksum",
+      [](const py::handle& a_obj) {
+        auto a = checked<uint64_t>(a_obj, "data", 1);
+        py::gil_scoped_release release;
+        return tinylm::int8::read_checksum(a.data(), a.size());
+      },
+      py::arg("data"),
+      "Wrapping sum of a uint64 array, read with the kernels' threads (measures the "
+      "streaming read bandwidth in benchmarks/bench_int8.py).");
+}
 
 }  // namespace
 

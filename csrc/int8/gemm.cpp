@@ -1,0 +1,173 @@
+// int8 dispatch: quantizes activations, pads them for the kernels, picks the kernel
+// for the active instruction-set level at each call, and splits the output rows over
+// the thread pool. Portable C++ (no ISA flags): it only calls the kernels through
+// kernels() after checking the CPU level.
+#include <algorithm>
+#include <atomic>
+#include <cfloat>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "../cpu.h"
+#include "../threads.h"
+#include "kernels.h"
+
+namespace tinylm::int8 {
+namespace {
+
+int64_t round_up(int64_t v, int64_t to) { return (v + to - 1) / to * to; }
+
+// Rounds to nearest, ties to even, like numpy.rint, for |v| < 2^22: adding 1.5 * 2^23
+// pushes the fraction bits out of the float32 mantissa. Vectorizes, unlike nearbyintf.
+inline float round_even(float v) {
+  const float magic = 12582912.0f;
+  return (v + magic) - magic;
+}
+
+// Reusable per-thread buffers, so a decode step allocates nothing.
+struct Scratch {
+  std::vector<int8_t> xq;
+  std::vector<int32_t> x_sum, c;
+  std::vector<float> x_scale;
+};
+Scratch& scratch() {
+  thread_local Scratch s;
+  return s;
+}
+
+// Output rows are handed to threads in blocks of 4 (the widest kernel tile), and a
+// chunk carries at least ~256K multiply-adds so small layers stay on one thread.
+constexpr int64_t kRowBlock = 4;
+
+template <class Fn>
+void for_row_blocks(int64_t M, int64_t N, int64_t K, Fn&& fn) {
+  const int64_t blocks = (N + kRowBlock - 1) / kRowBlock;
+  const int64_t work_per_block = std::max<int64_t>(1, M * K * kRowBlock);
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 18) / work_per_block);
+  parallel_for(blocks, grain, [&](int64_t b0, int64_t b1) {
+    fn(b0 * kRowBlock, std::min(N, b1 * kRowBlock));
+  });
+}
+
+const KernelInfo& select(uint32_t features) {
+  for (const auto& k : kernels())
+    if ((k.features & ~features) == 0) return k;
+  return kernels().back();
+}
+
+// Sums each padded row of q (the kernels that bias w need sum_k x[m, k]).
+void row_sums(const int8_t* q, int64_t M, int64_t stride, int32_t* sums) {
+  for (int64_t m = 0; m < M; ++m) {
+    int32_t s = 0;
+    for (int64_t k = 0; k < stride; ++k) s += q[m * stride + k];
+    sums[m] = s;
+  }
+}
+
+}  // namespace
+
+const std::vector<KernelInfo>& kernels() {
+  static const std::vector<KernelInfo> list = {
+#if defined(__x86_64__) || defined(_M_X64)
+      {"avx512vnni", kAVX2 | kAVX512 | kAVX512VNNI, gemm_avx512vnni},
+      {"avxvnni", kAVX2 | kAVXVNNI, gemm_avxvnni},
+      {"avx2", kAVX2, gemm_avx2},
+#endif
+#if defined(__aarch64__) || defined(__arm__)
+      {"neon_dotprod", kNEON | kDotProd, gemm_neon_dotprod},
+      {"neon", kNEON, gemm_neon},
+#endif
+      {"scalar", 0, gemm_ref},
+  };
+  return list;
+}
+
+std::string active_kernel() { return select(active_features()).name; }
+
+void quantize_rows(const float* x, int64_t M, int64_t K, int8_t* q, int64_t q_stride,
+                   float* scale) {
+  for (int64_t m = 0; m < M; ++m) {
+    const float* row = x + m * K;
+    int8_t* out = q + m * q_stride;
+    float amax = 0.0f;
+    bool finite = true;
+    for (int64_t k = 0; k < K; ++k) {
+      const float a = std::fabs(row[k]);
+      amax = a > amax ? a : amax;
+      finite &= a <= FLT_MAX;  // false for inf and NaN
+    }
+    // A row with NaN or inf gets scale NaN and q = 0, so its outputs are NaN. A row whose
+    // largest magnitude is subnormal (127 / amax would overflow) counts as zero.
+    const bool normal = amax >= FLT_MIN;
+    scale[m] = !finite ? NAN : normal ? amax / 127.0f : 0.0f;
+    const float inv = finite && normal ? 127.0f / amax : 0.0f;
+    for (int64_t k = 0; k < K; ++k) {
+      float v = round_even((finite ? row[k] : 0.0f) * inv);
+      v = v <= 127.0f ? v : 127.0f;
+      v = v >= -127.0f ? v : -127.0f;  // never -128: see int8.h
+      out[k] = int8_t(v);
+    }
+  }
+}
+
+void gemm_i32_with(const KernelInfo& kernel, const int8_t* a, const int8_t* b, int32_t* c,
+                   int64_t M, int64_t N, int64_t K) {
+  Scratch& s = scratch();
+  const int64_t stride = round_up(K, kPad);
+  s.xq.assign(size_t(M * stride), 0);
+  s.x_sum.resize(size_t(M));
+  for (int64_t m = 0; m < M; ++m) std::memcpy(&s.xq[size_t(m * stride)], a + m * K, size_t(K));
+  row_sums(s.xq.data(), M, stride, s.x_sum.data());
+  const Problem p{s.xq.data(), stride, s.x_sum.data(), M, b, N, K, c, N};
+  for_row_blocks(M, N, K, [&](int64_t n0, int64_t n1) { kernel.fn(p, n0, n1); });
+}
+
+void gemm_i32(const int8_t* a, const int8_t* b, int32_t* c, int64_t M, int64_t N, int64_t K) {
+  gemm_i32_with(select(active_features()), a, b, c, M, N, K);
+}
+
+void linear(const float* x, int64_t M, int64_t K, const int8_t* wq, const float* w_scale,
+            int64_t N, float* y) {
+  const KernelInfo& kernel = select(active_features());
+  Scratch& s = scratch();
+  const int64_t stride = round_up(K, kPad);
+  s.xq.assign(size_t(M * stride), 0);
+  s.x_scale.resize(size_t(M));
+  s.x_sum.resize(size_t(M));
+  s.c.resize(size_t(M * N));
+  int8_t* xq = s.xq.data();
+  float* x_scale = s.x_scale.data();
+  int32_t* x_sum = s.x_sum.data();
+  parallel_for(M, 16, [&](int64_t m0, int64_t m1) {
+    quantize_rows(x + m0 * K, m1 - m0, K, xq + m0 * stride, stride, x_scale + m0);
+    row_sums(xq + m0 * stride, m1 - m0, stride, x_sum + m0);
+  });
+  const Problem p{xq, stride, x_sum, M, wq, N, K, s.c.data(), N};
+  for_row_blocks(M, N, K, [&](int64_t n0, int64_t n1) {
+    kernel.fn(p, n0, n1);
+    for (int64_t m = 0; m < M; ++m) {  // rescale this chunk while it is in cache
+      const int32_t* c = p.c + m * N;
+      float* out = y + m * N;
+      for (int64_t n = n0; n < n1; ++n) out[n] = float(c[n]) * (x_scale[m] * w_scale[n]);
+    }
+  });
+}
+
+uint64_t read_checksum(const uint64_t* data, int64_t n_words) {
+  std::atomic<uint64_t> total{0};
+  parallel_for(n_words, int64_t(1) << 15, [&](int64_t b, int64_t e) {
+    // Four streams at once (like a GEMV tile reading four weight rows) and independent
+    // sums, so neither one prefetch stream nor one add chain limits the read rate.
+    const int64_t q = (e - b) / 4;
+    const uint64_t* s[4] = {data + b, data + b + q, data + b + 2 * q, data + b + 3 * q};
+    uint64_t sum[4] = {0, 0, 0, 0};
+    for (int64_t i = 0; i < q; ++i)
+      for (int j = 0; j < 4; ++j) sum[j] += s[j][i];
+    for (int64_t i = b + 4 * q; i < e; ++i) sum[0] += data[i];
+    total += sum[0] + sum[1] + sum[2] + sum[3];
+  });
+  return total.load();
+}
+
+}  // namespace tinylm::int8

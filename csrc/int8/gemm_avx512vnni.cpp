@@ -1,0 +1,63 @@
+// AVX-512 VNNI int8 kernel: vpdpbusd on 64-byte vectors.
+//
+// vpdpbusd multiplies unsigned by signed bytes and adds groups of four straight into
+// int32 (no int16 step, no saturation). Both our operands are signed, so w is biased to
+// unsigned by flipping its top bit (w + 128, one vpxord per w vector, shared by the
+// whole tile) and the bias is removed at the end: sum (w+128)*x = sum w*x + 128*sum x,
+// with sum x per row computed once when x is quantized (Problem::x_sum).
+// Uses only intrinsics SIMDe implements, so the logic can be tested without VNNI.
+// GCC 12's own AVX-512 headers trip -Wuninitialized (_mm256_undefined_si256 inside
+// _mm512_castsi512_si256 / _mm512_extracti64x4_epi64); the warning is not about our code.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+#include "../simd_x86.h"
+#include "kernels.h"
+#include "tiles.h"
+
+namespace tinylm::int8 {
+namespace {
+
+struct Avx512Vnni {
+  static constexpr int kWidth = 64;
+  static constexpr int kMR = 4, kNR = 4;  // 16 accumulators + 4 w + x: 21 of 32 zmm
+  static constexpr int32_t kBias = 128;
+  using Acc = __m512i;
+  using W = __m512i;
+  using X = __m512i;
+
+  static Acc zero() { return _mm512_setzero_si512(); }
+  static W load_w(const int8_t* p) {
+    return _mm512_xor_si512(_mm512_loadu_si512((const void*)p), _mm512_set1_epi8(char(0x80)));
+  }
+  static W load_w_tail(const int8_t* p, int bytes) {
+    tiles::Tail<Avx512Vnni> t(p, bytes);
+    return load_w(t.b);
+  }
+  static X load_x(const int8_t* p) { return _mm512_loadu_si512((const void*)p); }
+  static Acc dot(Acc acc, X x, W w) { return _mm512_dpbusd_epi32(acc, w, x); }
+  // Folds each accumulator to 256 bits, then sums four at once with two rounds of hadd.
+  template <int NR>
+  static void reduce(const Acc* acc, int32_t* out) {
+    __m256i a[4];
+    for (int j = 0; j < 4; ++j)
+      a[j] = j < NR ? _mm256_add_epi32(_mm512_castsi512_si256(acc[j]),
+                                       _mm512_extracti64x4_epi64(acc[j], 1))
+                    : _mm256_setzero_si256();
+    const __m256i s = _mm256_hadd_epi32(_mm256_hadd_epi32(a[0], a[1]),
+                                        _mm256_hadd_epi32(a[2], a[3]));
+    const __m128i t = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+    alignas(16) int32_t v[4];
+    _mm_store_si128((__m128i*)v, t);
+    for (int j = 0; j < NR; ++j) out[j] = v[j];
+  }
+};
+
+}  // namespace
+
+void gemm_avx512vnni(const Problem& p, int64_t n_begin, int64_t n_end) {
+  tiles::gemm<Avx512Vnni>(p, n_begin, n_end);
+}
+
+}  // namespace tinylm::int8

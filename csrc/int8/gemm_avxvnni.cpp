@@ -1,0 +1,55 @@
+// AVX-VNNI int8 kernel (Alder Lake and later, Zen 5): the VEX-encoded 256-bit vpdpbusd.
+// Same scheme as the AVX-512 VNNI kernel (w biased to unsigned, bias removed via
+// sum x), on 32-byte vectors. Under SIMDe (TINYLM_SIMDE) the AVX-512VL form of the
+// same instruction stands in, which computes the identical result.
+#include "../simd_x86.h"
+#include "kernels.h"
+#include "tiles.h"
+
+#if defined(TINYLM_SIMDE)
+#define TINYLM_DPBUSD256(acc, a, b) _mm256_dpbusd_epi32(acc, a, b)
+#else
+#define TINYLM_DPBUSD256(acc, a, b) _mm256_dpbusd_avx_epi32(acc, a, b)
+#endif
+
+namespace tinylm::int8 {
+namespace {
+
+struct AvxVnni {
+  static constexpr int kWidth = 32;
+  static constexpr int kMR = 2, kNR = 4;  // 8 accumulators + 4 w + x + bias: 14 of 16 ymm
+  static constexpr int32_t kBias = 128;
+  using Acc = __m256i;
+  using W = __m256i;
+  using X = __m256i;
+
+  static Acc zero() { return _mm256_setzero_si256(); }
+  static W load_w(const int8_t* p) {
+    return _mm256_xor_si256(_mm256_loadu_si256((const __m256i*)p), _mm256_set1_epi8(char(0x80)));
+  }
+  static W load_w_tail(const int8_t* p, int bytes) {
+    tiles::Tail<AvxVnni> t(p, bytes);
+    return load_w(t.b);
+  }
+  static X load_x(const int8_t* p) { return _mm256_loadu_si256((const __m256i*)p); }
+  static Acc dot(Acc acc, X x, W w) { return TINYLM_DPBUSD256(acc, w, x); }
+  template <int NR>
+  static void reduce(const Acc* acc, int32_t* out) {
+    __m256i a[4];
+    for (int j = 0; j < 4; ++j) a[j] = j < NR ? acc[j] : _mm256_setzero_si256();
+    const __m256i s = _mm256_hadd_epi32(_mm256_hadd_epi32(a[0], a[1]),
+                                        _mm256_hadd_epi32(a[2], a[3]));
+    const __m128i t = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+    alignas(16) int32_t v[4];
+    _mm_store_si128((__m128i*)v, t);
+    for (int j = 0; j < NR; ++j) out[j] = v[j];
+  }
+};
+
+}  // namespace
+
+void gemm_avxvnni(const Problem& p, int64_t n_begin, int64_t n_end) {
+  tiles::gemm<AvxVnni>(p, n_begin, n_end);
+}
+
+}  // namespace tinylm::int8

@@ -1,0 +1,82 @@
+// int8 matrix multiply: the public C++ API the inference engine calls.
+//
+// Scheme (see tinylm/quant.py for why): weights are symmetric int8 with one float scale
+// per output row; activations are quantized per row (token) at call time to [-127, 127];
+// products accumulate exactly in int32; the result is rescaled to float:
+//
+//     y[m, n] = float(sum_k xq[m, k] * wq[n, k]) * (x_scale[m] * w_scale[n])
+//
+// Every int8 value must lie in [-127, 127]: the AVX2 path (vpmaddubsw) and the ARMv8.0
+// path (smull + smlal into int16) can overflow on -128. quantize_rows never produces
+// -128; callers that bring their own int8 data (a model file) must check it.
+//
+// All functions are thread-safe and split the output rows (n) over tinylm::parallel_for.
+// The instruction-set path is chosen at each call from tinylm::active_features().
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace tinylm::int8 {
+
+// Quantizes each row of x [M, K] symmetrically: scale[m] = max|x[m, :]| / 127 and
+// q[m, k] = round_half_even(x[m, k] * (127 / max|x[m, :]|)), clamped to [-127, 127].
+// An all-zero row (or one whose max |x| is subnormal) gets scale 0 and q = 0; a row with
+// NaN or inf gets scale NaN and q = 0 (its outputs become NaN). q_stride >= K.
+void quantize_rows(const float* x, int64_t M, int64_t K, int8_t* q, int64_t q_stride,
+                   float* scale);
+
+// Exact int32 accumulation c[m, n] = sum_k a[m, k] * b[n, k] (a [M, K], b [N, K],
+// c [M, N], all row-major and contiguous) on the active path.
+void gemm_i32(const int8_t* a, const int8_t* b, int32_t* c, int64_t M, int64_t N, int64_t K);
+
+// y [M, N] = dequant(q(x) . wq^T) with x [M, K] float, wq [N, K] int8, w_scale [N].
+// M == 1 is the decode GEMV, M > 1 the prefill/evaluation GEMM.
+void linear(const float* x, int64_t M, int64_t K, const int8_t* wq, const float* w_scale,
+            int64_t N, float* y);
+
+// Name of the kernel the active level selects (e.g. "avx512vnni", "avx2", "scalar").
+std::string active_kernel();
+
+// ---- kernels, for the tests (csrc/tests/test_int8.cpp) and the dispatcher -----------
+
+// One int32 GEMM problem as the per-ISA kernels see it. x rows are zero-padded: bytes
+// K .. x_stride-1 of every row are 0, and x_stride is a multiple of kPad, so a kernel may
+// read whole vectors of x past K. w rows are exactly K bytes (a kernel must not read past
+// the end of a w row). x_sum[m] = sum_k x[m, k] (used by kernels that bias x or w).
+constexpr int64_t kPad = 64;
+
+struct Problem {
+  const int8_t* x;
+  int64_t x_stride;
+  const int32_t* x_sum;
+  int64_t M;
+  const int8_t* w;
+  int64_t N, K;
+  int32_t* c;
+  int64_t c_stride;
+};
+
+// Computes c[m, n] for every m and for n in [n_begin, n_end).
+using Kernel = void (*)(const Problem& p, int64_t n_begin, int64_t n_end);
+
+struct KernelInfo {
+  const char* name;
+  uint32_t features;  // tinylm::Feature bits the kernel needs
+  Kernel fn;
+};
+
+// The kernels compiled into this build, best first; the last is the scalar reference.
+const std::vector<KernelInfo>& kernels();
+
+// gemm_i32 on a given kernel (tests use it to run a path regardless of the active level,
+// e.g. a SIMDe build of a VNNI kernel on a CPU without VNNI).
+void gemm_i32_with(const KernelInfo& kernel, const int8_t* a, const int8_t* b, int32_t* c,
+                   int64_t M, int64_t N, int64_t K);
+
+// Reads n_words 64-bit words and returns their wrapping sum. The benchmark uses it to
+// measure the machine's streaming read bandwidth with the same thread pool.
+uint64_t read_checksum(const uint64_t* data, int64_t n_words);
+
+}  // namespace tinylm::int8

@@ -1,0 +1,26 @@
+// The per-instruction-set int8 kernels (one per file, each compiled with its own flags by
+// build_isa.py). Only the dispatcher (gemm.cpp) and the tests call these directly.
+#pragma once
+
+#include "int8.h"
+
+namespace tinylm::int8 {
+
+void gemm_ref(const Problem& p, int64_t n_begin, int64_t n_end);  // gemm_ref.cpp
+
+#if defined(__x86_64__) || defined(_M_X64)
+void gemm_avx2(const Problem& p, int64_t n_begin, int64_t n_end);        // gemm_avx2.cpp
+void gemm_avxvnni(const Problem& p, int64_t n_begin, int64_t n_end);     // gemm_avxvnni.cpp
+void gemm_avx512vnni(const Problem& p, int64_t n_begin, int64_t n_end);  // gemm_avx512vnni.cpp
+#endif
+
+#if defined(__aarch64__) || defined(__arm__)
+void gemm_neon(const Problem& p, int64_t n_begin, int64_t n_end);          // gemm_neon.cpp
+void gemm_neon_dotprod(const Problem& p, int64_t n_begin, int64_t n_end);  // gemm_neon_dotprod.cpp
+#endif
+
+#if defined(__aarch64__)
+void gemm_neon_i8mm(const Problem& p, int64_t n_begin, int64_t n_end);  // gemm_neon_i8mm.cpp
+#endif
+
+}  // namespace tinylm::int8

@@ -1,0 +1,288 @@
+"""int8 quantization: weights, activations, the int8 linear layer and int8 model files.
+
+The scheme
+----------
+Weights are symmetric int8 with **one float32 scale per output row**::
+
+    scale[n] = max_k |W[n, k]| / 127        Wq[n, k] = rint(W[n, k] * 127 / max_k |W[n, k]|)
+
+Activations are quantized the same way per row (token) when a layer runs, products
+accumulate exactly in int32, and the result is rescaled::
+
+    y[m, n] = float(sum_k xq[m, k] * Wq[n, k]) * (x_scale[m] * scale[n])
+
+All int8 values stay in [-127, 127] (rint never reaches -128): the AVX2 kernel's
+u8 x s8 pair sums (vpmaddubsw) and the ARMv8.0 kernel's int16 pair sums (smull+smlal)
+can only overflow on -128. Rounding is round-half-to-even (numpy.rint), identical in
+the numpy reference below and in the C++ kernels, so the two agree bit for bit.
+
+Why per row and not per group of 32 along K (GGUF Q8_0)? Both were measured
+(benchmarks/bench_int8.py, "scheme" table; numbers in the lead's note):
+
+- Accuracy: on trained tinylm weights, per-row int8 already puts the output error well
+  below the error from quantizing the activations (which both schemes share), and the
+  validation loss of the int8 model stays within a fraction of a percent of fp32.
+  Group-32 reduces the weight error by about 2x, which barely moves the layer output.
+- Speed: per row, a whole dot product runs in int32 and is scaled once; per group,
+  every 32 products need an int32 -> float conversion and a scaled float add, which in
+  the prefill GEMM costs more than the multiply itself on VNNI/dotprod, and the group
+  scales add 1/8 (float32) to the bytes the memory-bound GEMV must read.
+- Simplicity: the scale of a weight row is also the scale of an embedding row, so the
+  tied embedding/head needs nothing special (see below), and the raw int32 result of a
+  kernel is the whole dot product, which the tests compare exactly.
+A GGUF Q8_0 export would re-quantize (cheap, one pass, error of one extra rounding).
+
+Model files (`tinylm quantize IN OUT`)
+--------------------------------------
+Every matrix becomes `<name>` (int8 [N, K]) plus `<name>_scale` (float32 [N]); the norms
+stay float32 (they are tiny, and they multiply, so their error would not average out).
+The tied embedding/head is int8 as well: a token's embedding is row `ids` of Wq times
+its row scale, and the head is one more int8 GEMV with the same per-row scales; in byte
+vocabularies it is small, in SentencePiece vocabularies it is often the largest matrix,
+and the measured loss stays within the 1% budget with it quantized. The metadata says
+`tinylm.weights = int8`.
+"""
+import numpy as np
+
+from .errors import TinylmError
+
+SCHEME = "int8 symmetric, per-row float32 scales; activations per-token int8; int32 accumulation"
+WEIGHTS_KEY = "tinylm.weights"
+SCALE_SUFFIX = "_scale"
+MAX_K = 65536  # 127 * 127 * K must fit in int32
+
+
+# ---------------------------------------------------------------- numpy reference
+
+
+def quantize_rows(x):
+    """Symmetric per-row int8 quantization (the reference the C++ kernel matches exactly).
+
+    x [M, K] float32 -> (q int8 [M, K], scale float32 [M]) with x ~= q * scale[:, None].
+    An all-zero row (or one whose largest |x| is below float32's smallest normal number)
+    gets scale 0 and q = 0.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim != 2:
+        raise ValueError(f"quantize_rows: x must be 2-D [rows, K], got shape {x.shape}")
+    amax = np.abs(x).max(axis=1)
+    normal = amax >= np.finfo(np.float32).tiny  # a subnormal-only row counts as zero
+    scale = np.where(normal, amax / np.float32(127), np.float32(0)).astype(np.float32)
+    with np.errstate(divide="ignore", over="ignore"):
+        inv = np.where(normal, np.float32(127) / amax, np.float32(0)).astype(np.float32)
+    finite = np.isfinite(x).all(axis=1)  # a row with NaN/inf: scale NaN, q = 0
+    scale[~finite] = np.nan
+    inv[~finite] = 0
+    q = np.clip(np.rint(np.where(finite[:, None], x, 0) * inv[:, None]), -127, 127).astype(np.int8)
+    return q, scale
+
+
+def matmul_i32_reference(a, b):
+    """Exact int32 a @ b.T for int8 a [M, K], b [N, K]."""
+    return np.asarray(a, np.int32) @ np.asarray(b, np.int32).T
+
+
+def linear_reference(x, weight):
+    """The int8 linear layer in numpy: the same arithmetic as the native kernel."""
+    x2 = np.asarray(x, np.float32).reshape(-1, weight.shape[1])
+    q, xs = quantize_rows(x2)
+    acc = matmul_i32_reference(q, weight.values).astype(np.float32)
+    y = acc * (xs[:, None] * weight.scale[None, :])
+    return y.reshape(*np.shape(x)[:-1], weight.shape[0])
+
+
+def quantize_groups_reference(w, group=32):
+    """Per-group (GGUF Q8_0-style) quantization, for the scheme comparison only: returns
+    the dequantized float32 weight."""
+    w = np.asarray(w, np.float32)
+    N, K = w.shape
+    pad = (-K) % group
+    wp = np.pad(w, ((0, 0), (0, pad))).reshape(N, -1, group)
+    amax = np.abs(wp).max(axis=2, keepdims=True)
+    scale = amax / np.float32(127)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = np.where(amax > 0, np.rint(wp * (np.float32(127) / amax)), 0)
+    return (q * scale).reshape(N, -1)[:, :K].astype(np.float32)
+
+
+# ---------------------------------------------------------------- the int8 weight
+
+
+class Int8Weight:
+    """An int8 matrix [N, K] with one float32 scale per row: W ~= values * scale[:, None].
+
+    It stands in for the float matrix in the two ways tinylm's model uses a weight,
+    `x @ W.T` (runs the native int8 kernel) and `E[ids]` (dequantizes those rows), so
+    `tinylm.model.forward` runs an int8 model unchanged.
+    """
+
+    __array_ufunc__ = None  # make numpy defer `x @ w.T` to us instead of converting us
+    dtype = np.dtype(np.float32)  # the dtype of what it computes
+
+    def __init__(self, values, scale, name="weight"):
+        if not isinstance(values, np.ndarray) or values.dtype != np.int8 or values.ndim != 2:
+            raise ValueError(f"{name}: values must be a 2-D int8 array, got "
+                             f"{getattr(values, 'dtype', type(values).__name__)} "
+                             f"{getattr(values, 'shape', '')}")
+        if not isinstance(scale, np.ndarray) or scale.dtype != np.float32 or scale.shape != values.shape[:1]:
+            raise ValueError(f"{name}: scale must be float32 of shape ({values.shape[0]},) "
+                             f"(one per row), got {getattr(scale, 'dtype', type(scale).__name__)} "
+                             f"{getattr(scale, 'shape', '')}")
+        if values.size == 0:
+            raise ValueError(f"{name}: empty weight {values.shape}")
+        if values.shape[1] > MAX_K:
+            raise ValueError(f"{name}: K = {values.shape[1]} exceeds {MAX_K} (int32 accumulation)")
+        if (values == -128).any():
+            raise ValueError(f"{name}: values contain -128; symmetric int8 uses [-127, 127]")
+        if not np.isfinite(scale).all() or (scale < 0).any():
+            raise ValueError(f"{name}: scale must be finite and non-negative")
+        self.values = np.ascontiguousarray(values)
+        self.scale = np.ascontiguousarray(scale)
+
+    shape = property(lambda self: self.values.shape)
+    ndim = 2
+    nbytes = property(lambda self: self.values.nbytes + self.scale.nbytes)
+
+    def dequantize(self):
+        return self.values.astype(np.float32) * self.scale[:, None]
+
+    def __getitem__(self, rows):  # embedding lookup: E[ids]
+        return self.values[rows].astype(np.float32) * self.scale[rows][..., None]
+
+    @property
+    def T(self):
+        return _Transposed(self)
+
+    def __repr__(self):
+        return f"Int8Weight(shape={self.shape})"
+
+
+class _Transposed:
+    """`W.T` of an Int8Weight: only `x @ W.T` is defined."""
+
+    __array_ufunc__ = None
+
+    def __init__(self, weight):
+        self.weight = weight
+
+    def __rmatmul__(self, x):
+        return linear(x, self.weight)
+
+
+def quantize_weight(w, name="weight"):
+    """float32 w [N, K] -> Int8Weight (per-row symmetric int8)."""
+    w = np.asarray(w)
+    if w.ndim != 2 or w.size == 0:
+        raise ValueError(f"{name}: expected a non-empty 2-D matrix [N, K], got shape {w.shape}")
+    if not np.isfinite(w).all():
+        raise ValueError(f"{name}: contains NaN or infinity; cannot quantize")
+    q, scale = quantize_rows(w.astype(np.float32, copy=False))
+    return Int8Weight(q, scale, name)
+
+
+def linear(x, weight, out=None):
+    """y = x @ W.T with the native int8 kernel: x [..., K] float32, weight an Int8Weight
+    [N, K]; x is quantized per row at call time. Returns float32 [..., N]."""
+    from . import _C
+    x = np.asarray(x)
+    if x.ndim == 0 or x.shape[-1] != weight.shape[1]:
+        raise ValueError(f"x: last dimension must be K = {weight.shape[1]}, got shape {x.shape}")
+    x2 = np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=np.float32)
+    y = _C.int8_linear(x2, weight.values, weight.scale, out)
+    return y.reshape(*x.shape[:-1], weight.shape[0])
+
+
+# ---------------------------------------------------------------- whole models
+
+
+def quantize_params(params: dict) -> dict:
+    """A model's parameter dict -> {name: Int8Weight for matrices, float32 for norms}."""
+    out = {}
+    for name, w in params.items():
+        w = np.asarray(w)
+        out[name] = quantize_weight(w, name) if w.ndim == 2 else np.asarray(w, np.float32)
+    return out
+
+
+def to_tensors(qparams: dict) -> dict:
+    """Int8 parameters -> the flat tensors stored in a model file."""
+    tensors = {}
+    for name, w in qparams.items():
+        if isinstance(w, Int8Weight):
+            tensors[name] = w.values
+            tensors[name + SCALE_SUFFIX] = w.scale
+        else:
+            tensors[name] = w
+    return tensors
+
+
+def quantize_file(in_path, out_path):
+    """Reads an fp32 model file, writes the int8 model file; returns (fp32 bytes, int8 bytes)
+    of the parameters."""
+    from .modelfile import load_model, save_model
+    cfg, params, tokenizer = load_model(in_path)
+    qparams = quantize_params(params)
+    save_model(out_path, cfg, to_tensors(qparams), tokenizer,
+               extra_metadata={WEIGHTS_KEY: "int8", "tinylm.int8_scheme": SCHEME})
+    return (sum(np.asarray(p).nbytes for p in params.values()),
+            sum(p.nbytes for p in qparams.values()))
+
+
+def load_int8_model(path):
+    """(config, params, tokenizer) of an int8 model file: matrices as Int8Weight (over
+    the file's memory maps), norms float32. A tampered file (missing or misshapen
+    scales, wrong dtypes, -128) is refused with a TinylmError saying what is wrong."""
+    from .model import param_shapes
+    from .modelfile import read_model
+    cfg, tensors, tokenizer, meta = read_model(path)
+    if meta.get(WEIGHTS_KEY) != "int8":
+        raise TinylmError(f"'{path}' is not an int8 model (metadata {WEIGHTS_KEY} = "
+                          f"{meta.get(WEIGHTS_KEY)!r}); quantize it with `tinylm quantize`")
+    params = {}
+    for name, shape in param_shapes(cfg).items():
+        if name not in tensors:
+            raise TinylmError(f"'{path}': tensor '{name}' is missing")
+        t = tensors[name]
+        if tuple(t.shape) != tuple(shape):
+            raise TinylmError(f"'{path}': tensor '{name}' has shape {tuple(t.shape)}, "
+                              f"expected {tuple(shape)}")
+        if len(shape) == 1:
+            if t.dtype != np.float32:
+                raise TinylmError(f"'{path}': norm '{name}' is {t.dtype}, expected float32")
+            params[name] = t
+            continue
+        scale = tensors.get(name + SCALE_SUFFIX)
+        if scale is None:
+            raise TinylmError(f"'{path}': scale tensor '{name}{SCALE_SUFFIX}' is missing")
+        if t.dtype != np.int8:
+            raise TinylmError(f"'{path}': tensor '{name}' is {t.dtype}, expected int8")
+        try:
+            params[name] = Int8Weight(t, scale, name)
+        except ValueError as e:
+            raise TinylmError(f"'{path}': {e}") from None
+    return cfg, params, tokenizer
+
+
+def load_any_model(path):
+    """(config, params, tokenizer) of an fp32 or int8 model file."""
+    from .modelfile import load_model, read_model
+    _, _, _, meta = read_model(path)
+    return load_int8_model(path) if meta.get(WEIGHTS_KEY) == "int8" else load_model(path)
+
+
+# ---------------------------------------------------------------- command line
+
+
+def add_quantize_parser(sub):
+    p = sub.add_parser("quantize", help="write an int8 copy of a model",
+                       description="Quantize a model's matrices to int8 with per-row scales "
+                       "(norms stay float32) and write one .safetensors file.")
+    p.add_argument("input", help="fp32 model file (.safetensors)")
+    p.add_argument("output", help="int8 model file to write")
+    p.set_defaults(func=cmd_quantize)
+
+
+def cmd_quantize(args):
+    fp32, int8 = quantize_file(args.input, args.output)
+    print(f"{args.output}: int8 weights, {int8 / 1e6:.2f} MB of parameters "
+          f"(fp32 {fp32 / 1e6:.2f} MB, {fp32 / int8:.1f}x smaller)")
