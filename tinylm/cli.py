@@ -8,6 +8,8 @@ import os
 import sys
 import time
 
+from .errors import TinylmError  # light: no numpy
+
 TRAIN_DEFAULT_PRESET = "tiny"
 TRAIN_DEFAULT_STEPS = 2000
 SHAPE_FLAGS = ("preset", "d_model", "n_layer", "n_head", "n_kv_head", "d_ff", "context",
@@ -300,8 +302,6 @@ def main(argv=None):
         return 130
     return 0
 
-
-from .errors import TinylmError  # noqa: E402  (light: no numpy)
 
 if __name__ == "__main__":
     sys.exit(main())
