@@ -8,14 +8,16 @@ against a KV cache) for cache lengths 256..4096. Prints a markdown table and wri
     python benchmarks/bench_attention.py            # full run (a few minutes)
     python benchmarks/bench_attention.py --quick    # seconds: small shapes, 1 thread
 
-Thread counts are set with tinylm._C.set_num_threads and torch.set_num_threads. numpy's
-BLAS keeps its own default thread count (it cannot be changed once loaded), so numpy is
-measured once per shape, with at least as many threads as the others get.
+Thread counts are set with tinylm._C.set_num_threads and torch.set_num_threads; numpy's
+BLAS reads its thread count only when it loads, so the numpy reference is timed in a
+child process per thread count (OPENBLAS_NUM_THREADS etc.), which also keeps idle BLAS
+threads from spinning beside the native timings.
 """
 import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -103,18 +105,35 @@ def set_threads(n):
         torch.set_num_threads(n)
 
 
+def numpy_training_times(shapes, repeat):
+    """{str(shape): {"fwd": s, "fwd_bwd": s}} for the numpy reference in this process."""
+    times = {}
+    for shape in shapes:
+        fwd, fwd_bwd = numpy_fns(*training_inputs(shape))
+        r = 1 if shape[2] >= 1024 else repeat  # seconds per call at long T
+        times[str(list(shape))] = {"fwd": best_time(fwd, r), "fwd_bwd": best_time(fwd_bwd, r)}
+    return times
+
+
+def numpy_training_times_with_threads(shapes, threads, repeat):
+    """numpy_training_times in a child process whose BLAS uses `threads` threads."""
+    env = dict(os.environ)
+    for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[name] = str(threads)
+    command = [sys.executable, __file__, "--numpy-worker", json.dumps(shapes), "--repeat", str(repeat)]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+    return json.loads(result.stdout)
+
+
 def bench_training(shapes, thread_counts, repeat):
     rows = []
+    numpy_times = {n: numpy_training_times_with_threads(shapes, n, repeat) for n in thread_counts}
     for shape in shapes:
         q, k, v, dout = training_inputs(shape)
-        B, H, T, D = shape
-        # numpy's T x T matrices: several copies of B*H*T*T floats for the backward
-        np_fwd, np_fwd_bwd = numpy_fns(q, k, v, dout)
-        np_repeat = 1 if T >= 1024 else repeat
-        numpy_times = {"fwd": best_time(np_fwd, np_repeat), "fwd_bwd": best_time(np_fwd_bwd, np_repeat)}
+        T = shape[2]
         for threads in thread_counts:
             set_threads(threads)
-            row = {"shape": list(shape), "threads": threads, "numpy": numpy_times}
+            row = {"shape": list(shape), "threads": threads, "numpy": numpy_times[threads][str(list(shape))]}
             fns = {"native": native_fns(q, k, v, dout)}
             if torch is not None:
                 fns["torch"] = torch_fns(q, k, v, dout)
@@ -199,7 +218,12 @@ def main(argv=None):
     parser.add_argument("--out", default=None, help="JSON output path")
     parser.add_argument("--repeat", type=int, default=None, help="timings per case (best kept)")
     parser.add_argument("--threads", default=None, help="comma-separated thread counts")
+    parser.add_argument("--numpy-worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.numpy_worker:  # child process: time the numpy reference, print JSON
+        shapes = [tuple(s) for s in json.loads(args.numpy_worker)]
+        print(json.dumps(numpy_training_times(shapes, args.repeat or 1)))
+        return
 
     shapes = QUICK_SHAPES if args.quick else SHAPES
     lengths = [256, 1024] if args.quick else DECODE_LENGTHS

@@ -176,7 +176,7 @@ struct Tiled {
     }
   }
 
-  static void forward_tile(const ForwardJob& j, int64_t bh, int64_t qt) {
+  static void forward_tile(const ForwardJob& j, int64_t bh, int64_t qt, float* work) {
     const int64_t b = bh / j.H, h = bh % j.H, hk = h / (j.H / j.Hkv);
     const int tile = j.tile;
     const int64_t T = j.T, D = j.D, Dp = j.Dp, q0 = qt * tile, M = min64(tile, T - q0);
@@ -184,9 +184,10 @@ struct Tiled {
     const float* kT = j.kT + (b * j.Hkv + hk) * D * j.Tp;
     const float* v = j.v + (b * j.Hkv + hk) * T * Dp;
 
-    alignas(64) float s[kMaxTile * kMaxTile];
-    alignas(64) float acc[kMaxTile * kMaxHeadDim];
-    float m[kMaxTile], l[kMaxTile];
+    float* s = work;                          // [tile x tile] scores, then probabilities
+    float* acc = s + kMaxTile * kMaxTile;     // [tile x Dp] unnormalized output
+    float* m = acc + kMaxTile * kMaxHeadDim;  // running max per row
+    float* l = m + kMaxTile;                  // running sum per row
     for (int64_t r = 0; r < M; ++r) m[r] = kNegInf, l[r] = 0.f;
     for (int64_t i = 0; i < M * Dp; i += W) O::store(acc + i, O::zero());
 
@@ -230,7 +231,7 @@ struct Tiled {
   }
 
   static void backward_keys(const BackwardJob& j, int64_t bkv, int64_t kt_begin,
-                            int64_t kt_end, float* dq) {
+                            int64_t kt_end, float* dq, float* work) {
     const int64_t b = bkv / j.Hkv, hk = bkv % j.Hkv, group = j.H / j.Hkv;
     const int tile = j.tile;
     const int64_t T = j.T, D = j.D, Dp = j.Dp, Tp = j.Tp, nq = Tp / tile;
@@ -238,10 +239,10 @@ struct Tiled {
     const float* vT = j.vT + bkv * D * Tp;
     const float* kp = j.kp + bkv * T * Dp;
 
-    alignas(64) float s[kMaxTile * kMaxTile];   // scores, then probabilities
-    alignas(64) float dp[kMaxTile * kMaxTile];  // dP, then dS
-    alignas(64) float dk[kMaxTile * kMaxHeadDim];
-    alignas(64) float dv[kMaxTile * kMaxHeadDim];
+    float* s = work;                        // scores, then probabilities
+    float* dp = s + kMaxTile * kMaxTile;    // dP, then dS
+    float* dk = dp + kMaxTile * kMaxTile;   // [tile x Dp]
+    float* dv = dk + kMaxTile * kMaxHeadDim;
     // The diagonal tiles skip score blocks the mask zeroes; what they read there must be
     // finite (0 * finite = 0), so start from zeros.
     for (int i = 0; i < kMaxTile * kMaxTile; i += W) {

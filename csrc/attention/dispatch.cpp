@@ -104,13 +104,25 @@ class Scratch {
   std::vector<float*> parts_;
 };
 
-// src rows [T x D] -> dst [D x Tp], columns T..Tp zero.
+// The calling thread's kWorkFloats of kernel working memory, 64-byte aligned.
+float* thread_work() {
+  thread_local std::vector<float> mem(size_t(kWorkFloats + 16));
+  const std::uintptr_t misalign = reinterpret_cast<std::uintptr_t>(mem.data()) % 64;
+  return mem.data() + (misalign ? (64 - misalign) / sizeof(float) : 0);
+}
+
+// src rows [T x D] -> dst [D x Tp], columns T..Tp zero. In blocks of rows that stay in
+// L1 while their columns are written out, since src's columns are strided.
 void transpose(const float* src, int64_t T, int64_t D, float* dst, int64_t Tp) {
-  for (int64_t d = 0; d < D; ++d) {
-    float* row = dst + d * Tp;
-    for (int64_t t = 0; t < T; ++t) row[t] = src[t * D + d];
-    std::fill(row + T, row + Tp, 0.f);
+  constexpr int64_t kRows = 32;
+  for (int64_t t0 = 0; t0 < T; t0 += kRows) {
+    const int64_t t1 = std::min(T, t0 + kRows);
+    for (int64_t d = 0; d < D; ++d) {
+      float* row = dst + d * Tp;
+      for (int64_t t = t0; t < t1; ++t) row[t] = src[t * D + d];
+    }
   }
+  for (int64_t d = 0; d < D; ++d) std::fill(dst + d * Tp + T, dst + (d + 1) * Tp, 0.f);
 }
 
 // src rows [T x D] -> dst [T x Dp], columns D..Dp zero.
@@ -163,7 +175,9 @@ void forward_with(const TileKernels* kern, const Dims& d, const float* q, const 
   // Longest items (last query tiles) first, so the pool's dynamic ranges balance.
   const int64_t heads = B * H;
   parallel_for(heads * nq, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) kern->forward_tile(job, i % heads, nq - 1 - i / heads);
+    float* work = thread_work();
+    for (int64_t i = begin; i < end; ++i)
+      kern->forward_tile(job, i % heads, nq - 1 - i / heads, work);
   });
 }
 
@@ -221,9 +235,10 @@ void backward_with(const TileKernels* kern, const Dims& d, const float* q, const
                         B,  H,    Hkv,          T,            D,           Dp,
                         Tp, tile, float(1.0 / std::sqrt(double(D)))};
   parallel_for(B * Hkv * splits, 1, [&](int64_t begin, int64_t end) {
+    float* work = thread_work();
     for (int64_t i = begin; i < end; ++i) {
       const int64_t bkv = i / splits, s = i % splits;
-      kern->backward_keys(job, bkv, bounds[s], bounds[s + 1], dq_acc + s * per_copy);
+      kern->backward_keys(job, bkv, bounds[s], bounds[s + 1], dq_acc + s * per_copy, work);
     }
   });
 

@@ -19,6 +19,10 @@ namespace tinylm::attention::detail {
 
 constexpr int kMaxTile = 64;
 
+// Floats of per-thread working memory a kernel call gets (64-byte aligned): tile buffers
+// live there rather than on the stack, which may be small on a caller's threads.
+constexpr int64_t kWorkFloats = 2 * kMaxTile * kMaxTile + 2 * kMaxTile * kMaxHeadDim + 2 * kMaxTile;
+
 struct ForwardJob {
   const float* q;   // [B, H, T, D]    the caller's array
   const float* kT;  // [B, Hkv, D, Tp] keys transposed
@@ -60,13 +64,13 @@ struct TileKernels {
   int lanes;  // vector width in floats: tiles and Dp are multiples of it
 
   // Query tile `qt` of head `bh` (= b * H + h): writes its rows of out and lse.
-  void (*forward_tile)(const ForwardJob& job, int64_t bh, int64_t qt);
+  void (*forward_tile)(const ForwardJob& job, int64_t bh, int64_t qt, float* work);
 
   // Key tiles [kt_begin, kt_end) of kv head `bkv` (= b * Hkv + hk), for every query head
   // of its group: writes those rows of dk and dv, and adds the tiles' share of dq into
   // dq [B, H, T, Dp].
   void (*backward_keys)(const BackwardJob& job, int64_t bkv, int64_t kt_begin, int64_t kt_end,
-                        float* dq);
+                        float* dq, float* work);
 
   // Cache positions [begin, end) for the query heads of kv head `hk`: per query head g of
   // the group, the running max m[g], the sum l[g] of exp(score - m[g]) and the
