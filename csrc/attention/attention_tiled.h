@@ -142,26 +142,38 @@ struct Tiled {
 
   // ------------------------------------------------------------------ forward
 
-  // s[r][c] = -inf where key c comes after query r (the diagonal tile).
+  // Columns of score row r that a diagonal tile uses: the products read at most R - 1
+  // columns past the diagonal (a register block's rows share their sums), so the rest,
+  // wholly masked, need neither exp nor storing.
+  static int64_t diag_cols(int64_t r, int tile) { return min64(tile, round_up(r + O::R, W)); }
+
+  // s[r][c] = -inf where key c comes after query r, up to diag_cols(r) (the diagonal tile).
   static void mask_future(float* s, int64_t M, int tile) {
-    for (int64_t r = 0; r < M; ++r)
-      for (int64_t c = r + 1; c < tile; ++c) s[r * tile + c] = kNegInf;
+    const V neg_inf = O::set1(kNegInf);
+    for (int64_t r = 0; r < M; ++r) {
+      float* row = s + r * tile;
+      const int64_t end = diag_cols(r, tile);
+      int64_t c = r + 1;
+      for (; c < end && c % W != 0; ++c) row[c] = kNegInf;
+      for (; c < end; c += W) O::store(row + c, neg_inf);
+    }
   }
 
   // Online softmax over one key tile: scores s [M x tile] become probabilities relative to
   // the new running max; l and the output accumulator are rescaled to that max.
-  static void softmax_update(float* s, int64_t M, int tile, float scale, float* m, float* l,
-                             float* acc, int64_t Dp) {
+  static void softmax_update(float* s, int64_t M, int tile, bool diag, float scale, float* m,
+                             float* l, float* acc, int64_t Dp) {
     const V vscale = O::set1(scale);
     for (int64_t r = 0; r < M; ++r) {
       float* row = s + r * tile;
+      const int64_t cols = diag ? diag_cols(r, tile) : tile;
       V mx = O::load(row);
-      for (int c = W; c < tile; c += W) mx = O::max(mx, O::load(row + c));
+      for (int64_t c = W; c < cols; c += W) mx = O::max(mx, O::load(row + c));
       const float m_new = maxf(m[r], O::hmax(mx) * scale);
       const float alpha = expf(m[r] - m_new);  // 0 on the first tile, where m = -inf
       const V neg_max = O::set1(-m_new);
       V sum = O::zero();
-      for (int c = 0; c < tile; c += W) {
+      for (int64_t c = 0; c < cols; c += W) {
         const V p = exp(O::fma(O::load(row + c), vscale, neg_max));
         O::store(row + c, p);
         sum = O::add(sum, p);
@@ -197,7 +209,7 @@ struct Tiled {
       gemm<false>(M, tile, D, q, D, 1, kT + k0, j.Tp, s, tile,
                   diag ? Causal::cols_upto_row : Causal::none);
       if (diag) mask_future(s, M, tile);
-      softmax_update(s, M, tile, j.scale, m, l, acc, Dp);
+      softmax_update(s, M, tile, diag, j.scale, m, l, acc, Dp);
       gemm<true>(M, Dp, min64(tile, T - k0), s, tile, 1, v + k0 * Dp, Dp, acc, Dp,
                  diag ? Causal::ks_upto_row : Causal::none);
     }
@@ -215,14 +227,15 @@ struct Tiled {
 
   // From scores s and dP (rows: queries, columns: keys): s becomes P = exp(scale*s - lse)
   // and dp becomes dS = P (dP - delta) * scale, the gradient of the scaled scores.
-  static void probs_and_grads(float* s, float* dp, int64_t M, int tile, const float* lse,
-                              const float* delta, float scale) {
+  static void probs_and_grads(float* s, float* dp, int64_t M, int tile, bool diag,
+                              const float* lse, const float* delta, float scale) {
     const V vscale = O::set1(scale);
     for (int64_t r = 0; r < M; ++r) {
       float* srow = s + r * tile;
       float* drow = dp + r * tile;
       const V neg_lse = O::set1(-lse[r]), neg_delta = O::set1(-delta[r]);
-      for (int c = 0; c < tile; c += W) {
+      const int64_t cols = diag ? diag_cols(r, tile) : tile;
+      for (int64_t c = 0; c < cols; c += W) {
         const V p = exp(O::fma(O::load(srow + c), vscale, neg_lse));
         O::store(srow + c, p);
         O::store(drow + c, O::mul(O::mul(p, O::add(O::load(drow + c), neg_delta)), vscale));
@@ -265,7 +278,7 @@ struct Tiled {
           gemm<false>(Mq, tile, D, j.q + row * D, D, 1, kT + k0, Tp, s, tile, upper);
           gemm<false>(Mq, tile, D, j.dout + row * D, D, 1, vT + k0, Tp, dp, tile, upper);
           if (diag) mask_future(s, Mq, tile);
-          probs_and_grads(s, dp, Mq, tile, j.lse + row, j.delta + row, j.scale);
+          probs_and_grads(s, dp, Mq, tile, diag, j.lse + row, j.delta + row, j.scale);
           // dV += P^T dO and dK += dS^T Q: P and dS read transposed (lda = 1, aks = tile).
           const Causal sums = diag ? Causal::ks_from_row : Causal::none;
           gemm<true>(Mk, Dp, Mq, s, 1, tile, j.dop + row * Dp, Dp, dv, Dp, sums);
