@@ -317,10 +317,62 @@ struct Tiled {
     for (; d < D; ++d) acc[d] += p * x[d];
   }
 
+  // s[t] = q . k_t for n keys (D a multiple of W), four keys at a time so that four
+  // independent chains of FMAs overlap.
+  static void scores4(const float* q, const float* K, int64_t D, int64_t n, float scale,
+                      float* s) {
+    int64_t t = 0;
+    for (; t + 4 <= n; t += 4) {
+      const float* k = K + t * D;
+      V a0 = O::zero(), a1 = O::zero(), a2 = O::zero(), a3 = O::zero();
+      for (int64_t d = 0; d < D; d += W) {
+        const V qv = O::load(q + d);
+        a0 = O::fma(qv, O::load(k + d), a0);
+        a1 = O::fma(qv, O::load(k + D + d), a1);
+        a2 = O::fma(qv, O::load(k + 2 * D + d), a2);
+        a3 = O::fma(qv, O::load(k + 3 * D + d), a3);
+      }
+      s[t] = O::hsum(a0) * scale;
+      s[t + 1] = O::hsum(a1) * scale;
+      s[t + 2] = O::hsum(a2) * scale;
+      s[t + 3] = O::hsum(a3) * scale;
+    }
+    for (; t < n; ++t) s[t] = dot(q, K + t * D, D) * scale;
+  }
+
+  // acc[d0 : d0 + NVt*W] += sum_t p[t] * Vrows[t][same], accumulated in registers.
+  template <int NVt>
+  static inline void weighted_rows(float* acc, const float* p, const float* Vrows, int64_t D,
+                                   int64_t n) {
+    V r[NVt];
+#pragma GCC unroll 8
+    for (int v = 0; v < NVt; ++v) r[v] = O::load(acc + v * W);
+    for (int64_t t = 0; t < n; ++t) {
+      const V pt = O::set1(p[t]);
+#pragma GCC unroll 8
+      for (int v = 0; v < NVt; ++v) r[v] = O::fma(pt, O::load(Vrows + t * D + v * W), r[v]);
+    }
+#pragma GCC unroll 8
+    for (int v = 0; v < NVt; ++v) O::store(acc + v * W, r[v]);
+  }
+
+  // acc[0:D] += sum_t p[t] * Vrows[t] (D a multiple of W), in column blocks of 4 vectors.
+  static void weighted_sum(float* acc, const float* p, const float* Vrows, int64_t D, int64_t n) {
+    int64_t d = 0;
+    for (; d + 4 * W <= D; d += 4 * W) weighted_rows<4>(acc + d, p, Vrows + d, D, n);
+    switch ((D - d) / W) {
+      case 3: weighted_rows<3>(acc + d, p, Vrows + d, D, n); break;
+      case 2: weighted_rows<2>(acc + d, p, Vrows + d, D, n); break;
+      case 1: weighted_rows<1>(acc + d, p, Vrows + d, D, n); break;
+      default: break;
+    }
+  }
+
   static void decode_part(const DecodeJob& j, int64_t hk, int64_t begin, int64_t end, float* m,
                           float* l, float* acc) {
     constexpr int kChunk = 64;  // keys per online-softmax step, read once for the whole group
     const int64_t group = j.H / j.Hkv, D = j.D, Dp = j.Dp;
+    const bool fast = D % W == 0;  // whole vectors per cache row
     const float* K = j.k_cache + hk * j.capacity * D;
     const float* Vc = j.v_cache + hk * j.capacity * D;
     for (int64_t g = 0; g < group; ++g) {
@@ -333,11 +385,13 @@ struct Tiled {
       for (int64_t g = 0; g < group; ++g) {
         const float* q = j.q + (hk * group + g) * D;
         float* a = acc + g * Dp;
-        float cmax = kNegInf;
-        for (int64_t t = 0; t < n; ++t) {
-          s[t] = dot(q, K + (c0 + t) * D, D) * j.scale;
-          cmax = maxf(cmax, s[t]);
+        if (fast) {
+          scores4(q, K + c0 * D, D, n, j.scale, s);
+        } else {
+          for (int64_t t = 0; t < n; ++t) s[t] = dot(q, K + (c0 + t) * D, D) * j.scale;
         }
+        float cmax = kNegInf;
+        for (int64_t t = 0; t < n; ++t) cmax = maxf(cmax, s[t]);
         for (int64_t t = n; t < kChunk; ++t) s[t] = kNegInf;
         const float m_new = maxf(m[g], cmax);
         const float alpha = expf(m[g] - m_new);
@@ -354,7 +408,11 @@ struct Tiled {
         }
         l[g] = l[g] * alpha + O::hsum(sum);
         m[g] = m_new;
-        for (int64_t t = 0; t < n; ++t) axpy(a, s[t], Vc + (c0 + t) * D, D);
+        if (fast) {
+          weighted_sum(a, s, Vc + c0 * D, D, n);
+        } else {
+          for (int64_t t = 0; t < n; ++t) axpy(a, s[t], Vc + (c0 + t) * D, D);
+        }
       }
     }
   }
