@@ -90,23 +90,32 @@ void quantize_rows(const float* x, int64_t M, int64_t K, int8_t* q, int64_t q_st
   for (int64_t m = 0; m < M; ++m) {
     const float* row = x + m * K;
     int8_t* out = q + m * q_stride;
-    float amax = 0.0f;
-    bool finite = true;
+    // max |x| on the float bit patterns: for non-negative floats integer order is float
+    // order, inf and NaN sort above every finite value, and the integer max vectorizes
+    // (a float max reduction does not without -ffast-math).
+    int32_t amax_bits = 0;
     for (int64_t k = 0; k < K; ++k) {
-      const float a = std::fabs(row[k]);
-      amax = a > amax ? a : amax;
-      finite &= a <= FLT_MAX;  // false for inf and NaN
+      int32_t bits;
+      std::memcpy(&bits, &row[k], 4);
+      bits &= 0x7fffffff;
+      amax_bits = bits > amax_bits ? bits : amax_bits;
     }
-    // A row with NaN or inf gets scale NaN and q = 0, so its outputs are NaN. A row whose
-    // largest magnitude is subnormal (127 / amax would overflow) counts as zero.
-    const bool normal = amax >= FLT_MIN;
-    scale[m] = !finite ? NAN : normal ? amax / 127.0f : 0.0f;
-    const float inv = finite && normal ? 127.0f / amax : 0.0f;
+    float amax;
+    std::memcpy(&amax, &amax_bits, 4);
+    if (amax_bits >= 0x7f800000 || amax < FLT_MIN) {
+      // A row with NaN or inf gets scale NaN and q = 0, so its outputs are NaN. A row
+      // whose largest magnitude is subnormal (127 / amax would overflow) counts as zero.
+      scale[m] = amax_bits >= 0x7f800000 ? NAN : 0.0f;
+      std::memset(out, 0, size_t(K));
+      continue;
+    }
+    scale[m] = amax / 127.0f;
+    const float inv = 127.0f / amax;
     for (int64_t k = 0; k < K; ++k) {
-      float v = round_even((finite ? row[k] : 0.0f) * inv);
-      v = v <= 127.0f ? v : 127.0f;
-      v = v >= -127.0f ? v : -127.0f;  // never -128: see int8.h
-      out[k] = int8_t(v);
+      float v = round_even(row[k] * inv);
+      v = v < 127.0f ? v : 127.0f;  // |x * inv| <= 127 already; guards rounding only
+      v = v > -127.0f ? v : -127.0f;  // never -128: see int8.h
+      out[k] = int8_t(int32_t(v));
     }
   }
 }

@@ -7,6 +7,7 @@
 #include "../simd_x86.h"
 #include "kernels.h"
 #include "tiles.h"
+#include "x86_reduce.h"
 
 namespace tinylm::int8 {
 namespace {
@@ -35,19 +36,8 @@ struct Avx2 {
     const __m256i pairs = _mm256_maddubs_epi16(x.abs, _mm256_sign_epi8(w, x.sign));
     return _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
   }
-  // out[j] = sum of acc[j]'s 8 lanes: two rounds of hadd give per-128-bit-lane sums of
-  // four accumulators at once, then the two lanes are added.
   template <int NR>
-  static void reduce(const Acc* acc, int32_t* out) {
-    __m256i a[4];
-    for (int j = 0; j < 4; ++j) a[j] = j < NR ? acc[j] : _mm256_setzero_si256();
-    const __m256i s = _mm256_hadd_epi32(_mm256_hadd_epi32(a[0], a[1]),
-                                        _mm256_hadd_epi32(a[2], a[3]));
-    const __m128i t = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
-    alignas(16) int32_t v[4];
-    _mm_store_si128((__m128i*)v, t);
-    for (int j = 0; j < NR; ++j) out[j] = v[j];
-  }
+  static void reduce(const Acc* acc, int32_t* out) { reduce4<NR>(acc, out); }
 };
 
 }  // namespace
