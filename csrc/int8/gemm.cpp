@@ -37,14 +37,16 @@ Scratch& scratch() {
 }
 
 // Output rows are handed to threads in blocks of 4 (the widest kernel tile), and a
-// chunk carries at least ~256K multiply-adds so small layers stay on one thread.
+// chunk carries at least ~2M multiply-adds (~10 us): waking a pool thread costs tens
+// of microseconds on a busy machine, so small layers stay on the calling thread.
 constexpr int64_t kRowBlock = 4;
+constexpr int64_t kMinChunkWork = int64_t(1) << 21;
 
 template <class Fn>
 void for_row_blocks(int64_t M, int64_t N, int64_t K, Fn&& fn) {
   const int64_t blocks = (N + kRowBlock - 1) / kRowBlock;
   const int64_t work_per_block = std::max<int64_t>(1, M * K * kRowBlock);
-  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 18) / work_per_block);
+  const int64_t grain = std::max<int64_t>(1, kMinChunkWork / work_per_block);
   parallel_for(blocks, grain, [&](int64_t b0, int64_t b1) {
     fn(b0 * kRowBlock, std::min(N, b1 * kRowBlock));
   });
@@ -148,7 +150,8 @@ void linear(const float* x, int64_t M, int64_t K, const int8_t* wq, const float*
   int8_t* xq = s.xq.data();
   float* x_scale = s.x_scale.data();
   int32_t* x_sum = s.x_sum.data();
-  parallel_for(M, 16, [&](int64_t m0, int64_t m1) {
+  const int64_t rows_per_chunk = std::max<int64_t>(1, (int64_t(1) << 16) / K);  // ~64K values
+  parallel_for(M, rows_per_chunk, [&](int64_t m0, int64_t m1) {
     quantize_rows(x + m0 * K, m1 - m0, K, xq + m0 * stride, stride, x_scale + m0);
     row_sums(xq + m0 * stride, m1 - m0, stride, x_sum + m0);
   });
