@@ -50,6 +50,7 @@ SCHEME = "int8 symmetric, per-row float32 scales; activations per-token int8; in
 WEIGHTS_KEY = "tinylm.weights"
 SCALE_SUFFIX = "_scale"
 MAX_K = 65536  # 127 * 127 * K must fit in int32
+MIN_AMAX = np.float32(1e-30)  # as kMinAmax in csrc/int8/int8.h
 
 
 # ---------------------------------------------------------------- numpy reference
@@ -59,14 +60,14 @@ def quantize_rows(x):
     """Symmetric per-row int8 quantization (the reference the C++ kernel matches exactly).
 
     x [M, K] float32 -> (q int8 [M, K], scale float32 [M]) with x ~= q * scale[:, None].
-    An all-zero row (or one whose largest |x| is below float32's smallest normal number)
-    gets scale 0 and q = 0.
+    An all-zero row (or one whose largest |x| is below MIN_AMAX = 1e-30) gets scale 0 and
+    q = 0; a row with NaN or inf gets scale NaN and q = 0.
     """
     x = np.asarray(x, dtype=np.float32)
     if x.ndim != 2:
         raise ValueError(f"quantize_rows: x must be 2-D [rows, K], got shape {x.shape}")
     amax = np.abs(x).max(axis=1)
-    normal = amax >= np.finfo(np.float32).tiny  # a subnormal-only row counts as zero
+    normal = amax >= MIN_AMAX  # below it a row counts as zero (keeps 127 / amax finite)
     scale = np.where(normal, amax / np.float32(127), np.float32(0)).astype(np.float32)
     with np.errstate(divide="ignore", over="ignore"):
         inv = np.where(normal, np.float32(127) / amax, np.float32(0)).astype(np.float32)

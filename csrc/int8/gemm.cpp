@@ -89,9 +89,15 @@ std::string active_kernel() { return select(active_features()).name; }
 
 void quantize_rows(const float* x, int64_t M, int64_t K, int8_t* q, int64_t q_stride,
                    float* scale) {
+#if defined(__x86_64__) || defined(_M_X64)
+  const bool avx2 = (active_features() & kAVX2) != 0;
+#endif
   for (int64_t m = 0; m < M; ++m) {
     const float* row = x + m * K;
     int8_t* out = q + m * q_stride;
+#if defined(__x86_64__) || defined(_M_X64)
+    if (avx2 && quantize_row_avx2(row, K, out, scale + m)) continue;
+#endif
     // max |x| on the float bit patterns: for non-negative floats integer order is float
     // order, inf and NaN sort above every finite value, and the integer max vectorizes
     // (a float max reduction does not without -ffast-math).
@@ -104,9 +110,9 @@ void quantize_rows(const float* x, int64_t M, int64_t K, int8_t* q, int64_t q_st
     }
     float amax;
     std::memcpy(&amax, &amax_bits, 4);
-    if (amax_bits >= 0x7f800000 || amax < FLT_MIN) {
+    if (amax_bits >= 0x7f800000 || amax < kMinAmax) {
       // A row with NaN or inf gets scale NaN and q = 0, so its outputs are NaN. A row
-      // whose largest magnitude is subnormal (127 / amax would overflow) counts as zero.
+      // whose largest magnitude is below kMinAmax counts as zero.
       scale[m] = amax_bits >= 0x7f800000 ? NAN : 0.0f;
       std::memset(out, 0, size_t(K));
       continue;
