@@ -76,6 +76,9 @@ const std::vector<KernelInfo>& kernels() {
       {"avxvnni", kAVX2 | kAVXVNNI, gemm_avxvnni},
       {"avx2", kAVX2, gemm_avx2},
 #endif
+#if defined(__aarch64__)
+      {"neon_i8mm", kNEON | kDotProd | kI8MM, gemm_neon_i8mm},
+#endif
 #if defined(__aarch64__) || defined(__arm__)
       {"neon_dotprod", kNEON | kDotProd, gemm_neon_dotprod},
       {"neon", kNEON, gemm_neon},
