@@ -8,6 +8,8 @@ import os
 import sys
 import time
 
+from .errors import TinylmError  # light: no numpy
+
 TRAIN_DEFAULT_PRESET = "tiny"
 TRAIN_DEFAULT_STEPS = 2000
 SHAPE_FLAGS = ("preset", "d_model", "n_layer", "n_head", "n_kv_head", "d_ff", "context",
@@ -176,8 +178,9 @@ def cmd_train(args):
 
 def add_eval_parser(sub):
     p = sub.add_parser("eval", help="validation loss and bits per byte of a model",
-                       description="Evaluate a model on the validation split of a corpus.")
-    p.add_argument("model", help="model file (.safetensors)")
+                       description="Evaluate a model (fp32 or int8) on the validation split "
+                       "of a corpus.")
+    p.add_argument("model", help="model file (.safetensors), fp32 or int8")
     p.add_argument("--data", default=None, help="corpus (default: the Python standard library)")
     p.add_argument("--val-fraction", type=float, default=0.05, help="share held out (as in training)")
     p.add_argument("--eval-tokens", type=int, default=65536, help="validation tokens to score")
@@ -188,15 +191,34 @@ def add_eval_parser(sub):
 def cmd_eval(args):
     set_threads(args.threads)
     from . import data
-    from .modelfile import load_model
+    from .quant import load_any_model
     from .trainer import evaluate
-    cfg, params, tokenizer = load_model(args.model)
+    cfg, params, tokenizer = load_any_model(args.model)
     source = args.data or data.DEFAULT_SOURCE
     split = data.split_tokens(data.load_tokens(source, tokenizer), tokenizer, cfg.context,
                               args.val_fraction)
     nats, bpb = evaluate(params, cfg, split.val, split.val_bytes, args.eval_tokens)
     print(f"{args.model}: validation loss {nats:.4f} nats/token, {bpb:.4f} bits/byte "
           f"({min(len(split.val), args.eval_tokens):,} tokens of {source})")
+
+
+# ---------------------------------------------------------------- quantize
+
+
+def add_quantize_parser(sub):
+    p = sub.add_parser("quantize", help="write an int8 copy of a model",
+                       description="Quantize a model's matrices to int8 with per-row scales "
+                       "(norms stay float32) and write one .safetensors file.")
+    p.add_argument("input", help="fp32 model file (.safetensors)")
+    p.add_argument("output", help="int8 model file to write")
+    p.set_defaults(func=cmd_quantize)
+
+
+def cmd_quantize(args):
+    from .quant import quantize_file
+    fp32, int8 = quantize_file(args.input, args.output)
+    print(f"{args.output}: int8 weights, {int8 / 1e6:.2f} MB of parameters "
+          f"(fp32 {fp32 / 1e6:.2f} MB, {fp32 / int8:.1f}x smaller)")
 
 
 # ---------------------------------------------------------------- info
@@ -261,6 +283,7 @@ def build_parser():
     sub.required = True
     add_train_parser(sub)
     add_eval_parser(sub)
+    add_quantize_parser(sub)
     add_info_parser(sub)
     for name, p in sub.choices.items():
         p.set_defaults(_parser=p)
@@ -277,10 +300,10 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("tinylm: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader left early (`tinylm ... | head`): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
-
-from .errors import TinylmError  # noqa: E402  (light: no numpy)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -24,7 +24,7 @@ from . import data as data_mod
 from .checkpoint import CheckpointError, load_safetensors, save_safetensors
 from .config import ModelConfig, format_count
 from .errors import TinylmError
-from .model import forward, loss_and_grads, param_shapes
+from .model import forward, init_params, loss_and_grads, param_shapes
 from .modelfile import CONFIG_KEY, model_tensors_and_metadata, save_model
 from .optim import AdamW, clip_grad_norm, lr_at
 from .progress import Progress, format_duration
@@ -133,7 +133,6 @@ class Run:
                               f"`tinylm train --resume {out}` or choose another --out")
         run = cls(out, model_cfg, train_cfg, tokenizer, log=log)
         if params is None:
-            from .model import init_params
             params = init_params(model_cfg, seed=train_cfg.seed)
         run.params = {k: np.array(v, dtype=np.float32) for k, v in params.items()}
         return run
