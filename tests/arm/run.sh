@@ -7,6 +7,10 @@
 #   TINYLM_ARM_CPUS="cortex-a72" bash tests/arm/run.sh
 #   bash tests/arm/run.sh -k attention      extra arguments go to pytest
 #
+# Emulation is ~20x slower than the host, so tests marked `slow` are deselected
+# (TINYLM_ARM_PYTEST_ARGS replaces the default '-m "not slow"'), and TINYLM_TEST_EMULATED=1
+# is set so that tests (and a hypothesis profile) can shrink their case counts.
+#
 # No binfmt_misc is needed: a launcher script runs the arm64 python under qemu-aarch64 and
 # is itself sys.executable, so subprocesses and pip's build backend re-enter emulation.
 # The arm64 userland (python3.11 from Debian's arm64 packages, unpacked, never installed
@@ -126,6 +130,11 @@ PYTHONPATH="$SITE" "$LAUNCHER" -m pip install -q --root-user-action=ignore --no-
 ls "$WORK"/dist
 
 # --------------------------------------------------------------------------- tests
+if [[ -n "${TINYLM_ARM_PYTEST_ARGS+set}" ]]; then
+  read -r -a PYTEST_ARGS <<<"$TINYLM_ARM_PYTEST_ARGS"
+else
+  PYTEST_ARGS=(-m "not slow")
+fi
 failed=()
 for cpu in $CPUS; do
   case "$cpu" in
@@ -136,7 +145,7 @@ for cpu in $CPUS; do
   esac
   step "QEMU_CPU=$cpu"
   # From / so that `import tinylm` can only find the installed wheel.
-  export QEMU_CPU="$cpu" PYTHONPATH="$WORK/inst:$SITE"
+  export QEMU_CPU="$cpu" PYTHONPATH="$WORK/inst:$SITE" TINYLM_TEST_EMULATED=1
   active="$(cd / && "$LAUNCHER" -c 'import tinylm._C as C; print(C.active_isa())')"
   echo "tinylm._C chose: $active"
   if [[ -n "$expect" && "$active" != "$expect" ]]; then
@@ -146,12 +155,12 @@ for cpu in $CPUS; do
   status=0
   (cd / && "$LAUNCHER" -m pytest -q -p no:cacheprovider -c "$REPO/pyproject.toml" \
      --rootdir "$REPO" "$REPO/tests" --ignore="$REPO/tests/test_native_driver.py" \
-     --ignore="$REPO/tests/arm" "$@") || status=$?
+     --ignore="$REPO/tests/arm" "${PYTEST_ARGS[@]}" "$@") || status=$?
   if ((status != 0)); then
     ((status == 5)) && echo "pytest collected no tests on $cpu" >&2
     failed+=("$cpu: pytest exit $status")
   fi
-  unset QEMU_CPU PYTHONPATH
+  unset QEMU_CPU PYTHONPATH TINYLM_TEST_EMULATED
 done
 
 if ((${#failed[@]})); then
