@@ -302,7 +302,7 @@ class Model:
         self.engine.reset()
         return self.engine.prefill(ids, all_logits=True)
 
-    def generate(self, prompt="", max_tokens=256, temperature=0.8, top_k=0, top_p=1.0,
+    def generate(self, prompt="", max_tokens=256, temperature=0.8, top_k=0, top_p=0.95,
                  repetition_penalty=1.0, seed=None, stop=()):
         """Yields the text as it is produced, for `prompt` (str or bytes). Stops after
         max_tokens tokens, at the end-of-text token, or before the first stop string.
