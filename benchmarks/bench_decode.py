@@ -7,7 +7,8 @@ with the same thread count, on a buffer as large as the weights) and reports eac
 decode step as a multiple of it. It also reports the share of a token's time spent in
 Python (everything outside the one native call per token).
 
-Each configuration runs in its own process, so the peak RSS is that configuration's
+Per-token figures are medians over the generated tokens (the machines are shared and
+noisy; the mean is in the JSON too). Each configuration runs in its own process, so the peak RSS is that configuration's
 alone (import + load + generation). Models have random weights (speed does not depend
 on what the weights say); they are written to a temporary directory and deleted.
 
@@ -54,27 +55,38 @@ def worker(path, threads, tokens, prompt_len):
         prefill.append(time.perf_counter() - t0)
     prefill_s = min(prefill)
 
-    # decode: time the native calls inside a real generation, to split C++ from Python
+    # decode: time each native call inside a real generation, and the interval between
+    # successive calls (one whole token: C++ plus the Python around it). Medians, so a
+    # preemption on a busy machine does not decide the figure.
     native = model.engine._native
-    inside = [0.0]
+    inside, period = [], []
 
     class Timed:
+        last = None
+
         def step_sample(self, *args):
             t0 = time.perf_counter()
             r = native.step_sample(*args)
-            inside[0] += time.perf_counter() - t0
+            t1 = time.perf_counter()
+            inside.append(t1 - t0)
+            if Timed.last is not None:
+                period.append(t0 - Timed.last)
+            Timed.last = t0
             return r
 
     runs = []
     for _ in range(2):  # the first run warms the page cache and the pool
-        model.engine._native, inside[0] = Timed(), 0.0
-        text = "".join(model.generate(prompt, max_tokens=tokens,
-                                      temperature=0.8, top_p=0.95, seed=1))
+        model.engine._native, Timed.last = Timed(), None
+        inside.clear()
+        period.clear()
+        text = "".join(model.generate(prompt, max_tokens=tokens, temperature=0.8, top_p=0.95, seed=1))
         st = model.stats
-        steps = st.generated_tokens - 1
-        runs.append((st.decode_seconds / steps, inside[0] / steps, st.first_token_seconds, steps))
+        # a slide's re-prefill falls between two calls: leave those intervals out
+        steady = sorted(period)[:max(1, len(period) - st.slides)]
+        runs.append((float(np.median(steady)), float(np.median(inside)), st.first_token_seconds,
+                     st.generated_tokens - 1, st.decode_seconds / max(1, st.generated_tokens - 1)))
     model.engine._native = native
-    per_token, in_native, ttft, steps = min(runs)
+    per_token, in_native, ttft, steps, mean_per_token = min(runs)
 
     # the roofline: one streaming read over as many bytes as a decode step's weights
     weight_bytes = sum(getattr(w, "nbytes", 0) for w in model.params.values())
@@ -90,6 +102,7 @@ def worker(path, threads, tokens, prompt_len):
         weight_mb=weight_bytes / 1e6, prompt_tokens=int(len(ids)),
         prefill_tok_s=len(ids) / prefill_s, ttft_ms=ttft * 1e3, startup_ms=startup * 1e3,
         decode_tok_s=1 / per_token, ms_per_token=per_token * 1e3, decode_steps=steps,
+        mean_ms_per_token=mean_per_token * 1e3,
         read_ms=best * 1e3, x_roofline=per_token / best,
         python_share=1 - in_native / per_token, peak_rss_mb=peak_rss_mb(),
         isa=_C.active_isa(), gemv=_C.engine_gemv_path(), int8_kernel=_C.int8_path(),

@@ -207,6 +207,8 @@ class TextStream:
         self.stopped = False
 
     def feed(self, data: bytes) -> str:
+        if not (self.pending or self.held or self.stop) and data.isascii():
+            return "" if self.stopped else data.decode("ascii")  # the common case, per token
         complete, self.pending = utf8_split(self.pending + data)
         return self._emit(self.held + complete.decode("utf-8", errors="replace"))
 
@@ -265,6 +267,16 @@ class Stats:
 
 
 def peak_rss_mb():
+    """Peak resident memory of this process in MB. On Linux from /proc (VmHWM), which
+    starts afresh at exec, unlike getrusage's ru_maxrss, which a child inherits from
+    the process that started it."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return kb / (1024 * 1024 if sys.platform == "darwin" else 1024)
 
@@ -284,6 +296,7 @@ class Model:
             raise TinylmError(f"engine must be 'native' or 'numpy', got {engine!r}")
         self.engine = (NativeEngine if engine == "native" else ReferenceEngine)(self.cfg, self.params)
         self.stats = Stats()
+        self._bytes_of = {}
 
     def __repr__(self):
         c = self.cfg
@@ -318,6 +331,13 @@ class Model:
         ids = tok.encode_bytes(prompt) if isinstance(prompt, (bytes, bytearray)) else tok.encode(prompt)
         return self._generate([tok.eot_id, *ids.tolist()], int(max_tokens), sampler, TextStream(stop))
 
+    def _token_bytes(self, token):
+        """The bytes of one token, memoized (decode_bytes goes through numpy)."""
+        b = self._bytes_of.get(token)
+        if b is None:
+            b = self._bytes_of[token] = self.tokenizer.decode_bytes([token])
+        return b
+
     def _generate(self, history, max_tokens, sampler, stream):
         tok, eng, ctx = self.tokenizer, self.engine, self.cfg.context
         st = self.stats = Stats(prompt_tokens=len(history))
@@ -334,7 +354,7 @@ class Model:
             if token == tok.eot_id:
                 break
             history.append(token)
-            text = stream.feed(tok.decode_bytes([token]))
+            text = stream.feed(self._token_bytes(token))
             if text:
                 yield text
             if stream.stopped or st.generated_tokens >= max_tokens:

@@ -1,5 +1,5 @@
-// AVX2 + FMA float32 GEMV: four rows at a time (four weight streams, one load of x
-// serves all four), two 8-wide accumulators per row to hide the FMA latency.
+// AVX2 + FMA float32 GEMV, one row at a time (one sequential stream per row, which the
+// prefetchers follow best), four 8-wide accumulators to hide the FMA latency.
 #include <immintrin.h>
 
 #include "gemv_kernels.h"
@@ -14,39 +14,24 @@ inline float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-template <int R>
-void rows(const float* W, const float* x, float* y, int64_t K, int64_t n) {
-  __m256 a[R][2];
-  const float* w[R];
-  for (int r = 0; r < R; ++r) {
-    a[r][0] = a[r][1] = _mm256_setzero_ps();
-    w[r] = W + (n + r) * K;
-  }
-  int64_t k = 0;
-  for (; k + 16 <= K; k += 16) {
-    const __m256 x0 = _mm256_loadu_ps(x + k), x1 = _mm256_loadu_ps(x + k + 8);
-    for (int r = 0; r < R; ++r) {
-      a[r][0] = _mm256_fmadd_ps(_mm256_loadu_ps(w[r] + k), x0, a[r][0]);
-      a[r][1] = _mm256_fmadd_ps(_mm256_loadu_ps(w[r] + k + 8), x1, a[r][1]);
-    }
-  }
-  for (; k + 8 <= K; k += 8) {
-    const __m256 x0 = _mm256_loadu_ps(x + k);
-    for (int r = 0; r < R; ++r) a[r][0] = _mm256_fmadd_ps(_mm256_loadu_ps(w[r] + k), x0, a[r][0]);
-  }
-  for (int r = 0; r < R; ++r) {
-    float s = hsum(_mm256_add_ps(a[r][0], a[r][1]));
-    for (int64_t t = k; t < K; ++t) s += w[r][t] * x[t];
-    y[n + r] = s;
-  }
-}
-
 }  // namespace
 
 void gemv_avx2(const float* W, const float* x, float* y, int64_t K, int64_t n0, int64_t n1) {
-  int64_t n = n0;
-  for (; n + 4 <= n1; n += 4) rows<4>(W, x, y, K, n);
-  for (; n < n1; ++n) rows<1>(W, x, y, K, n);
+  for (int64_t n = n0; n < n1; ++n) {
+    const float* w = W + n * K;
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int64_t k = 0;
+    for (; k + 32 <= K; k += 32) {
+      a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w + k), _mm256_loadu_ps(x + k), a0);
+      a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w + k + 8), _mm256_loadu_ps(x + k + 8), a1);
+      a2 = _mm256_fmadd_ps(_mm256_loadu_ps(w + k + 16), _mm256_loadu_ps(x + k + 16), a2);
+      a3 = _mm256_fmadd_ps(_mm256_loadu_ps(w + k + 24), _mm256_loadu_ps(x + k + 24), a3);
+    }
+    for (; k + 8 <= K; k += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w + k), _mm256_loadu_ps(x + k), a0);
+    float s = hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    for (; k < K; ++k) s += w[k] * x[k];
+    y[n] = s;
+  }
 }
 
 }  // namespace tinylm::engine

@@ -63,7 +63,10 @@ int32_t sample(const float* logits, int64_t V, const Sampling& s, uint64_t* rng_
       return l[size_t(a)] > l[size_t(b)] || (l[size_t(a)] == l[size_t(b)] && a < b);
     };
     n = s.top_k > 0 ? std::min<int64_t>(s.top_k, V) : V;
-    std::partial_sort(order.begin(), order.begin() + n, order.end(), better);
+    if (n * 4 < V)  // a heap for a few of many; otherwise a full sort is faster
+      std::partial_sort(order.begin(), order.begin() + n, order.end(), better);
+    else
+      std::sort(order.begin(), order.end(), better);
   }
   double top = l[size_t(order[0])];
   if (!sorted)
