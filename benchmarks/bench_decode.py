@@ -88,6 +88,8 @@ def worker(path, threads, tokens, prompt_len):
     model.engine._native = native
     per_token, in_native, ttft, steps, mean_per_token = min(runs)
 
+    peak_rss = peak_rss_mb()  # before the roofline's buffer below adds to it
+
     # the roofline: one streaming read over as many bytes as a decode step's weights
     weight_bytes = sum(getattr(w, "nbytes", 0) for w in model.params.values())
     words = np.ones(weight_bytes // 8, np.uint64)
@@ -104,7 +106,7 @@ def worker(path, threads, tokens, prompt_len):
         decode_tok_s=1 / per_token, ms_per_token=per_token * 1e3, decode_steps=steps,
         mean_ms_per_token=mean_per_token * 1e3,
         read_ms=best * 1e3, x_roofline=per_token / best,
-        python_share=1 - in_native / per_token, peak_rss_mb=peak_rss_mb(),
+        python_share=1 - in_native / per_token, peak_rss_mb=peak_rss,
         isa=_C.active_isa(), gemv=_C.engine_gemv_path(), int8_kernel=_C.int8_path(),
         first_piece=first, sample=text[:40])))
 

@@ -48,6 +48,23 @@ def _is_int8(w):
     return type(w).__name__ == "Int8Weight"
 
 
+def _cache_array(shape):
+    """A zeroed float32 array whose memory becomes resident only where it is written.
+
+    Each cache head keeps its positions contiguous, so a short generation writes a few
+    pages of every head. With transparent huge pages each such write would make a whole
+    2 MB page resident, i.e. the full cache at once; an anonymous map marked "no huge
+    pages" keeps the footprint at what is used."""
+    import mmap
+    nbytes = int(np.prod(shape)) * 4
+    advice = getattr(mmap, "MADV_NOHUGEPAGE", None)
+    if advice is None or nbytes < (1 << 21):
+        return np.zeros(shape, np.float32)
+    buf = mmap.mmap(-1, nbytes)
+    buf.madvise(advice)
+    return np.frombuffer(buf, np.float32).reshape(shape)
+
+
 class Engine:
     """The KV cache and the batched prefill shared by both engines.
 
@@ -61,8 +78,8 @@ class Engine:
         self.int8 = _is_int8(params[M.EMBED])
         self.int8_impl = int8_impl  # "numpy": the exact int32 reference; "native": the kernel
         shape = (cfg.n_layer, cfg.n_kv_head, cfg.context, cfg.head_dim)
-        self.k_cache = np.zeros(shape, np.float32)
-        self.v_cache = np.zeros(shape, np.float32)
+        self.k_cache = _cache_array(shape)
+        self.v_cache = _cache_array(shape)
         self.cos, self.sin = M.rope_tables(cfg.context, cfg.head_dim, cfg.rope_theta, np.float32)
         self.length = 0
 
