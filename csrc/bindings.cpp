@@ -481,6 +481,28 @@ void bind_engine(py::module_& m) {
           py::arg("history"),
           "step(), then sample the next token as tinylm.sampling.Sampler does; returns "
           "(token, new rng_state).");
+  m.def(
+      "engine_gemv",
+      [](const py::handle& x_obj, const py::list& mats) {
+        auto x = checked<float>(x_obj, "x", 1);
+        std::vector<py::object> keep;
+        std::vector<E::Matrix> ms;
+        std::vector<py::array_t<float>> outs;
+        if (mats.size() < 1 || mats.size() > 8) bad_arg("matrices", "give 1 to 8 matrices");
+        for (size_t i = 0; i < mats.size(); ++i) {
+          ms.push_back(engine_matrix(mats[i], "matrices[" + std::to_string(i) + "]", keep));
+          if (ms.back().cols != x.shape(0) || ms.back().is_int8() != ms.front().is_int8())
+            bad_arg("matrices", "every matrix must be [N, len(x)], all float32 or all int8");
+          outs.emplace_back(ms.back().rows);
+        }
+        std::vector<E::Product> ps;
+        for (size_t i = 0; i < ms.size(); ++i) ps.push_back({&ms[i], outs[i].mutable_data()});
+        run_kernel([&] { E::gemv(x.data(), ps.data(), int(ps.size())); });
+        return outs;
+      },
+      py::arg("x"), py::arg("matrices"),
+      "The decode step's fused matrix-vector product: [W @ x for W in matrices], each W a "
+      "float32 array or an (int8 values, scales) pair (tests).");
   m.def("engine_gemv_path", &E::active_gemv, "The float32 GEMV kernel the active ISA selects.");
   m.def("engine_seed_state", &E::seed_state, py::arg("seed"), "splitmix64 seeding (tests).");
   m.def(
