@@ -1,6 +1,6 @@
 // AVX2 + FMA float32 GEMV, one row at a time (one sequential stream per row, which the
 // prefetchers follow best), four 8-wide accumulators to hide the FMA latency.
-#include <immintrin.h>
+#include "../simd_x86.h"
 
 #include "gemv_kernels.h"
 
