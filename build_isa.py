@@ -23,8 +23,14 @@ ISA_FLAGS = {
     "neon_i8mm": ("aarch64", ["-march=armv8.2-a+dotprod+i8mm"]),
 }
 
-# Extra flags every file needs on an architecture (32-bit ARM must ask for NEON).
-ARCH_FLAGS = {"armv7": ["-mfpu=neon-fp-armv8", "-mfloat-abi=hard"]}
+# Extra flags every file needs on an architecture: 32-bit ARM must ask for NEON, and for
+# ARMv7's NEON (neon-vfpv4), not ARMv8's, whose rounding instructions (vrint*) the
+# compiler would otherwise emit and a Cortex-A7 (Raspberry Pi 2) cannot execute.
+ARCH_FLAGS = {"armv7": ["-mfpu=neon-vfpv4", "-mfloat-abi=hard"]}
+
+# Flags for one instruction set on one architecture, after the two above (the last
+# -mfpu wins): 32-bit dotprod code needs the ARMv8 FPU description.
+ARCH_ISA_FLAGS = {("armv7", "neon_dotprod"): ["-mfpu=neon-fp-armv8"]}
 
 CSRC = Path(__file__).resolve().parent / "csrc"
 
@@ -68,6 +74,6 @@ def kernel_sources(arch: str) -> list[tuple[Path, list[str]]]:
             arches, isa_flags = ISA_FLAGS[isa]
             if arch not in arches.split():
                 continue
-            flags += isa_flags
+            flags += isa_flags + ARCH_ISA_FLAGS.get((arch, isa), [])
         result.append((path, flags))
     return result

@@ -389,6 +389,8 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("tinylm: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader left early (`tinylm ... | head`): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 
