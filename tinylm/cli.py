@@ -298,13 +298,9 @@ def cmd_generate(args):
                             top_k=args.top_k, top_p=args.top_p,
                             repetition_penalty=args.repetition_penalty, seed=args.seed,
                             stop=args.stop)
-    try:
-        for piece in pieces:
-            write_utf8(piece)
-        write_utf8("\n")
-    except BrokenPipeError:  # e.g. `| head`: the reader has all it wanted
-        sys.stderr.close()
-        return
+    for piece in pieces:  # a reader that leaves early (| head) is handled in main()
+        write_utf8(piece)
+    write_utf8("\n")
     if args.stats:
         print(model.stats.summary(), file=sys.stderr)
 
