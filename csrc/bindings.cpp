@@ -6,6 +6,7 @@
 #include <pybind11/stl.h>
 
 #include <cstdlib>
+#include <memory>
 #include <mutex>
 #include <new>
 #include <sstream>
@@ -15,6 +16,7 @@
 
 #include "attention/attention.h"
 #include "cpu.h"
+#include "engine/engine.h"
 #include "int8/int8.h"
 #include "threads.h"
 
@@ -383,6 +385,200 @@ void bind_int8(py::module_& m) {
       "streaming read bandwidth in benchmarks/bench_int8.py).");
 }
 
+
+// ---------------------------------------------------------------- inference engine
+// (csrc/engine/)
+
+// The C++ engine plus references to every array it reads or writes (memory-mapped
+// weights, the cache), so none of them can be freed while the engine lives.
+struct EngineHandle {
+  std::unique_ptr<tinylm::engine::Engine> engine;
+  std::vector<py::object> keep_alive;
+};
+
+// A float32 vector of n elements (a norm's weights).
+const float* engine_vector(const py::handle& obj, const std::string& name, int64_t n,
+                           std::vector<py::object>& keep) {
+  auto a = checked<float>(obj, name.c_str(), 1);
+  require_dim(a, name.c_str(), 0, n, "d_model");
+  keep.push_back(a);
+  return a.data();
+}
+
+// A float32 matrix, or a (int8 values, float32 scales) pair for an int8 one. Shapes
+// are checked against the config by the engine itself (validate()).
+tinylm::engine::Matrix engine_matrix(const py::handle& obj, const std::string& name,
+                                     std::vector<py::object>& keep) {
+  tinylm::engine::Matrix m;
+  if (py::isinstance<py::tuple>(obj)) {
+    auto t = obj.cast<py::tuple>();
+    if (t.size() != 2) bad_arg(name, "an int8 matrix is a (values, scales) pair");
+    auto q = checked<int8_t>(t[0], name.c_str(), 2);
+    auto s = checked<float>(t[1], (name + " scales").c_str(), 1);
+    require_dim(s, (name + " scales").c_str(), 0, q.shape(0), "one scale per row");
+    require_int8_k(q, name.c_str());
+    m.q = q.data();
+    m.scale = s.data();
+    m.rows = q.shape(0);
+    m.cols = q.shape(1);
+    keep.push_back(q);
+    keep.push_back(s);
+  } else {
+    auto a = checked<float>(obj, name.c_str(), 2);
+    m.f32 = a.data();
+    m.rows = a.shape(0);
+    m.cols = a.shape(1);
+    keep.push_back(a);
+  }
+  return m;
+}
+
+int64_t config_int(const py::dict& cfg, const char* key) {
+  if (!cfg.contains(key)) bad_arg("config", std::string("missing '") + key + "'");
+  return cfg[key].cast<int64_t>();
+}
+
+std::unique_ptr<EngineHandle> make_engine(const py::dict& cfg_d, const py::handle& embed,
+                                          const py::handle& final_norm, const py::list& layers,
+                                          const py::handle& k_obj, const py::handle& v_obj,
+                                          const py::handle& cos_obj, const py::handle& sin_obj) {
+  namespace E = tinylm::engine;
+  auto h = std::make_unique<EngineHandle>();
+  auto& keep = h->keep_alive;
+  E::Config c{config_int(cfg_d, "vocab_size"), config_int(cfg_d, "d_model"),
+              config_int(cfg_d, "n_layer"),    config_int(cfg_d, "n_head"),
+              config_int(cfg_d, "n_kv_head"),  config_int(cfg_d, "d_ff"),
+              config_int(cfg_d, "context"),    cfg_d.contains("norm_eps") ? cfg_d["norm_eps"].cast<float>() : 1e-5f};
+  if (c.n_layer < 1 || c.n_head < 1 || c.d_model < 1 || c.d_model % c.n_head)
+    bad_arg("config", "n_layer, n_head and d_model must be positive, d_model a multiple of n_head");
+  E::Weights w;
+  w.embed = engine_matrix(embed, "embed", keep);
+  w.final_norm = engine_vector(final_norm, "final_norm", c.d_model, keep);
+  if (int64_t(layers.size()) != 9 * c.n_layer)
+    bad_arg("layers", "expected 9 tensors per layer (norm, q, k, v, o, norm, gate, up, down), "
+                      "got " + std::to_string(layers.size()) + " for " + std::to_string(c.n_layer) + " layers");
+  for (int64_t i = 0; i < c.n_layer; ++i) {
+    const std::string p = "layer " + std::to_string(i) + " ";
+    auto at = [&](int j) { return layers[size_t(9 * i + j)]; };
+    E::Layer L;
+    L.attn_norm = engine_vector(at(0), p + "input_layernorm", c.d_model, keep);
+    L.q = engine_matrix(at(1), p + "q_proj", keep);
+    L.k = engine_matrix(at(2), p + "k_proj", keep);
+    L.v = engine_matrix(at(3), p + "v_proj", keep);
+    L.o = engine_matrix(at(4), p + "o_proj", keep);
+    L.mlp_norm = engine_vector(at(5), p + "post_attention_layernorm", c.d_model, keep);
+    L.gate = engine_matrix(at(6), p + "gate_proj", keep);
+    L.up = engine_matrix(at(7), p + "up_proj", keep);
+    L.down = engine_matrix(at(8), p + "down_proj", keep);
+    w.layers.push_back(L);
+  }
+  const int64_t D = c.d_model / c.n_head;
+  auto kc = checked<float>(k_obj, "k_cache", 4), vc = checked<float>(v_obj, "v_cache", 4);
+  const int64_t cache_shape[4] = {c.n_layer, c.n_kv_head, c.context, D};
+  for (int axis = 0; axis < 4; ++axis) {
+    require_dim(kc, "k_cache", axis, cache_shape[axis], "[n_layer, n_kv_head, context, head_dim]");
+    require_dim(vc, "v_cache", axis, cache_shape[axis], "[n_layer, n_kv_head, context, head_dim]");
+  }
+  require_writeable(kc, "k_cache");
+  require_writeable(vc, "v_cache");
+  auto cs = checked<float>(cos_obj, "cos", 2), sn = checked<float>(sin_obj, "sin", 2);
+  for (auto* t : {&cs, &sn}) {
+    const char* name = t == &cs ? "cos" : "sin";
+    require_dim(*t, name, 0, c.context, "[context, head_dim / 2]");
+    require_dim(*t, name, 1, D / 2, "[context, head_dim / 2]");
+  }
+  for (py::object o : {py::object(kc), py::object(vc), py::object(cs), py::object(sn)}) keep.push_back(o);
+  try {
+    h->engine = std::make_unique<E::Engine>(
+        c, std::move(w), E::State{kc.mutable_data(), vc.mutable_data(), cs.data(), sn.data()});
+  } catch (const std::invalid_argument& e) {
+    throw py::value_error(e.what());
+  }
+  return h;
+}
+
+void bind_engine(py::module_& m) {
+  namespace E = tinylm::engine;
+  py::class_<EngineHandle>(m, "Engine",
+                           "The native decode step over memory-mapped weights and a shared "
+                           "KV cache (see tinylm/engine.py, NativeEngine).")
+      .def(py::init(&make_engine), py::arg("config"), py::arg("embed"), py::arg("final_norm"),
+           py::arg("layers"), py::arg("k_cache"), py::arg("v_cache"), py::arg("cos"),
+           py::arg("sin"),
+           "config: dict of the model's sizes; embed and each matrix a float32 array or an "
+           "(int8 values, float32 scales) pair; layers: 9 tensors per layer in "
+           "tinylm.model.LAYER_PARAMS order; k_cache, v_cache [n_layer, n_kv_head, context, "
+           "head_dim] float32 (written in place); cos, sin [context, head_dim / 2].")
+      .def(
+          "step",
+          [](EngineHandle& h, int32_t token, int64_t pos) {
+            py::array_t<float> logits(h.engine->config().vocab_size);
+            float* out = logits.mutable_data();
+            run_kernel([&] { h.engine->step(token, pos, out); });
+            return logits;
+          },
+          py::arg("token"), py::arg("pos"),
+          "Runs token at position pos (cache holds [0, pos)); returns logits [vocab].")
+      .def(
+          "step_sample",
+          [](EngineHandle& h, int32_t token, int64_t pos, double temperature, int64_t top_k,
+             double top_p, double repetition_penalty, uint64_t rng_state,
+             const std::vector<int32_t>& history) {
+            E::Sampling s;
+            s.temperature = temperature;
+            s.top_k = top_k;
+            s.top_p = top_p;
+            s.repetition_penalty = repetition_penalty;
+            if (!(temperature >= 0) || top_k < 0 || !(top_p > 0 && top_p <= 1) ||
+                !(repetition_penalty >= 1))
+              bad_arg("sampling", "temperature >= 0, top_k >= 0, 0 < top_p <= 1, "
+                                  "repetition_penalty >= 1 (check with tinylm.sampling)");
+            int32_t next = 0;
+            run_kernel([&] {
+              next = h.engine->step_sample(token, pos, s, &rng_state, history.data(),
+                                           int64_t(history.size()));
+            });
+            return py::make_tuple(next, rng_state);
+          },
+          py::arg("token"), py::arg("pos"), py::arg("temperature"), py::arg("top_k"),
+          py::arg("top_p"), py::arg("repetition_penalty"), py::arg("rng_state"),
+          py::arg("history"),
+          "step(), then sample the next token as tinylm.sampling.Sampler does; returns "
+          "(token, new rng_state).");
+  m.def(
+      "engine_gemv",
+      [](const py::handle& x_obj, const py::list& mats) {
+        auto x = checked<float>(x_obj, "x", 1);
+        std::vector<py::object> keep;
+        std::vector<E::Matrix> ms;
+        std::vector<py::array_t<float>> outs;
+        if (mats.size() < 1 || mats.size() > 8) bad_arg("matrices", "give 1 to 8 matrices");
+        for (size_t i = 0; i < mats.size(); ++i) {
+          ms.push_back(engine_matrix(mats[i], "matrices[" + std::to_string(i) + "]", keep));
+          if (ms.back().cols != x.shape(0) || ms.back().is_int8() != ms.front().is_int8())
+            bad_arg("matrices", "every matrix must be [N, len(x)], all float32 or all int8");
+          outs.emplace_back(ms.back().rows);
+        }
+        std::vector<E::Product> ps;
+        for (size_t i = 0; i < ms.size(); ++i) ps.push_back({&ms[i], outs[i].mutable_data()});
+        run_kernel([&] { E::gemv(x.data(), ps.data(), int(ps.size())); });
+        return outs;
+      },
+      py::arg("x"), py::arg("matrices"),
+      "The decode step's fused matrix-vector product: [W @ x for W in matrices], each W a "
+      "float32 array or an (int8 values, scales) pair (tests).");
+  m.def("engine_gemv_path", &E::active_gemv, "The float32 GEMV kernel the active ISA selects.");
+  m.def("engine_seed_state", &E::seed_state, py::arg("seed"), "splitmix64 seeding (tests).");
+  m.def(
+      "engine_rng_next",
+      [](uint64_t state, int n) {
+        std::vector<uint64_t> out;
+        for (int i = 0; i < n; ++i) out.push_back(E::rng_next(&state));
+        return out;
+      },
+      py::arg("state"), py::arg("n"), "n numbers of xorshift64* from a state (tests).");
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -395,4 +591,5 @@ PYBIND11_MODULE(_C, m) {
   bind_runtime(m);
   bind_attention(m);
   bind_int8(m);
+  bind_engine(m);
 }

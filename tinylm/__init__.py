@@ -7,3 +7,18 @@ a student can follow; the hot paths (attention, int8 matmul) are C++ kernels in
 """
 
 __version__ = "0.1.0"
+
+
+def load(path, engine="native"):
+    """Opens a model file (fp32 or int8, memory-mapped) for generation and research:
+
+        model = tinylm.load("model.safetensors")
+        for piece in model.generate("Once upon a time", max_tokens=100, seed=1):
+            print(piece, end="", flush=True)
+        logits = model.logits(model.tokenizer.encode("hello"))  # [T, vocab]
+
+    engine="numpy" runs the readable reference engine instead of the native one.
+    (Imported lazily, so `import tinylm` stays light.)
+    """
+    from .engine import load as _load
+    return _load(path, engine)

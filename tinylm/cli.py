@@ -221,6 +221,90 @@ def cmd_quantize(args):
           f"(fp32 {fp32 / 1e6:.2f} MB, {fp32 / int8:.1f}x smaller)")
 
 
+# ---------------------------------------------------------------- generate
+
+
+def add_generate_parser(sub):
+    p = sub.add_parser(
+        "generate", help="sample text from a model, streaming it to the terminal",
+        description="Generate text from a model file (fp32 or int8). The prompt comes from "
+        "--prompt, --prompt-file, or standard input when it is not a terminal (else the "
+        "prompt is empty). When the context fills, the oldest half of it is dropped and "
+        "the rest re-read, so generation continues.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("model", help="model file (.safetensors)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--prompt", help="text to continue")
+    src.add_argument("--prompt-file", metavar="FILE", help="read the prompt from FILE (- for stdin)")
+    p.add_argument("--max-tokens", type=int, default=256, help="tokens to generate at most")
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=0, help="sample from the k likeliest tokens (0 = off)")
+    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling (1 = off)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="1 = off")
+    p.add_argument("--seed", type=int, default=None, help="makes the output reproducible (default: random)")
+    p.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                   help="stop before this text (repeat for several)")
+    p.add_argument("--threads", type=int, default=None, help="threads for the kernels (default: all cores)")
+    p.add_argument("--engine", choices=["native", "numpy"], default="native",
+                   help="numpy runs the reference engine (slow; for checking)")
+    p.add_argument("--stats", action="store_true",
+                   help="after the text, print time to first token, tokens/s and peak memory to stderr")
+    p.set_defaults(func=cmd_generate)
+
+
+def read_prompt(args):
+    if args.prompt is not None:
+        return args.prompt
+    if args.prompt_file is not None:
+        if args.prompt_file == "-":
+            return sys.stdin.buffer.read()
+        try:
+            with open(args.prompt_file, "rb") as f:
+                return f.read()
+        except OSError as e:
+            raise TinylmError(f"cannot read --prompt-file '{args.prompt_file}': {e.strerror}") from None
+    if sys.stdin is not None and not sys.stdin.isatty():
+        return sys.stdin.buffer.read()
+    return ""
+
+
+def write_utf8(text):
+    """Writes and flushes at once (streaming), as UTF-8 whatever the locale says."""
+    buf = getattr(sys.stdout, "buffer", None)
+    if buf is None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    buf.write(text.encode("utf-8"))
+    buf.flush()
+
+
+def cmd_generate(args):
+    set_threads(args.threads)
+    if args.max_tokens < 0:
+        raise TinylmError(f"--max-tokens must be at least 0, got {args.max_tokens}")
+    from .engine import load
+    from .sampling import check_sampling
+    check_sampling(args.temperature, args.top_k, args.top_p, args.repetition_penalty)
+    prompt = read_prompt(args)
+    model = load(args.model, engine=args.engine)
+    ctx = model.cfg.context
+    n_prompt = len(model.tokenizer.encode_bytes(prompt) if isinstance(prompt, bytes)
+                   else model.tokenizer.encode(prompt)) + 1
+    if n_prompt > ctx:
+        print(f"tinylm: note: the prompt is {n_prompt} tokens; the model reads its last {ctx} "
+              "(its context)", file=sys.stderr)
+    pieces = model.generate(prompt, max_tokens=args.max_tokens, temperature=args.temperature,
+                            top_k=args.top_k, top_p=args.top_p,
+                            repetition_penalty=args.repetition_penalty, seed=args.seed,
+                            stop=args.stop)
+    for piece in pieces:  # a reader that leaves early (| head) is handled in main()
+        write_utf8(piece)
+    write_utf8("\n")
+    if args.stats:
+        print(model.stats.summary(), file=sys.stderr)
+
+
 # ---------------------------------------------------------------- info
 
 
@@ -284,6 +368,7 @@ def build_parser():
     add_train_parser(sub)
     add_eval_parser(sub)
     add_quantize_parser(sub)
+    add_generate_parser(sub)
     add_info_parser(sub)
     for name, p in sub.choices.items():
         p.set_defaults(_parser=p)

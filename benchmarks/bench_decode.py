@@ -1,0 +1,194 @@
+"""Generation speed and memory: prefill and decode tokens/s, time to first token, peak
+RSS, fp32 and int8, against the memory-read roofline.
+
+Every decode step reads all of the weights once, so the floor on a step's time is one
+streaming read of that many bytes. The script measures that read in the same run (warm,
+with the same thread count, on a buffer as large as the weights) and reports each
+decode step as a multiple of it. It also reports the share of a token's time spent in
+Python (everything outside the one native call per token).
+
+Per-token figures are medians over the generated tokens (the machines are shared and
+noisy; the mean is in the JSON too). Each configuration runs in its own process, so the peak RSS is that configuration's
+alone (import + load + generation). Models have random weights (speed does not depend
+on what the weights say); they are written to a temporary directory and deleted.
+
+    python benchmarks/bench_decode.py                   # baby, small, medium; 1 and 2 threads
+    python benchmarks/bench_decode.py --quick           # baby only, a few seconds
+"""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def worker(path, threads, tokens, prompt_len):
+    """Runs in a fresh process: measures one (model file, thread count)."""
+    t_start = time.perf_counter()
+    os.environ["OPENBLAS_NUM_THREADS"] = os.environ["OMP_NUM_THREADS"] = str(threads)
+    import numpy as np
+
+    import tinylm
+    from tinylm import _C
+    from tinylm.engine import peak_rss_mb
+    _C.set_num_threads(threads)
+
+    model = tinylm.load(path)
+    # ASCII, so with the byte tokenizer the prompt is prompt_len tokens with the leading
+    # end-of-text token
+    prompt = ("The quick brown fox jumps over the lazy dog. " * 64)[:prompt_len - 1]
+    first = next(iter(model.generate(prompt, max_tokens=1, temperature=0)), "")
+    startup = time.perf_counter() - t_start  # import + load + first token
+
+    # prefill: the prompt in one batched pass (best of 3)
+    ids = np.concatenate([[model.tokenizer.eot_id], model.tokenizer.encode(prompt)])
+    prefill = []
+    for _ in range(3):
+        model.engine.reset()
+        t0 = time.perf_counter()
+        model.engine.prefill(ids)
+        prefill.append(time.perf_counter() - t0)
+    prefill_s = min(prefill)
+
+    # decode: time each native call inside a real generation, and the interval between
+    # successive calls (one whole token: C++ plus the Python around it). Medians, so a
+    # preemption on a busy machine does not decide the figure.
+    native = model.engine._native
+    inside, period = [], []
+
+    class Timed:
+        last = None
+
+        def step_sample(self, *args):
+            t0 = time.perf_counter()
+            r = native.step_sample(*args)
+            t1 = time.perf_counter()
+            inside.append(t1 - t0)
+            if Timed.last is not None:
+                period.append(t0 - Timed.last)
+            Timed.last = t0
+            return r
+
+    runs = []
+    for _ in range(2):  # the first run warms the page cache and the pool
+        model.engine._native, Timed.last = Timed(), None
+        inside.clear()
+        period.clear()
+        text = "".join(model.generate(prompt, max_tokens=tokens, temperature=0.8, top_p=0.95, seed=1))
+        st = model.stats
+        # a slide's re-prefill falls between two calls: leave those intervals out
+        steady = sorted(period)[:max(1, len(period) - st.slides)]
+        runs.append((float(np.median(steady)), float(np.median(inside)), st.first_token_seconds,
+                     st.generated_tokens - 1, st.decode_seconds / max(1, st.generated_tokens - 1)))
+    model.engine._native = native
+    per_token, in_native, ttft, steps, mean_per_token = min(runs)
+
+    peak_rss = peak_rss_mb()  # before the roofline's buffer below adds to it
+
+    # the roofline: one streaming read over as many bytes as a decode step's weights
+    weight_bytes = sum(getattr(w, "nbytes", 0) for w in model.params.values())
+    words = np.ones(weight_bytes // 8, np.uint64)
+    best = float("inf")
+    for _ in range(7):
+        t0 = time.perf_counter()
+        _C.int8_read_checksum(words)
+        best = min(best, time.perf_counter() - t0)
+    del words
+    print(json.dumps(dict(
+        weights=model.weights, threads=threads, file_mb=os.path.getsize(path) / 1e6,
+        weight_mb=weight_bytes / 1e6, prompt_tokens=int(len(ids)),
+        prefill_tok_s=len(ids) / prefill_s, ttft_ms=ttft * 1e3, startup_ms=startup * 1e3,
+        decode_tok_s=1 / per_token, ms_per_token=per_token * 1e3, decode_steps=steps,
+        mean_ms_per_token=mean_per_token * 1e3,
+        read_ms=best * 1e3, x_roofline=per_token / best,
+        python_share=1 - in_native / per_token, peak_rss_mb=peak_rss,
+        isa=_C.active_isa(), gemv=_C.engine_gemv_path(), int8_kernel=_C.int8_path(),
+        first_piece=first, sample=text[:40])))
+
+
+def make_models(presets, directory):
+    from tinylm.config import preset
+    from tinylm.model import init_params
+    from tinylm.modelfile import save_model
+    from tinylm.quant import quantize_file
+    from tinylm.tokenizer import ByteTokenizer
+    files = {}
+    for name in presets:
+        cfg = preset(name)
+        fp32, int8 = os.path.join(directory, f"{name}.safetensors"), os.path.join(directory, f"{name}-int8.safetensors")
+        save_model(fp32, cfg, init_params(cfg, seed=0), ByteTokenizer())
+        quantize_file(fp32, int8)
+        files[name] = {"fp32": fp32, "int8": int8}
+    return files
+
+
+def run_worker(path, threads, tokens, prompt_len):
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run([sys.executable, __file__, "--worker", path, str(threads), str(tokens),
+                          str(prompt_len)], capture_output=True, text=True, env=env, check=False)
+    if out.returncode != 0:
+        raise SystemExit(f"worker failed for {path} ({threads} threads):\n{out.stderr}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        path, threads, tokens, prompt_len = sys.argv[2], *map(int, sys.argv[3:6])
+        return worker(path, threads, tokens, prompt_len)
+    import _common as common
+    p = common.parser("bench_decode", __doc__.split("\n")[0])
+    p.add_argument("--presets", default="baby,small,medium")
+    p.add_argument("--threads", default="1,2", help="comma-separated thread counts")
+    p.add_argument("--tokens", type=int, default=256, help="tokens to generate")
+    p.add_argument("--prompt", type=int, default=128, help="prompt tokens (at most the context)")
+    args = p.parse_args()
+    if args.quick:
+        args.presets, args.threads, args.tokens = "baby", "1", 32
+    presets = args.presets.split(",")
+    thread_counts = [int(t) for t in args.threads.split(",")]
+
+    from tinylm.config import preset
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        files = make_models(presets, tmp)
+        for name in presets:
+            prompt_len = min(args.prompt, preset(name).context)
+            for threads in thread_counts:
+                for weights in ("fp32", "int8"):
+                    r = run_worker(files[name][weights], threads, args.tokens, prompt_len)
+                    r["preset"] = name
+                    rows.append(r)
+                    print(f"  {name} {weights} {threads}t: {r['decode_tok_s']:.0f} tok/s, "
+                          f"{r['x_roofline']:.2f}x roofline", file=sys.stderr)
+
+    speedups = []
+    for name in presets:
+        for threads in thread_counts:
+            by = {r["weights"]: r for r in rows if r["preset"] == name and r["threads"] == threads}
+            speedups.append(dict(preset=name, threads=threads,
+                                 int8_over_fp32=by["fp32"]["ms_per_token"] / by["int8"]["ms_per_token"]))
+    header = ["preset", "weights", "threads", "file MB", "prefill tok/s", "decode tok/s",
+              "ms/token", "weight read ms", "x roofline", "TTFT ms", "startup ms", "Python %",
+              "peak RSS MB", "RSS - file MB"]
+    table = [[r["preset"], r["weights"], r["threads"], f"{r['file_mb']:.1f}",
+              f"{r['prefill_tok_s']:.0f}", f"{r['decode_tok_s']:.0f}", f"{r['ms_per_token']:.3f}",
+              f"{r['read_ms']:.3f}", f"{r['x_roofline']:.2f}", f"{r['ttft_ms']:.1f}",
+              f"{r['startup_ms']:.0f}", f"{100 * r['python_share']:.1f}", f"{r['peak_rss_mb']:.1f}",
+              f"{r['peak_rss_mb'] - r['file_mb']:.1f}"] for r in rows]
+    md = common.markdown(header, table)
+    md += "\n\n" + common.markdown(
+        ["preset", "threads", "int8 decode / fp32 decode"],
+        [[s["preset"], s["threads"], f"{s['int8_over_fp32']:.2f}x"] for s in speedups])
+    md += (f"\n\n{args.tokens} tokens generated (temperature 0.8, top-p 0.95) after a "
+           f"{args.prompt}-token prompt (capped at the context); ISA {rows[0]['isa']}, "
+           f"GEMV {rows[0]['gemv']}, int8 kernel {rows[0]['int8_kernel']}.")
+    common.write(args.out, {"tokens": args.tokens, "rows": rows, "speedups": speedups}, md)
+
+
+if __name__ == "__main__":
+    main()

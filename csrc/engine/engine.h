@@ -1,0 +1,125 @@
+// The native decode step: one call runs a token through every layer and the tied head
+// (and, optionally, samples the next token), so Python is crossed once per token.
+//
+// The engine owns no weights and no cache: it reads the model's arrays where they
+// already are (memory-mapped from the model file) and the key/value cache arrays that
+// the Python side allocated and filled during the batched prefill. The caller keeps all
+// of them alive for the engine's lifetime (the Python binding holds references).
+//
+// A matrix is either float32 [rows, cols] or int8 [rows, cols] with one float32 scale
+// per row (tinylm/quant.py's scheme). Products are matrix-vector (GEMV): float32 with the
+// SIMD kernels in gemv_*.cpp, int8 with the int8 family's kernels (csrc/int8/), the
+// activation quantized once per input vector. Work is split over tinylm::parallel_for in
+// a way that depends only on the shapes, so results do not depend on the thread count.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace tinylm::engine {
+
+struct Config {
+  int64_t vocab_size, d_model, n_layer, n_head, n_kv_head, d_ff, context;
+  float norm_eps;
+  int64_t head_dim() const { return d_model / n_head; }
+};
+
+struct Matrix {
+  const float* f32 = nullptr;  // float32 weights, or
+  const int8_t* q = nullptr;   // int8 weights with
+  const float* scale = nullptr;  // one scale per row
+  int64_t rows = 0, cols = 0;
+  bool is_int8() const { return q != nullptr; }
+};
+
+struct Layer {
+  const float* attn_norm;
+  Matrix q, k, v, o;
+  const float* mlp_norm;
+  Matrix gate, up, down;
+};
+
+struct Weights {
+  Matrix embed;  // [vocab, d_model], also the output head
+  const float* final_norm;
+  std::vector<Layer> layers;
+};
+
+// The key/value cache: k and v [n_layer, n_kv_head, context, head_dim]; the rotary
+// tables cos and sin [context, head_dim / 2] (the same arrays the numpy engine uses).
+struct State {
+  float* k_cache;
+  float* v_cache;
+  const float* cos;
+  const float* sin;
+};
+
+struct Sampling {
+  double temperature = 0, top_p = 1, repetition_penalty = 1;
+  int64_t top_k = 0;
+};
+
+// Throws std::invalid_argument describing the first inconsistency between config and
+// weights (shapes, a mix of float and int8 in one matrix, head counts).
+void validate(const Config& cfg, const Weights& w);
+
+class Engine {
+ public:
+  Engine(const Config& cfg, Weights weights, State state);
+
+  // Runs `token` at position `pos` (the cache holds positions [0, pos)), writes its
+  // keys and values into the cache and its logits [vocab_size] into `logits`.
+  void step(int32_t token, int64_t pos, float* logits);
+
+  // step(), then picks the next token from the logits with the sampling rules of
+  // tinylm/sampling.py; `rng_state` is the xorshift64* state, advanced in place.
+  // history holds the recent tokens the repetition penalty looks at.
+  int32_t step_sample(int32_t token, int64_t pos, const Sampling& s, uint64_t* rng_state,
+                      const int32_t* history, int64_t n_history);
+
+  const Config& config() const { return cfg_; }
+
+ private:
+  void attention_block(const Layer& L, int64_t layer, int64_t pos);
+  void mlp_block(const Layer& L);
+
+  Config cfg_;
+  Weights w_;
+  State st_;
+  std::vector<float> x_, h_, qkv_, att_, gu_, logits_;
+  std::vector<double> sample_scratch_;
+  std::vector<int32_t> order_;
+};
+
+// ---- pieces, exposed for the tests and the benchmark ---------------------------------
+
+// y[r] = sum_k W[r, k] x[k] for several matrices that share the input x, in one
+// parallel pass over their rows (q/k/v, gate/up). Float32 and int8 matrices can't mix.
+struct Product {
+  const Matrix* m;
+  float* y;
+};
+void gemv(const float* x, const Product* products, int n_products);
+
+// The float32 GEMV kernels: rows [n0, n1) of y = W x (W [N, K] row-major).
+using GemvKernel = void (*)(const float* W, const float* x, float* y, int64_t K, int64_t n0,
+                            int64_t n1);
+struct GemvInfo {
+  const char* name;
+  uint32_t features;
+  GemvKernel fn;
+};
+const std::vector<GemvInfo>& gemv_kernels();  // best first; the last is the scalar reference
+const char* active_gemv();
+
+// The random generator and sampler of tinylm/sampling.py.
+uint64_t seed_state(uint64_t seed);
+uint64_t rng_next(uint64_t* state);
+double rng_uniform(uint64_t* state);
+int32_t sample(const float* logits, int64_t vocab, const Sampling& s, uint64_t* rng_state,
+               const int32_t* history, int64_t n_history, std::vector<double>& scratch,
+               std::vector<int32_t>& order);
+
+constexpr int64_t kRepetitionWindow = 64;
+
+}  // namespace tinylm::engine

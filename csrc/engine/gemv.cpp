@@ -1,0 +1,133 @@
+// Matrix-vector products for the decode step: chooses the float32 kernel (gemv_*.cpp) or
+// the int8 kernel (csrc/int8/) for the active instruction-set level at each call, and
+// runs several products that share one input (q/k/v, gate/up) in one parallel pass, so
+// a decode step pays for few thread-pool wake-ups. Portable C++ (no ISA flags).
+#include <algorithm>
+#include <stdexcept>
+#include <vector>
+
+#include "../cpu.h"
+#include "../int8/int8.h"
+#include "../threads.h"
+#include "engine.h"
+#include "gemv_kernels.h"
+
+namespace tinylm::engine {
+namespace {
+
+constexpr int64_t kRowBlock = 4;  // rows per block: the kernels' tile height
+// Waking a pool thread costs microseconds (far more on a busy machine), while 512 KB
+// of weights stream in ~10 us: smaller chunks would spend more on waking than reading.
+constexpr int64_t kMinChunkBytes = 512 * 1024;
+
+// Calls fn(product index, row begin, row end) over the rows of all products, in blocks
+// of kRowBlock rows; the split depends only on the shapes.
+template <class Fn>
+void for_rows(const Product* products, int n_products, int64_t bytes_per_row, Fn&& fn) {
+  int64_t blocks[8];
+  int64_t total = 0;
+  for (int i = 0; i < n_products; ++i) {
+    blocks[i] = (products[i].m->rows + kRowBlock - 1) / kRowBlock;
+    total += blocks[i];
+  }
+  const int64_t grain = std::max<int64_t>(1, kMinChunkBytes / (bytes_per_row * kRowBlock));
+  parallel_for(total, grain, [&](int64_t b0, int64_t b1) {
+    int64_t base = 0;
+    for (int i = 0; i < n_products && b0 < b1; ++i) {
+      const int64_t lo = std::max(b0, base), hi = std::min(b1, base + blocks[i]);
+      if (lo < hi) {
+        const int64_t rows = products[i].m->rows;
+        fn(i, (lo - base) * kRowBlock, std::min(rows, (hi - base) * kRowBlock));
+      }
+      base += blocks[i];
+    }
+  });
+}
+
+const GemvInfo& select_gemv() {
+  const uint32_t active = active_features();
+  for (const auto& k : gemv_kernels())
+    if ((k.features & ~active) == 0) return k;
+  return gemv_kernels().back();
+}
+
+const int8::KernelInfo& select_int8() {
+  const uint32_t active = active_features();
+  for (const auto& k : int8::kernels())
+    if ((k.features & ~active) == 0) return k;
+  return int8::kernels().back();
+}
+
+// Per-thread buffers for the quantized input and the int32 results (no allocation per
+// token once they have grown).
+struct Int8Scratch {
+  std::vector<int8_t> xq;
+  std::vector<int32_t> c;
+};
+Int8Scratch& int8_scratch() {
+  thread_local Int8Scratch s;
+  return s;
+}
+
+void gemv_int8(const float* x, const Product* products, int n_products) {
+  const int64_t K = products[0].m->cols;
+  const int64_t stride = (K + int8::kPad - 1) / int8::kPad * int8::kPad;
+  Int8Scratch& s = int8_scratch();
+  s.xq.assign(size_t(stride), 0);  // zero padding: the kernels read whole vectors
+  float x_scale = 0;
+  int8::quantize_rows(x, 1, K, s.xq.data(), stride, &x_scale);
+  int32_t x_sum = 0;
+  for (int64_t k = 0; k < K; ++k) x_sum += s.xq[size_t(k)];
+  int64_t offsets[8], total = 0;
+  for (int i = 0; i < n_products; ++i) {
+    offsets[i] = total;
+    total += products[i].m->rows;
+  }
+  s.c.resize(size_t(total));
+  const int8::KernelInfo& kernel = select_int8();
+  const int8_t* xq = s.xq.data();
+  int32_t* c_all = s.c.data();
+  for_rows(products, n_products, K, [&](int i, int64_t n0, int64_t n1) {
+    const Matrix& m = *products[i].m;
+    int32_t* c = c_all + offsets[i];
+    const int8::Problem p{xq, stride, &x_sum, 1, m.q, m.rows, K, c, m.rows};
+    kernel.fn(p, n0, n1);
+    float* y = products[i].y;
+    // the same expression as int8::linear, so the two agree bit for bit
+    for (int64_t n = n0; n < n1; ++n) y[n] = float(c[n]) * (x_scale * m.scale[n]);
+  });
+}
+
+}  // namespace
+
+const std::vector<GemvInfo>& gemv_kernels() {
+  static const std::vector<GemvInfo> list = {
+#if defined(__x86_64__) || defined(_M_X64)
+      {"avx512", kAVX2 | kAVX512, gemv_avx512},
+      {"avx2", kAVX2, gemv_avx2},
+#endif
+#if defined(__aarch64__) || defined(__arm__)
+      {"neon", kNEON, gemv_neon},
+#endif
+      {"scalar", 0, gemv_ref},
+  };
+  return list;
+}
+
+const char* active_gemv() { return select_gemv().name; }
+
+void gemv(const float* x, const Product* products, int n_products) {
+  if (n_products < 1 || n_products > 8) throw std::invalid_argument("gemv: 1 to 8 products");
+  const bool int8 = products[0].m->is_int8();
+  for (int i = 1; i < n_products; ++i)
+    if (products[i].m->is_int8() != int8 || products[i].m->cols != products[0].m->cols)
+      throw std::invalid_argument("gemv: products must share K and the weight type");
+  if (int8) return gemv_int8(x, products, n_products);
+  const GemvKernel kernel = select_gemv().fn;
+  const int64_t K = products[0].m->cols;
+  for_rows(products, n_products, K * int64_t(sizeof(float)), [&](int i, int64_t n0, int64_t n1) {
+    kernel(products[i].m->f32, x, products[i].y, K, n0, n1);
+  });
+}
+
+}  // namespace tinylm::engine

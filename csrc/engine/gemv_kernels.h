@@ -1,0 +1,22 @@
+// The per-instruction-set float32 GEMV kernels (each file compiled with its own flags by
+// build_isa.py); only gemv.cpp and the tests call them directly. Each computes rows
+// [n0, n1) of y = W x for a row-major W [N, K], and sums K in the same blocked order
+// whatever rows it is given, so a row's result does not depend on how rows are split.
+#pragma once
+
+#include <cstdint>
+
+namespace tinylm::engine {
+
+void gemv_ref(const float* W, const float* x, float* y, int64_t K, int64_t n0, int64_t n1);
+
+#if defined(__x86_64__) || defined(_M_X64)
+void gemv_avx2(const float* W, const float* x, float* y, int64_t K, int64_t n0, int64_t n1);
+void gemv_avx512(const float* W, const float* x, float* y, int64_t K, int64_t n0, int64_t n1);
+#endif
+
+#if defined(__aarch64__) || defined(__arm__)
+void gemv_neon(const float* W, const float* x, float* y, int64_t K, int64_t n0, int64_t n1);
+#endif
+
+}  // namespace tinylm::engine

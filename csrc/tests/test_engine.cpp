@@ -1,0 +1,185 @@
+// Native tests of the inference engine's pieces: every float32 GEMV kernel this CPU can
+// run against a double-precision dot product (odd K, rows split at every boundary), the
+// pinned numbers of the sampler's generator (the same as tests/test_sampling.py), the
+// sampler's greedy/top-k rules, and a whole decode step that must not depend on the
+// thread count. Compiles on x86-64, AArch64 and ARMv7.
+#include <cmath>
+#include <cstdlib>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "../cpu.h"
+#include "../engine/engine.h"
+#include "../threads.h"
+#include "check.h"
+
+namespace {
+
+using namespace tinylm;
+
+struct Gen {  // inputs made at run time, so nothing can be constant-folded
+  uint64_t s;
+  explicit Gen(uint64_t seed) : s(engine::seed_state(seed)) {}
+  float f32() { return float(engine::rng_uniform(&s) * 2.0 - 1.0); }
+};
+
+std::vector<float> randoms(int64_t n, Gen& g) {
+  std::vector<float> v(static_cast<size_t>(n));
+  for (auto& x : v) x = g.f32();
+  return v;
+}
+
+bool simde_build() {
+#if defined(TINYLM_SIMDE)
+  return true;
+#else
+  return false;
+#endif
+}
+
+std::vector<engine::GemvInfo> runnable_gemv() {
+  std::vector<engine::GemvInfo> out;
+  for (const auto& k : engine::gemv_kernels())
+    if (simde_build() || (k.features & ~cpu_features()) == 0) out.push_back(k);
+  return out;
+}
+
+TEST(engine_gemv_kernels_match_reference) {
+  const int64_t Ks[] = {1, 3, 7, 8, 15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 288, 1001};
+  for (const auto& kernel : runnable_gemv()) {
+    std::printf("  gemv kernel %s\n", kernel.name);
+    Gen g(7);
+    for (int64_t K : Ks) {
+      const int64_t N = 13;
+      const auto W = randoms(N * K, g), x = randoms(K, g);
+      std::vector<float> y(size_t(N), 1e9f);
+      // in three uneven pieces: a row's result must not depend on where a split falls
+      kernel.fn(W.data(), x.data(), y.data(), K, 0, 5);
+      kernel.fn(W.data(), x.data(), y.data(), K, 5, 6);
+      kernel.fn(W.data(), x.data(), y.data(), K, 6, N);
+      std::vector<float> whole(static_cast<size_t>(N));
+      kernel.fn(W.data(), x.data(), whole.data(), K, 0, N);
+      for (int64_t n = 0; n < N; ++n) {
+        double want = 0, mag = 0;
+        for (int64_t k = 0; k < K; ++k) {
+          want += double(W[size_t(n * K + k)]) * x[size_t(k)];
+          mag += std::fabs(double(W[size_t(n * K + k)]) * x[size_t(k)]);
+        }
+        CHECK(std::fabs(y[size_t(n)] - want) <= 1e-6 * mag + 1e-7,
+              "%s K=%lld row %lld: %g, want %g", kernel.name, (long long)K, (long long)n,
+              y[size_t(n)], want);
+        CHECK(y[size_t(n)] == whole[size_t(n)], "%s K=%lld row %lld depends on the split",
+              kernel.name, (long long)K, (long long)n);
+      }
+    }
+  }
+}
+
+TEST(engine_rng_pinned) {  // the same numbers as tests/test_sampling.py
+  uint64_t s = engine::seed_state(0);
+  CHECK(engine::rng_next(&s) == 0x7BBCB40D550682D0ull, "seed 0, first number");
+  CHECK(engine::rng_next(&s) == 0xDE7FE413D00CC9FDull, "seed 0, second number");
+  s = engine::seed_state(42);
+  CHECK(engine::rng_next(&s) == 0x31B0ECE7C4F697A2ull, "seed 42, first number");
+}
+
+TEST(engine_sampling_rules) {
+  const float logits[6] = {0.5f, 3.0f, -1.0f, 3.0f, 2.9f, 0.0f};
+  std::vector<double> scratch;
+  std::vector<int32_t> order;
+  uint64_t s = engine::seed_state(1);
+  engine::Sampling greedy;
+  CHECK(engine::sample(logits, 6, greedy, &s, nullptr, 0, scratch, order) == 1,
+        "greedy picks the first of equal maxima");
+  engine::Sampling top1;
+  top1.temperature = 2.0;
+  top1.top_k = 1;
+  for (int i = 0; i < 20; ++i)
+    CHECK(engine::sample(logits, 6, top1, &s, nullptr, 0, scratch, order) == 1, "top-k 1");
+  engine::Sampling top3;
+  top3.temperature = 5.0;
+  top3.top_k = 3;
+  int counts[6] = {0, 0, 0, 0, 0, 0};
+  for (int i = 0; i < 600; ++i) ++counts[engine::sample(logits, 6, top3, &s, nullptr, 0, scratch, order)];
+  CHECK(counts[0] + counts[2] + counts[5] == 0 && counts[1] > 0 && counts[3] > 0 && counts[4] > 0,
+        "top-k 3 keeps ids 1, 3, 4 only (%d %d %d %d %d %d)", counts[0], counts[1], counts[2],
+        counts[3], counts[4], counts[5]);
+  engine::Sampling penalized;
+  penalized.repetition_penalty = 2.0;
+  const int32_t history[2] = {1, 3};
+  CHECK(engine::sample(logits, 6, penalized, &s, history, 2, scratch, order) == 4,
+        "the repetition penalty moves greedy off the repeated tokens");
+}
+
+// A whole small model (grouped-query heads, odd sizes) stepped on 1, 2 and 3 threads on
+// every level: the logits must be identical across thread counts.
+TEST(engine_step_independent_of_threads) {
+  const engine::Config c{61, 48, 2, 6, 2, 75, 16, 1e-5f};
+  const int64_t d = c.d_model, ff = c.d_ff, D = c.head_dim(), kv = c.n_kv_head * D;
+  Gen g(3);
+  std::vector<std::vector<float>> store;
+  store.reserve(64);
+  auto mat = [&](int64_t rows, int64_t cols) {
+    store.push_back(randoms(rows * cols, g));
+    engine::Matrix m;
+    m.f32 = store.back().data();
+    m.rows = rows;
+    m.cols = cols;
+    return m;
+  };
+  auto ones = [&](int64_t n) {
+    store.emplace_back(size_t(n), 1.0f);
+    return static_cast<const float*>(store.back().data());
+  };
+  engine::Weights w;
+  w.embed = mat(c.vocab_size, d);
+  w.final_norm = ones(d);
+  for (int64_t i = 0; i < c.n_layer; ++i)
+    w.layers.push_back({ones(d), mat(d, d), mat(kv, d), mat(kv, d), mat(d, d), ones(d),
+                        mat(ff, d), mat(ff, d), mat(d, ff)});
+  std::vector<float> cos(size_t(c.context * D / 2)), sin(cos.size());
+  for (int64_t t = 0; t < c.context; ++t)
+    for (int64_t i = 0; i < D / 2; ++i) {
+      const double a = double(t) * std::pow(10000.0, -2.0 * double(i) / double(D));
+      cos[size_t(t * D / 2 + i)] = float(std::cos(a));
+      sin[size_t(t * D / 2 + i)] = float(std::sin(a));
+    }
+  const std::string saved = active_isa();
+  for (const auto& isa : available_isas()) {
+    set_isa(isa);
+    std::vector<std::vector<float>> runs;
+    for (int threads = 1; threads <= 3; ++threads) {
+      set_num_threads(threads);
+      const size_t cache = size_t(c.n_layer * c.n_kv_head * c.context * D);
+      std::vector<float> kc(cache), vc(cache), logits(size_t(c.vocab_size)), all;
+      engine::Engine e(c, w, {kc.data(), vc.data(), cos.data(), sin.data()});
+      for (int64_t pos = 0; pos < c.context; ++pos) {
+        e.step(int32_t((pos * 7) % c.vocab_size), pos, logits.data());
+        all.insert(all.end(), logits.begin(), logits.end());
+      }
+      runs.push_back(all);
+    }
+    bool finite = true;
+    for (float v : runs[0]) finite &= std::isfinite(v);
+    CHECK(finite, "isa %s: logits not finite", isa.c_str());
+    CHECK(runs[0] == runs[1] && runs[0] == runs[2], "isa %s: logits depend on the thread count",
+          isa.c_str());
+  }
+  set_isa(saved);
+  set_num_threads(0);
+}
+
+TEST(engine_rejects_bad_input) {
+  const engine::Config c{10, 8, 1, 2, 2, 4, 4, 1e-5f};
+  engine::Weights w;  // no layers
+  bool threw = false;
+  try {
+    engine::validate(c, w);
+  } catch (const std::invalid_argument&) {
+    threw = true;
+  }
+  CHECK(threw, "validate accepts weights without layers");
+}
+
+}  // namespace

@@ -1,0 +1,365 @@
+"""The inference engines: reference vs full forward, native vs reference (fp32 and int8),
+across thread counts and instruction sets; sampling reproducibility; streaming text,
+stop strings, the context-full policy; bad input."""
+import json
+import os
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import tinylm
+from tinylm import _C
+from tinylm.checkpoint import save_safetensors
+from tinylm.config import ModelConfig
+from tinylm.engine import NativeEngine, ReferenceEngine, TextStream, utf8_split
+from tinylm.errors import TinylmError
+from tinylm.model import LAYER_PARAMS, forward, init_params, layer_param
+from tinylm.modelfile import save_model
+from tinylm.quant import quantize_file, quantize_params
+from tinylm.sampling import Sampler
+from tinylm.tokenizer import ByteTokenizer
+
+# grouped-query heads, odd sizes (not multiples of any SIMD width), a short context
+CFG = ModelConfig(vocab_size=257, d_model=72, n_layer=2, n_head=6, n_kv_head=2, d_ff=99, context=24)
+
+
+def make_params(cfg=CFG, seed=0):
+    """Random weights with non-trivial norms and a larger scale than the init, so the
+    logits are far from uniform and errors would show."""
+    params = init_params(cfg, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    for name, w in params.items():
+        if w.ndim == 1:
+            params[name] = (w + 0.2 * rng.standard_normal(w.shape)).astype(np.float32)
+        else:
+            params[name] = (w * 4).astype(np.float32)
+    return params
+
+
+@pytest.fixture(scope="module")
+def params():
+    return make_params()
+
+
+@pytest.fixture(scope="module")
+def model_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("models")
+    fp32, int8 = str(d / "m.safetensors"), str(d / "m8.safetensors")
+    save_model(fp32, CFG, make_params(), ByteTokenizer())
+    quantize_file(fp32, int8)
+    return fp32, int8
+
+
+def run_steps(engine, ids, n_prefill):
+    """Logits of every position: a batched prefill of the first n_prefill ids, then one
+    step per remaining id."""
+    engine.reset()
+    out = [engine.prefill(ids[:n_prefill], all_logits=True)]
+    out += [engine.step(t)[None] for t in ids[n_prefill:]]
+    return np.concatenate(out)
+
+
+IDS = np.random.default_rng(3).integers(0, CFG.vocab_size, CFG.context)
+
+
+@given(st.integers(1, CFG.context))
+def test_prefill_then_decode_equals_full_forward(params, n_prefill):
+    full = forward(params, CFG, IDS[None])[0]
+    got = run_steps(ReferenceEngine(CFG, params), IDS, n_prefill)
+    np.testing.assert_allclose(got, full, atol=1e-4, rtol=1e-4)
+    assert np.abs(full).max() > 1  # the logits are not all near zero
+
+
+def test_native_matches_reference_at_every_step_fp32(params):
+    ref = run_steps(ReferenceEngine(CFG, params), IDS, 3)
+    nat = run_steps(NativeEngine(CFG, params), IDS, 3)
+    np.testing.assert_allclose(nat, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_native_matches_int8_reference_at_every_step(params):
+    q = quantize_params(params)
+    ref = run_steps(ReferenceEngine(CFG, q, int8_impl="numpy"), IDS, 3)
+    nat = run_steps(NativeEngine(CFG, q), IDS, 3)
+    np.testing.assert_allclose(nat, ref, atol=1e-5, rtol=1e-5)
+    fp32 = forward(params, CFG, IDS[None])[0]
+    err = np.abs(nat - fp32).max()
+    assert 0 < err < 0.05 * np.abs(fp32).max()  # int8, yet close to fp32
+
+
+def greedy_ids(engine, prompt, n):
+    engine.reset()
+    sampler = Sampler(temperature=0)
+    history = list(prompt)
+    token = sampler(engine.prefill(history), history)
+    out = [token]
+    for _ in range(n - 1):
+        history.append(token)
+        token = engine.step_sample(token, sampler, history)
+        out.append(token)
+    return out
+
+
+@pytest.mark.parametrize("int8", [False, True], ids=["fp32", "int8"])
+def test_greedy_identical_across_threads_and_isas(params, int8):
+    p = quantize_params(params) if int8 else params
+    prompt, n = [256, 10, 20, 30], CFG.context - 4
+    expected = greedy_ids(ReferenceEngine(CFG, p, int8_impl="numpy"), prompt, n)
+    isa, threads = _C.active_isa(), _C.num_threads()
+    try:
+        for name in _C.available_isas():
+            _C.set_isa(name)
+            for t in (1, 2, 3):
+                _C.set_num_threads(t)
+                assert greedy_ids(NativeEngine(CFG, p), prompt, n) == expected, (name, t)
+    finally:
+        _C.set_isa(isa)
+        _C.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("int8", [False, True], ids=["fp32", "int8"])
+def test_native_logits_match_on_every_isa(params, int8):
+    p = quantize_params(params) if int8 else params
+    ref = run_steps(ReferenceEngine(CFG, p, int8_impl="numpy"), IDS, 5)
+    isa = _C.active_isa()
+    try:
+        for name in _C.available_isas():
+            _C.set_isa(name)
+            np.testing.assert_allclose(run_steps(NativeEngine(CFG, p), IDS, 5), ref,
+                                       atol=1e-4, rtol=1e-4, err_msg=name)
+    finally:
+        _C.set_isa(isa)
+
+
+def test_native_rng_matches_python():
+    from tinylm.sampling import Rng, seed_state
+    for seed in (0, 1, 2**63 + 5):
+        r = Rng(seed)
+        assert _C.engine_seed_state(seed % 2**64) == seed_state(seed) == r.state
+        assert _C.engine_rng_next(r.state, 5) == [r.next_u64() for _ in range(5)]
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(temperature=1.0),
+    dict(temperature=0.7, top_k=20),
+    dict(temperature=1.3, top_p=0.9, repetition_penalty=1.3),
+    dict(temperature=0.9, top_k=50, top_p=0.8),
+])
+def test_seed_gives_the_same_text_from_both_engines(model_files, kwargs):
+    native, ref = tinylm.load(model_files[0]), tinylm.load(model_files[0], engine="numpy")
+    a = "".join(native.generate("The ", max_tokens=60, seed=11, **kwargs))
+    assert a == "".join(native.generate("The ", max_tokens=60, seed=11, **kwargs))
+    assert a == "".join(ref.generate("The ", max_tokens=60, seed=11, **kwargs))
+    assert a != "".join(native.generate("The ", max_tokens=60, seed=12, **kwargs))
+
+
+def test_logits_api(model_files, params):
+    model = tinylm.load(model_files[0])
+    ids = np.array([256, 72, 105])
+    np.testing.assert_allclose(model.logits(ids), forward(params, CFG, ids[None])[0], atol=1e-4)
+    with pytest.raises(TinylmError, match="context"):
+        model.logits(np.zeros(CFG.context + 1, np.int64))
+    with pytest.raises(TinylmError, match="ids"):
+        model.logits(np.array([1, 999]))
+
+
+def test_weights_are_memory_mapped_not_copied(model_files):
+    for path in model_files:
+        model = tinylm.load(path)
+        for name in ("model.embed_tokens.weight", "model.layers.1.mlp.down_proj.weight"):
+            w = model.params[name]
+            w = getattr(w, "values", w)  # int8: the values array
+            assert isinstance(getattr(w, "base", None), np.memmap) or isinstance(w, np.memmap), name
+
+
+# ---------------------------------------------------------------- streaming text
+
+
+@given(st.text(), st.lists(st.integers(1, 5), max_size=40))
+def test_stream_never_splits_a_character(text, cuts):
+    data, pieces, i = text.encode("utf-8"), [], 0
+    stream = TextStream()
+    for n in cuts + [len(text.encode("utf-8"))]:
+        pieces.append(stream.feed(data[i:i + n]))
+        i += n
+    pieces.append(stream.flush())
+    assert "".join(pieces) == text
+    for piece in pieces:  # every piece is whole characters: encodes back to its bytes
+        assert "\ufffd" not in piece or "\ufffd" in text
+
+
+def test_utf8_split():
+    euro = "€".encode()  # 3 bytes
+    assert utf8_split(b"ab" + euro[:2]) == (b"ab", euro[:2])
+    assert utf8_split(b"ab" + euro) == (b"ab" + euro, b"")
+    assert utf8_split("😀".encode()[:3]) == (b"", "😀".encode()[:3])
+    assert utf8_split(b"\xff") == (b"\xff", b"")  # invalid, not incomplete: let it through
+
+
+def test_invalid_bytes_become_replacement_characters():
+    s = TextStream()
+    assert s.feed(b"a\xff") + s.feed(b"\xe2\x82") + s.flush() == "a\ufffd\ufffd"
+
+
+def feed_all(stream, text, step=1):
+    data = text.encode()
+    out = [stream.feed(data[i:i + step]) for i in range(0, len(data), step)]
+    return "".join(out) + stream.flush()
+
+
+def test_stop_strings():
+    assert feed_all(TextStream(["STOP"]), "hello STOP world") == "hello "
+    assert feed_all(TextStream(["\n\n", "END"]), "one\ntwo\n\nthree") == "one\ntwo"
+    assert feed_all(TextStream(["STOP"]), "no stop, only STO") == "no stop, only STO"
+    s = TextStream(["ab"])
+    assert s.feed(b"xa") == "x"  # "a" may start the stop string: held back
+    assert s.feed(b"c") == "ac"
+    assert s.feed(b"ab") == "" and s.stopped
+    assert s.feed(b"more") == "" and s.flush() == ""
+
+
+def test_generate_stops_at_stop_string(model_files):
+    model = tinylm.load(model_files[0])
+    full = "".join(model.generate("x", max_tokens=CFG.context, temperature=0))
+    stop = full[5:8]
+    cut = "".join(model.generate("x", max_tokens=CFG.context, temperature=0, stop=[stop]))
+    assert cut == full[:full.index(stop)]
+    assert len(cut) < len(full)
+
+
+def test_token_budget(model_files):
+    model = tinylm.load(model_files[1])
+    text = "".join(model.generate("", max_tokens=7, temperature=0))
+    assert model.stats.generated_tokens == 7 and len(text.encode()) <= 7
+    assert "".join(model.generate("abc", max_tokens=0)) == ""
+
+
+def test_prompt_longer_than_context(model_files):
+    """Documented: the model reads the last `context` tokens of the prompt, and when the
+    cache fills it keeps the last context // 2 tokens and re-prefills them."""
+    model = tinylm.load(model_files[0])
+    prompt = "a long prompt that does not fit in the context of this model at all"
+    assert len(prompt) + 1 > CFG.context
+    n = 3 * CFG.context
+    out = "".join(model.generate(prompt, max_tokens=n, temperature=0))
+    assert model.stats.slides >= 2
+    # the same as generating from the last `context` tokens of the prompt
+    tail = prompt.encode()[-CFG.context:]
+    engine, sampler = ReferenceEngine(CFG, model.params), Sampler(temperature=0)
+    history = list(tail)
+    token = sampler(engine.prefill(history), history)
+    expected = [token]
+    while len(expected) < n:
+        history.append(token)
+        if engine.length == CFG.context:
+            engine.reset()
+            token = sampler(engine.prefill(history[-(CFG.context // 2):]), history)
+        else:
+            token = sampler(engine.step(token), history)
+        expected.append(token)
+    if 256 in expected:
+        expected = expected[:expected.index(256)]
+    assert out == bytes(expected).decode("utf-8", errors="replace")
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(TinylmError, match="does not exist"):
+        tinylm.load(str(tmp_path / "nope.safetensors"))
+
+
+def test_not_a_tinylm_file(tmp_path):
+    path = str(tmp_path / "other.safetensors")
+    save_safetensors(path, {"w": np.zeros((2, 2), np.float32)}, {"format": "pt"})
+    with pytest.raises(TinylmError, match="not a tinylm model"):
+        tinylm.load(path)
+
+
+def test_truncated_file(model_files, tmp_path):
+    data = open(model_files[0], "rb").read()
+    for n in (4, 100, len(data) - 10):
+        path = tmp_path / f"cut{n}.safetensors"
+        path.write_bytes(data[:n])
+        with pytest.raises(TinylmError):
+            tinylm.load(str(path))
+
+
+def test_wrong_config_in_file(model_files, tmp_path):
+    header_len = int.from_bytes(open(model_files[0], "rb").read(8), "little")
+    raw = open(model_files[0], "rb").read()
+    header = json.loads(raw[8:8 + header_len])
+    cfg = json.loads(header["__metadata__"]["tinylm.config"])
+    cfg["d_ff"] = 100  # the MLP tensors no longer match
+    header["__metadata__"]["tinylm.config"] = json.dumps(cfg)
+    new = json.dumps(header).encode()
+    new += b" " * (-len(new) % 8)
+    path = tmp_path / "wrong.safetensors"
+    path.write_bytes(len(new).to_bytes(8, "little") + new + raw[8 + header_len:])
+    with pytest.raises(TinylmError, match="shape"):
+        tinylm.load(str(path))
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(temperature=-1), dict(temperature=1e6), dict(top_k=-3), dict(top_p=0),
+    dict(top_p=2), dict(repetition_penalty=0), dict(max_tokens=-1), dict(seed="x"),
+])
+def test_bad_sampling_values(model_files, kwargs):
+    model = tinylm.load(model_files[0])
+    with pytest.raises(TinylmError):
+        model.generate("hi", **kwargs)
+
+
+def test_native_engine_refuses_bad_arrays(params):
+    eng = NativeEngine(CFG, params)
+    with pytest.raises(ValueError, match="token"):
+        eng._native.step(CFG.vocab_size, 0)
+    with pytest.raises(ValueError, match="position"):
+        eng._native.step(1, CFG.context)
+    args = dict(vocab_size=257, d_model=72, n_layer=2, n_head=6, n_kv_head=2, d_ff=99, context=24)
+    with pytest.raises(ValueError, match="layers"):
+        _C.Engine(args, params["model.embed_tokens.weight"], params["model.norm.weight"], [],
+                  eng.k_cache, eng.v_cache, eng.cos, eng.sin)
+    with pytest.raises(ValueError, match="k_cache"):
+        _C.Engine(args, params["model.embed_tokens.weight"], params["model.norm.weight"],
+                  [params[layer_param(i, n)] for i in range(2) for n, _ in LAYER_PARAMS],
+                  eng.k_cache[:1], eng.v_cache, eng.cos, eng.sin)
+
+
+# ---------------------------------------------------------------- the fused GEMV
+
+
+@given(st.integers(1, 300), st.lists(st.integers(1, 70), min_size=1, max_size=3), st.integers(0, 9))
+def test_engine_gemv_on_every_isa_and_thread_count(K, rows, seed):
+    from tinylm.quant import linear_reference, quantize_weight
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(K).astype(np.float32)
+    ws = [rng.standard_normal((n, K)).astype(np.float32) for n in rows]
+    qs = [quantize_weight(w) for w in ws]
+    isa, threads = _C.active_isa(), _C.num_threads()
+    try:
+        for name in _C.available_isas():
+            _C.set_isa(name)
+            for t in (1, 2):
+                _C.set_num_threads(t)
+                for y, w in zip(_C.engine_gemv(x, ws), ws):
+                    np.testing.assert_allclose(y, w @ x, rtol=1e-5, atol=1e-5 * np.sqrt(K))
+                # int8: the int32 sums are exact and the rescale is the reference's
+                # expression, so the result equals the numpy reference bit for bit
+                for y, q in zip(_C.engine_gemv(x, [(q.values, q.scale) for q in qs]), qs):
+                    np.testing.assert_array_equal(y, linear_reference(x[None], q)[0])
+    finally:
+        _C.set_isa(isa)
+        _C.set_num_threads(threads)
+
+
+def test_engine_gemv_refuses_mismatches():
+    x = np.ones(8, np.float32)
+    with pytest.raises(ValueError, match="matrices"):
+        _C.engine_gemv(x, [np.ones((3, 9), np.float32)])
+    with pytest.raises(ValueError, match="matrices"):
+        _C.engine_gemv(x, [np.ones((3, 8), np.float32), (np.ones((3, 8), np.int8), np.ones(3, np.float32))])
+    with pytest.raises(ValueError, match="scales"):
+        _C.engine_gemv(x, [(np.ones((3, 8), np.int8), np.ones(2, np.float32))])

@@ -1,0 +1,109 @@
+"""`tinylm generate` end to end: prompts from flag, file and stdin, reproducible seeds,
+stop strings, --stats, and one-line errors with exit status 2."""
+import io
+import subprocess
+import sys
+
+import pytest
+
+from tinylm.cli import main
+from tinylm.config import ModelConfig
+from tinylm.model import init_params
+from tinylm.modelfile import save_model
+from tinylm.quant import quantize_file
+from tinylm.tokenizer import ByteTokenizer
+
+CFG = ModelConfig(vocab_size=257, d_model=64, n_layer=2, n_head=4, n_kv_head=2, d_ff=96, context=32)
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("cli") / "m.safetensors")
+    params = {k: (v * 4 if v.ndim == 2 else v) for k, v in init_params(CFG, seed=5).items()}
+    save_model(path, CFG, params, ByteTokenizer())
+    return path
+
+
+def run(capsys, *argv):
+    code = main(["generate", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_greedy_is_deterministic_and_budgeted(model_path, capsys):
+    code, a, _ = run(capsys, model_path, "--prompt", "Hi", "--temperature", "0", "--max-tokens", "20")
+    assert code == 0 and a.endswith("\n")
+    assert 1 <= len(a[:-1]) <= 20  # byte tokens: at most one character each
+    assert run(capsys, model_path, "--prompt", "Hi", "--temperature", "0", "--max-tokens", "20")[1] == a
+    # a different prompt leads elsewhere
+    assert run(capsys, model_path, "--prompt", "Yo", "--temperature", "0", "--max-tokens", "20")[1] != a
+
+
+def test_seed_reproduces(model_path, capsys):
+    args = [model_path, "--prompt", "x", "--max-tokens", "40", "--temperature", "1.0", "--top-k", "30"]
+    _, a, _ = run(capsys, *args, "--seed", "3")
+    assert run(capsys, *args, "--seed", "3")[1] == a
+    assert run(capsys, *args, "--seed", "4")[1] != a
+
+
+def test_prompt_file_and_stdin(model_path, capsys, tmp_path, monkeypatch):
+    args = [model_path, "--temperature", "0", "--max-tokens", "10"]
+    _, from_flag, _ = run(capsys, *args, "--prompt", "héllo")
+    f = tmp_path / "p.txt"
+    f.write_text("héllo", encoding="utf-8")
+    assert run(capsys, *args, "--prompt-file", str(f))[1] == from_flag
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO("héllo".encode())))
+    assert run(capsys, *args)[1] == from_flag
+
+
+def test_stop_and_stats(model_path, capsys):
+    args = [model_path, "--prompt", "a", "--temperature", "0", "--max-tokens", "30"]
+    _, full, _ = run(capsys, *args)
+    stop = full[4:6]
+    code, cut, err = run(capsys, *args, "--stop", stop, "--stats")
+    assert code == 0 and cut == full[:full.index(stop)] + "\n"
+    assert "first token" in err and "tokens/s" in err and "peak memory" in err
+
+
+def test_long_prompt_is_noted_and_works(model_path, capsys):
+    code, out, err = run(capsys, model_path, "--prompt", "z" * 100, "--temperature", "0",
+                         "--max-tokens", "50")
+    assert code == 0 and "reads its last 32" in err and len(out) > 1
+
+
+def test_int8_model(model_path, capsys, tmp_path):
+    path = str(tmp_path / "m8.safetensors")
+    quantize_file(model_path, path)
+    code, out, _ = run(capsys, path, "--prompt", "Hi", "--temperature", "0", "--max-tokens", "10")
+    assert code == 0 and len(out) > 1
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--prompt", "x", "--temperature", "-1"], "temperature"),
+    (["--prompt", "x", "--top-p", "0"], "top_p"),
+    (["--prompt", "x", "--top-k", "-2"], "top_k"),
+    (["--prompt", "x", "--repetition-penalty", "0.1"], "repetition_penalty"),
+    (["--prompt", "x", "--max-tokens", "-5"], "max-tokens"),
+    (["--prompt-file", "/nonexistent/prompt.txt"], "prompt-file"),
+])
+def test_bad_values_exit_2_with_one_line(model_path, capsys, argv, message):
+    code, out, err = run(capsys, model_path, *argv)
+    assert code == 2 and message in err and err.count("\n") == 1 and err.startswith("tinylm: error:")
+
+
+def test_bad_model_files_exit_2(tmp_path, capsys):
+    code, _, err = run(capsys, str(tmp_path / "missing.safetensors"), "--prompt", "x")
+    assert code == 2 and "does not exist" in err
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
+    code, _, err = run(capsys, str(junk), "--prompt", "x")
+    assert code == 2 and err.count("\n") == 1
+
+
+def test_console_streams_through_a_pipe(model_path):
+    """Run as a user would: a subprocess whose output is a pipe; stdin gives the prompt."""
+    r = subprocess.run([sys.executable, "-m", "tinylm", "generate", model_path, "--temperature",
+                        "0", "--max-tokens", "8", "--stats"], input=b"hello", capture_output=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.endswith(b"\n") and b"tokens/s" in r.stderr

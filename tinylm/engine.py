@@ -1,0 +1,398 @@
+"""Inference: a KV-cache engine, streaming text, and the `tinylm.load` model object.
+
+    model = tinylm.load("model.safetensors")        # fp32 or int8, memory-mapped
+    for piece in model.generate("Once upon a time", max_tokens=100, seed=1):
+        print(piece, end="", flush=True)
+    logits = model.logits(model.tokenizer.encode("hello"))   # [T, vocab], for research
+
+How a generation runs
+---------------------
+The engine keeps the keys and values of every position it has seen in a cache sized to
+the model's context, `[n_layer, n_kv_head, context, head_dim]` for each of k and v.
+
+- **Prefill**: the prompt goes through the model in one batched pass (matrix-matrix
+  products: numpy's BLAS for fp32, the int8 GEMM for int8), filling the cache.
+- **Decode**: then one token at a time. `NativeEngine` runs the whole step (every layer,
+  the tied head and the sampling) in one call into C++ (csrc/engine/); `ReferenceEngine`
+  does the same arithmetic in numpy and is what the tests hold the native engine to.
+
+The prompt starts with the end-of-text token, which is what separates documents in
+training, so the model reads the prompt as the start of a document (and an empty
+prompt is fine).
+
+When the context is full
+------------------------
+The model never sees more than `context` tokens. A prompt longer than that keeps its
+last `context` tokens. When the cache fills during generation, the engine slides the
+window: it keeps the most recent `context // 2` tokens, re-prefills them at positions
+0.. (rotary positions are baked into the cached keys, so they cannot just be shifted),
+and carries on. Generation therefore never stops because of the context, at the cost of
+one batched prefill every `context // 2` tokens.
+"""
+import os
+import resource
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import model as M
+from .errors import TinylmError
+from .sampling import REPETITION_WINDOW, Sampler, check_sampling
+
+# ---------------------------------------------------------------- the engines
+
+
+def _is_int8(w):
+    return type(w).__name__ == "Int8Weight"
+
+
+def _cache_array(shape):
+    """A zeroed float32 array whose memory becomes resident only where it is written.
+
+    Each cache head keeps its positions contiguous, so a short generation writes a few
+    pages of every head. With transparent huge pages each such write would make a whole
+    2 MB page resident, i.e. the full cache at once; an anonymous map marked "no huge
+    pages" keeps the footprint at what is used."""
+    import mmap
+    nbytes = int(np.prod(shape)) * 4
+    advice = getattr(mmap, "MADV_NOHUGEPAGE", None)
+    if advice is None or nbytes < (1 << 21):
+        return np.zeros(shape, np.float32)
+    buf = mmap.mmap(-1, nbytes)
+    buf.madvise(advice)
+    return np.frombuffer(buf, np.float32).reshape(shape)
+
+
+class Engine:
+    """The KV cache and the batched prefill shared by both engines.
+
+    `prefill(ids)` appends tokens at positions [length, length + len(ids)) and returns
+    their logits; `step(token)` appends one token and returns its logits [V].
+    """
+
+    def __init__(self, cfg, params, int8_impl="native"):
+        M.check_params(cfg, params)
+        self.cfg, self.params = cfg, params
+        self.int8 = _is_int8(params[M.EMBED])
+        self.int8_impl = int8_impl  # "numpy": the exact int32 reference; "native": the kernel
+        shape = (cfg.n_layer, cfg.n_kv_head, cfg.context, cfg.head_dim)
+        self.k_cache = _cache_array(shape)
+        self.v_cache = _cache_array(shape)
+        self.cos, self.sin = M.rope_tables(cfg.context, cfg.head_dim, cfg.rope_theta, np.float32)
+        self.length = 0
+
+    def reset(self):
+        self.length = 0
+
+    def _linear(self, x, w):
+        if _is_int8(w) and self.int8_impl == "numpy":
+            from .quant import linear_reference
+            return linear_reference(x, w)
+        return x @ w.T
+
+    def prefill(self, ids, all_logits=False):
+        """Runs tokens `ids` at the next positions; logits of the last one [V] (or of every
+        one [T, V] with all_logits)."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        cfg, p, T, start = self.cfg, self.params, len(ids), self.length
+        if T == 0:
+            raise ValueError("prefill needs at least one token")
+        if start + T > cfg.context:
+            raise ValueError(f"{start + T} tokens exceed the context of {cfg.context}")
+        if ids.min() < 0 or ids.max() >= cfg.vocab_size:
+            raise ValueError(f"token ids must be in [0, {cfg.vocab_size})")
+        H, Hkv, D = cfg.n_head, cfg.n_kv_head, cfg.head_dim
+        cos, sin = self.cos[start:start + T], self.sin[start:start + T]
+        x = np.asarray(p[M.EMBED][ids], np.float32)  # [T, d]
+        for i in range(cfg.n_layer):
+            w = lambda name: p[M.layer_param(i, name)]  # noqa: E731
+            h, _ = M.rmsnorm_forward(x, w("input_layernorm.weight"), cfg.norm_eps)
+            q = self._linear(h, w("self_attn.q_proj.weight")).reshape(T, H, D).transpose(1, 0, 2)
+            k = self._linear(h, w("self_attn.k_proj.weight")).reshape(T, Hkv, D).transpose(1, 0, 2)
+            v = self._linear(h, w("self_attn.v_proj.weight")).reshape(T, Hkv, D).transpose(1, 0, 2)
+            self.k_cache[i, :, start:start + T] = M.rope_forward(k, cos, sin)
+            self.v_cache[i, :, start:start + T] = v
+            out = self._attend(i, M.rope_forward(q, cos, sin), start + T)  # [H, T, D]
+            x = x + self._linear(out.transpose(1, 0, 2).reshape(T, H * D), w("self_attn.o_proj.weight"))
+            h, _ = M.rmsnorm_forward(x, w("post_attention_layernorm.weight"), cfg.norm_eps)
+            g = self._linear(h, w("mlp.gate_proj.weight"))
+            u = self._linear(h, w("mlp.up_proj.weight"))
+            x = x + self._linear(g / (1 + np.exp(-g)) * u, w("mlp.down_proj.weight"))
+        self.length = start + T
+        if not all_logits:
+            x = x[-1:]
+        h, _ = M.rmsnorm_forward(x, p[M.FINAL_NORM], cfg.norm_eps)
+        logits = np.asarray(self._linear(h, p[M.EMBED]), np.float32)
+        return logits if all_logits else logits[0]
+
+    def _attend(self, layer, q, end):
+        """Causal attention of the new queries q [H, T, D] (positions end-T .. end-1) over
+        the cached keys and values of positions [0, end)."""
+        H, T, D = q.shape
+        group = H // self.cfg.n_kv_head
+        k = np.repeat(self.k_cache[layer, :, :end], group, axis=0)  # [H, end, D]
+        v = np.repeat(self.v_cache[layer, :, :end], group, axis=0)
+        scores = (q @ k.transpose(0, 2, 1)) / np.float32(np.sqrt(D))  # [H, T, end]
+        # query j sits at position end - T + j and sees keys up to that position
+        future = np.arange(end)[None, :] > (end - T + np.arange(T))[:, None]
+        scores[:, future] = -np.inf
+        scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
+        return (scores / scores.sum(axis=-1, keepdims=True)) @ v
+
+    def step(self, token):
+        raise NotImplementedError
+
+    def step_sample(self, token, sampler, history):
+        """Appends `token` and picks the next one (the native engine does both in C++)."""
+        return sampler(self.step(token), history)
+
+
+class ReferenceEngine(Engine):
+    """The numpy engine: a decode step is a prefill of one token."""
+
+    def step(self, token):
+        return self.prefill([token])
+
+
+class NativeEngine(Engine):
+    """Decode in one C++ call per token (csrc/engine/); prefill stays batched in numpy /
+    the int8 GEMM and writes the same cache arrays the native code reads."""
+
+    def __init__(self, cfg, params):
+        super().__init__(cfg, params, int8_impl="native")
+        from . import _C
+        weights = []
+        for i in range(cfg.n_layer):
+            for name, _ in M.LAYER_PARAMS:
+                weights.append(_native_weight(params[M.layer_param(i, name)]))
+        self._native = _C.Engine(
+            dict(vocab_size=cfg.vocab_size, d_model=cfg.d_model, n_layer=cfg.n_layer,
+                 n_head=cfg.n_head, n_kv_head=cfg.n_kv_head, d_ff=cfg.d_ff,
+                 context=cfg.context, rope_theta=cfg.rope_theta, norm_eps=cfg.norm_eps),
+            _native_weight(params[M.EMBED]), np.asarray(params[M.FINAL_NORM]), weights,
+            self.k_cache, self.v_cache, self.cos, self.sin)
+
+    def step(self, token):
+        logits = self._native.step(int(token), self.length)
+        self.length += 1
+        return logits
+
+    def step_sample(self, token, sampler, history):
+        recent = history[-REPETITION_WINDOW:] if sampler.repetition_penalty != 1 else ()
+        nxt, sampler.rng.state = self._native.step_sample(
+            int(token), self.length, sampler.temperature, sampler.top_k, sampler.top_p,
+            sampler.repetition_penalty, sampler.rng.state, recent)
+        self.length += 1
+        return nxt
+
+
+def _native_weight(w):
+    """What the C++ engine takes for a matrix: the float32 array, or (int8 values, scales)."""
+    if _is_int8(w):
+        return (w.values, w.scale)
+    return np.asarray(w)
+
+
+# ---------------------------------------------------------------- streaming text
+
+
+def utf8_split(buf: bytes):
+    """(complete, rest): `rest` is an incomplete UTF-8 sequence at the end of `buf` (at
+    most 3 bytes) that must wait for more bytes; everything before it is `complete`."""
+    n = len(buf)
+    for back in range(1, min(3, n) + 1):
+        b = buf[n - back]
+        if b & 0xC0 == 0x80:  # a continuation byte: look further back for its lead
+            continue
+        need = 2 if b >> 5 == 0b110 else 3 if b >> 4 == 0b1110 else 4 if b >> 3 == 0b11110 else 1
+        return (buf[:n - back], buf[n - back:]) if need > back else (buf, b"")
+    return buf, b""
+
+
+class TextStream:
+    """Turns token bytes into text pieces as they arrive: holds back an incomplete UTF-8
+    sequence until it is whole, and any tail that could be the start of a stop string
+    until it is clear that it is not; `stopped` turns true at the first stop string
+    (whose text, and everything after it, is never emitted)."""
+
+    def __init__(self, stop=()):
+        self.stop = [s for s in stop if s]
+        self.pending = b""  # bytes not yet decodable
+        self.held = ""  # text that might begin a stop string
+        self.stopped = False
+
+    def feed(self, data: bytes) -> str:
+        if not (self.pending or self.held or self.stop) and data.isascii():
+            return "" if self.stopped else data.decode("ascii")  # the common case, per token
+        complete, self.pending = utf8_split(self.pending + data)
+        return self._emit(self.held + complete.decode("utf-8", errors="replace"))
+
+    def flush(self) -> str:
+        """What is left at the end (an incomplete sequence decodes to U+FFFD)."""
+        text = self.held + self.pending.decode("utf-8", errors="replace")
+        self.held, self.pending = "", b""
+        return "" if self.stopped else self._emit(text, final=True)
+
+    def _emit(self, text, final=False):
+        if self.stopped:
+            return ""
+        cut = min((i for i in (text.find(s) for s in self.stop) if i >= 0), default=-1)
+        if cut >= 0:
+            self.stopped, self.held = True, ""
+            return text[:cut]
+        keep = 0 if final else self._stop_prefix_len(text)
+        self.held = text[len(text) - keep:] if keep else ""
+        return text[:len(text) - keep]
+
+    def _stop_prefix_len(self, text):
+        """Length of the longest tail of text that is a proper prefix of a stop string."""
+        best = 0
+        for s in self.stop:
+            for n in range(min(len(s) - 1, len(text)), best, -1):
+                if text.endswith(s[:n]):
+                    best = n
+                    break
+        return best
+
+
+# ---------------------------------------------------------------- the model object
+
+
+@dataclass
+class Stats:
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    prefill_seconds: float = 0.0  # all batched passes, including re-prefills on a slide
+    first_token_seconds: float = 0.0  # from the call to the first token
+    decode_seconds: float = 0.0  # the one-token steps
+    total_seconds: float = 0.0
+    slides: int = 0  # times the context window slid
+
+    @property
+    def decode_tokens_per_second(self):
+        steps = max(self.generated_tokens - 1, 0)
+        return steps / self.decode_seconds if self.decode_seconds else 0.0
+
+    def summary(self):
+        return (f"{self.prompt_tokens} prompt tokens, {self.generated_tokens} generated; "
+                f"first token {self.first_token_seconds * 1e3:.1f} ms; "
+                f"{self.decode_tokens_per_second:.1f} tokens/s; "
+                f"peak memory {peak_rss_mb():.1f} MB"
+                + (f"; context slid {self.slides}x" if self.slides else ""))
+
+
+def peak_rss_mb():
+    """Peak resident memory of this process in MB. On Linux from /proc (VmHWM), which
+    starts afresh at exec, unlike getrusage's ru_maxrss, which a child inherits from
+    the process that started it."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / (1024 * 1024 if sys.platform == "darwin" else 1024)
+
+
+class Model:
+    """A loaded model file, ready to generate. Weights stay memory-mapped (fp32 or int8)."""
+
+    def __init__(self, path, engine="native"):
+        from .modelfile import read_model
+        from .quant import WEIGHTS_KEY, load_any_model
+        if not os.path.exists(path):
+            raise TinylmError(f"model file '{path}' does not exist")
+        self.path = path
+        self.cfg, self.params, self.tokenizer = load_any_model(path)
+        self.weights = read_model(path)[3].get(WEIGHTS_KEY, "fp32")
+        if engine not in ("native", "numpy"):
+            raise TinylmError(f"engine must be 'native' or 'numpy', got {engine!r}")
+        self.engine = (NativeEngine if engine == "native" else ReferenceEngine)(self.cfg, self.params)
+        self.stats = Stats()
+        self._bytes_of = {}
+
+    def __repr__(self):
+        c = self.cfg
+        return (f"Model('{self.path}', {self.weights}, {c.n_layer} layers, d_model {c.d_model}, "
+                f"context {c.context}, {self.tokenizer.name} tokenizer)")
+
+    def logits(self, ids):
+        """Logits [T, vocab] (float32) of token ids [T] (T <= context), from a fresh cache."""
+        ids = np.asarray(ids)
+        if ids.ndim != 1 or len(ids) == 0 or ids.dtype.kind not in "iu":
+            raise TinylmError(f"ids must be a non-empty 1-d integer array, got {ids.dtype} {ids.shape}")
+        if len(ids) > self.cfg.context:
+            raise TinylmError(f"{len(ids)} ids exceed the model's context of {self.cfg.context}")
+        if ids.min() < 0 or ids.max() >= self.cfg.vocab_size:
+            raise TinylmError(f"ids must lie in [0, {self.cfg.vocab_size})")
+        self.engine.reset()
+        return self.engine.prefill(ids, all_logits=True)
+
+    def generate(self, prompt="", max_tokens=256, temperature=0.8, top_k=0, top_p=0.95,
+                 repetition_penalty=1.0, seed=None, stop=()):
+        """Yields the text as it is produced, for `prompt` (str or bytes). Stops after
+        max_tokens tokens, at the end-of-text token, or before the first stop string.
+        Timings of the last call are in `self.stats`."""
+        check_sampling(temperature, top_k, top_p, repetition_penalty)
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, (int, np.integer)) or max_tokens < 0:
+            raise TinylmError(f"max_tokens must be a non-negative integer, got {max_tokens!r}")
+        if isinstance(stop, str):
+            stop = (stop,)
+        sampler = Sampler(temperature, top_k, top_p, repetition_penalty,
+                          seed if seed is not None else int.from_bytes(os.urandom(8), "little"))
+        tok = self.tokenizer
+        ids = tok.encode_bytes(prompt) if isinstance(prompt, (bytes, bytearray)) else tok.encode(prompt)
+        return self._generate([tok.eot_id, *ids.tolist()], int(max_tokens), sampler, TextStream(stop))
+
+    def _token_bytes(self, token):
+        """The bytes of one token, memoized (decode_bytes goes through numpy)."""
+        b = self._bytes_of.get(token)
+        if b is None:
+            b = self._bytes_of[token] = self.tokenizer.decode_bytes([token])
+        return b
+
+    def _generate(self, history, max_tokens, sampler, stream):
+        tok, eng, ctx = self.tokenizer, self.engine, self.cfg.context
+        st = self.stats = Stats(prompt_tokens=len(history))
+        t0 = time.perf_counter()
+        if max_tokens == 0:
+            return
+        history = history[-ctx:]
+        eng.reset()
+        token = sampler(eng.prefill(history), history)
+        st.prefill_seconds = st.first_token_seconds = time.perf_counter() - t0
+        t_decode = time.perf_counter()
+        while True:
+            st.generated_tokens += 1
+            if token == tok.eot_id:
+                break
+            history.append(token)
+            text = stream.feed(self._token_bytes(token))
+            if text:
+                yield text
+            if stream.stopped or st.generated_tokens >= max_tokens:
+                break
+            if eng.length == ctx:  # full: slide the window (see the module docstring)
+                t = time.perf_counter()
+                keep = history[-(ctx // 2):]
+                eng.reset()
+                token = sampler(eng.prefill(keep), history)
+                st.slides += 1
+                st.prefill_seconds += time.perf_counter() - t
+                t_decode += time.perf_counter() - t
+                continue
+            token = eng.step_sample(token, sampler, history)
+        st.decode_seconds = time.perf_counter() - t_decode
+        tail = stream.flush()
+        if tail:
+            yield tail
+        st.total_seconds = time.perf_counter() - t0
+
+
+def load(path, engine="native"):
+    """Opens a model file (fp32 or int8) for generation: see `Model`."""
+    return Model(path, engine)

@@ -1,0 +1,138 @@
+"""Choosing the next token: greedy, temperature, top-k, top-p, repetition penalty.
+
+The random numbers come from a small generator, xorshift64* seeded through splitmix64,
+written out here in plain integer arithmetic and again in C++ (csrc/engine/sampling.h),
+so that a seed gives the same sequence of numbers from the reference and the native
+engine on every machine (numpy's generators are not promised to stay stable across
+versions, and a C++ port of them would be long).
+
+One sampling step, in this order (the native engine does exactly the same):
+
+1. repetition penalty: each distinct token among the last `REPETITION_WINDOW` of the
+   history has its logit divided by the penalty when positive, multiplied when negative
+   (as in CTRL and llama.cpp), so penalty 1 changes nothing;
+2. temperature 0: the arg-max (the lowest id among equal maxima); no random number used;
+3. otherwise the candidates are all tokens in id order, or, when top-k or top-p is on,
+   the tokens sorted by logit (highest first, ties by id) cut to the k best; their
+   weights are exp((logit - max) / temperature), in float64;
+4. top-p keeps the shortest prefix of the sorted candidates whose weight reaches p of
+   the total (always at least one token);
+5. one uniform number u in [0, 1) from the generator picks the first candidate whose
+   running weight exceeds u times the kept total.
+"""
+import math
+
+import numpy as np
+
+from .errors import TinylmError
+
+MASK64 = (1 << 64) - 1
+REPETITION_WINDOW = 64  # tokens of history the repetition penalty looks at
+MAX_TEMPERATURE = 100.0
+MAX_REPETITION_PENALTY = 10.0
+
+
+class Rng:
+    """xorshift64* (Vigna 2016) with its state seeded by splitmix64, so any seed,
+    including 0, gives a well-mixed non-zero state."""
+
+    def __init__(self, seed: int = 0):
+        if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
+            raise TinylmError(f"seed must be an integer, got {seed!r}")
+        self.state = seed_state(int(seed))
+
+    def next_u64(self) -> int:
+        x = self.state
+        x ^= x >> 12
+        x ^= (x << 25) & MASK64
+        x ^= x >> 27
+        self.state = x
+        return (x * 0x2545F4914F6CDD1D) & MASK64
+
+    def uniform(self) -> float:
+        """A float64 in [0, 1) from the top 53 bits."""
+        return (self.next_u64() >> 11) * (1.0 / (1 << 53))
+
+
+def seed_state(seed: int) -> int:
+    """splitmix64 of the seed (taken modulo 2^64); never 0."""
+    z = (seed + 0x9E3779B97F4A7C15) & MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
+    z ^= z >> 31
+    return z or 0x9E3779B97F4A7C15
+
+
+def check_sampling(temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0):
+    """Raises TinylmError naming the first bad value and the range it must lie in."""
+    def number(name, value):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+            raise TinylmError(f"{name} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise TinylmError(f"{name} must be finite, got {value}")
+        return float(value)
+
+    t = number("temperature", temperature)
+    if not 0 <= t <= MAX_TEMPERATURE:
+        raise TinylmError(f"temperature must be in [0, {MAX_TEMPERATURE:g}] (0 = greedy), got {t:g}")
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 0:
+        raise TinylmError(f"top_k must be a non-negative integer (0 = off), got {top_k!r}")
+    p = number("top_p", top_p)
+    if not 0 < p <= 1:
+        raise TinylmError(f"top_p must be in (0, 1] (1 = off), got {p:g}")
+    r = number("repetition_penalty", repetition_penalty)
+    if not 1 <= r <= MAX_REPETITION_PENALTY:
+        raise TinylmError(f"repetition_penalty must be in [1, {MAX_REPETITION_PENALTY:g}] "
+                          f"(1 = off), got {r:g}")
+
+
+class Sampler:
+    """Picks next tokens from logits; holds the generator, so a run is reproducible."""
+
+    def __init__(self, temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0, seed=0):
+        check_sampling(temperature, top_k, top_p, repetition_penalty)
+        self.temperature = float(temperature)
+        self.top_k = int(top_k)
+        self.top_p = float(top_p)
+        self.repetition_penalty = float(repetition_penalty)
+        self.seed = seed
+        self.rng = Rng(seed)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    def __call__(self, logits, history=()) -> int:
+        logits = np.array(logits, dtype=np.float64).reshape(-1)
+        if self.repetition_penalty != 1:
+            penalize(logits, history, self.repetition_penalty)
+        if self.greedy:
+            return int(np.argmax(logits))  # first index among equal maxima
+        ids, weights = self.candidates(logits)
+        cum = np.cumsum(weights)  # sequential sums: the same order as the C++ loop
+        if self.top_p < 1:
+            keep = int(np.searchsorted(cum, self.top_p * cum[-1], side="left")) + 1
+            ids, cum = ids[:keep], cum[:keep]
+        u = self.rng.uniform() * cum[-1]
+        pick = int(np.searchsorted(cum, u, side="right"))  # first running weight > u
+        return int(ids[min(pick, len(ids) - 1)])
+
+    def candidates(self, logits):
+        """(ids, weights): in id order, or best-first and cut to top-k when k or p is on."""
+        if self.top_k or self.top_p < 1:
+            ids = np.lexsort((np.arange(len(logits)), -logits))  # logit desc, then id asc
+            if self.top_k:
+                ids = ids[:self.top_k]
+        else:
+            ids = np.arange(len(logits))
+        chosen = logits[ids]
+        return ids, np.exp((chosen - chosen.max()) / self.temperature)
+
+
+def penalize(logits, history, penalty):
+    """CTRL-style repetition penalty on the distinct tokens of the recent history."""
+    recent = np.unique(np.asarray(history, dtype=np.int64)[-REPETITION_WINDOW:])
+    recent = recent[(recent >= 0) & (recent < len(logits))]
+    values = logits[recent]
+    logits[recent] = np.where(values > 0, values / penalty, values * penalty)
+    return logits
