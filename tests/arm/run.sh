@@ -129,6 +129,24 @@ PYTHONPATH="$SITE" "$LAUNCHER" -m pip install -q --root-user-action=ignore --no-
   "$WORK"/dist/*.whl
 ls "$WORK"/dist
 
+# --------------------------------------------------------------------------- x86 reference
+# tests/test_cross_machine.py compares each emulated CPU's logits and greedy text with the
+# host's, for the same model file: the host's tinylm writes them here first. That is the
+# installed package (CI: `pip install .`) or, failing that, this checkout's in-place build.
+step "x86 reference (tests/arm/make_reference.py)"
+HOST_PY="${TINYLM_HOST_PYTHON:-python3}"
+host_env=()
+if ! (cd / && "$HOST_PY" -c 'import tinylm._C' 2>/dev/null); then
+  if (cd / && PYTHONPATH="$REPO" "$HOST_PY" -c 'import tinylm._C' 2>/dev/null); then
+    host_env=(PYTHONPATH="$REPO")
+  else
+    echo "the host's $HOST_PY cannot import tinylm._C: pip install . (or python setup.py" \
+         "build_ext --inplace) first, or set TINYLM_HOST_PYTHON" >&2
+    exit 1
+  fi
+fi
+(cd / && env "${host_env[@]}" "$HOST_PY" "$REPO/tests/arm/make_reference.py" "$WORK/reference")
+
 # --------------------------------------------------------------------------- tests
 if [[ -n "${TINYLM_ARM_PYTEST_ARGS+set}" ]]; then
   read -r -a PYTEST_ARGS <<<"$TINYLM_ARM_PYTEST_ARGS"
@@ -145,7 +163,8 @@ for cpu in $CPUS; do
   esac
   step "QEMU_CPU=$cpu"
   # From / so that `import tinylm` can only find the installed wheel.
-  export QEMU_CPU="$cpu" PYTHONPATH="$WORK/inst:$SITE" TINYLM_TEST_EMULATED=1
+  export QEMU_CPU="$cpu" PYTHONPATH="$WORK/inst:$SITE" TINYLM_TEST_EMULATED=1 \
+    TINYLM_ARM_REFERENCE="$WORK/reference" TINYLM_ARM_EXPECT_ISA="$expect"
   active="$(cd / && "$LAUNCHER" -c 'import tinylm._C as C; print(C.active_isa())')"
   echo "tinylm._C chose: $active"
   if [[ -n "$expect" && "$active" != "$expect" ]]; then
@@ -160,7 +179,7 @@ for cpu in $CPUS; do
     ((status == 5)) && echo "pytest collected no tests on $cpu" >&2
     failed+=("$cpu: pytest exit $status")
   fi
-  unset QEMU_CPU PYTHONPATH TINYLM_TEST_EMULATED
+  unset QEMU_CPU PYTHONPATH TINYLM_TEST_EMULATED TINYLM_ARM_REFERENCE TINYLM_ARM_EXPECT_ISA
 done
 
 if ((${#failed[@]})); then
