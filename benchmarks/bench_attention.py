@@ -151,7 +151,8 @@ def bench_training(shapes, thread_counts, repeat):
             if torch is not None:
                 fns["torch"] = torch_fns(q, k, v, dout)
             min_time = 0.05 if T < 1024 else 0.0
-            flat = {(name, part): f for name, pair in fns.items() for part, f in zip(("fwd", "fwd_bwd"), pair)}
+            flat = {(name, part): f
+                    for name, pair in fns.items() for part, f in zip(("fwd", "fwd_bwd"), pair)}
             best = best_times(flat, repeat, min_time)
             for name in fns:
                 row[name] = {"fwd": best[(name, "fwd")], "fwd_bwd": best[(name, "fwd_bwd")]}
