@@ -40,20 +40,33 @@ DECODE_LENGTHS = [256, 512, 1024, 2048, 4096]
 DECODE_HEADS, DECODE_KV_HEADS, DECODE_DIM = 8, 8, 64
 
 
-def best_time(fn, repeat, min_time=0.0):
-    """Best of `repeat` timings (each at least one call), in seconds, after a warm-up."""
-    fn()
-    best = float("inf")
+def timed(fn, min_time=0.0):
+    """Seconds per call of fn, averaged over calls lasting at least min_time (one call
+    at least)."""
+    calls, start = 0, time.perf_counter()
+    while True:
+        fn()
+        calls += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_time:
+            return elapsed / calls
+
+
+def best_times(fns, repeat, min_time=0.0):
+    """{name: best seconds per call} for several functions, timed in turn within each of
+    `repeat` rounds, so that a burst of load from elsewhere on a shared machine hits all
+    of them rather than one."""
+    for fn in fns.values():  # warm-up
+        fn()
+    best = {name: float("inf") for name in fns}
     for _ in range(repeat):
-        calls, start = 0, time.perf_counter()
-        while True:
-            fn()
-            calls += 1
-            elapsed = time.perf_counter() - start
-            if elapsed >= min_time:
-                break
-        best = min(best, elapsed / calls)
+        for name, fn in fns.items():
+            best[name] = min(best[name], timed(fn, min_time))
     return best
+
+
+def best_time(fn, repeat, min_time=0.0):
+    return best_times({"fn": fn}, repeat, min_time)["fn"]
 
 
 def training_inputs(shape, seed=0):
@@ -138,9 +151,11 @@ def bench_training(shapes, thread_counts, repeat):
             if torch is not None:
                 fns["torch"] = torch_fns(q, k, v, dout)
             min_time = 0.05 if T < 1024 else 0.0
-            for name, (fwd, fwd_bwd) in fns.items():
-                row[name] = {"fwd": best_time(fwd, repeat, min_time),
-                             "fwd_bwd": best_time(fwd_bwd, repeat, min_time)}
+            flat = {(name, part): f
+                    for name, pair in fns.items() for part, f in zip(("fwd", "fwd_bwd"), pair)}
+            best = best_times(flat, repeat, min_time)
+            for name in fns:
+                row[name] = {"fwd": best[(name, "fwd")], "fwd_bwd": best[(name, "fwd_bwd")]}
             rows.append(row)
             print_training_row(row, file=sys.stderr)
     return rows
@@ -158,19 +173,21 @@ def bench_decode(lengths, thread_counts, repeat):
         set_threads(threads)
         for length in lengths:
             row = {"length": length, "threads": threads, "heads": H, "kv_heads": Hkv, "head_dim": D}
-            row["native"] = best_time(lambda: attn.decode(q, k_cache, v_cache, length), repeat, 0.05)
-            row["numpy"] = best_time(
-                lambda: attn.decode(q, k_cache, v_cache, length, impl="numpy"), repeat, 0.05)
+            fns = {
+                "native": lambda: attn.decode(q, k_cache, v_cache, length),
+                "numpy": lambda: attn.decode(q, k_cache, v_cache, length, impl="numpy"),
+            }
             if torch is not None:
                 tq = torch.from_numpy(q)[None, :, None]  # [1, H, 1, D]
                 tk = torch.from_numpy(k_cache)[None, :, :length]
                 tv = torch.from_numpy(v_cache)[None, :, :length]
 
-                def torch_decode():
+                def torch_decode(tq=tq, tk=tk, tv=tv):
                     with torch.no_grad():
                         return F.scaled_dot_product_attention(tq, tk, tv)
 
-                row["torch"] = best_time(torch_decode, repeat, 0.05)
+                fns["torch"] = torch_decode
+            row.update(best_times(fns, repeat, 0.02))
             rows.append(row)
     return rows
 
@@ -228,7 +245,7 @@ def main(argv=None):
     shapes = QUICK_SHAPES if args.quick else SHAPES
     lengths = [256, 1024] if args.quick else DECODE_LENGTHS
     threads = [int(t) for t in (args.threads or ("1" if args.quick else "1,2")).split(",")]
-    repeat = args.repeat or (1 if args.quick else 3)
+    repeat = args.repeat or (1 if args.quick else 5)
 
     result = {
         "benchmark": "attention",

@@ -271,21 +271,3 @@ def load_any_model(path):
     from .modelfile import load_model, read_model
     _, _, _, meta = read_model(path)
     return load_int8_model(path) if meta.get(WEIGHTS_KEY) == "int8" else load_model(path)
-
-
-# ---------------------------------------------------------------- command line
-
-
-def add_quantize_parser(sub):
-    p = sub.add_parser("quantize", help="write an int8 copy of a model",
-                       description="Quantize a model's matrices to int8 with per-row scales "
-                       "(norms stay float32) and write one .safetensors file.")
-    p.add_argument("input", help="fp32 model file (.safetensors)")
-    p.add_argument("output", help="int8 model file to write")
-    p.set_defaults(func=cmd_quantize)
-
-
-def cmd_quantize(args):
-    fp32, int8 = quantize_file(args.input, args.output)
-    print(f"{args.output}: int8 weights, {int8 / 1e6:.2f} MB of parameters "
-          f"(fp32 {fp32 / 1e6:.2f} MB, {fp32 / int8:.1f}x smaller)")
