@@ -56,6 +56,7 @@ def assert_close_rows(got, want, tol, what):
     scale = np.abs(want).max(axis=-1, keepdims=True)
     err = np.abs(got - want) / scale
     worst = np.unravel_index(np.argmax(err), err.shape)
+    print(f"{what}: largest relative difference from x86 {err.max():.2e} (allowed {tol:g})")
     assert err.max() <= tol, (f"{what}: position {worst[0]}, token {worst[1]}: {got[worst]} vs "
                               f"x86 {want[worst]} (relative {err.max():.2e} > {tol:g})")
 
