@@ -73,8 +73,13 @@ def worker(path, threads, tokens, prompt_len):
     # of the weights taken around it, as the machine was at that moment.
     native = model.engine._native
     runs = []
+    peak_rss = None
     for run in range(3):
-        reads = [read_time() for _ in range(3)]
+        if run == 1:
+            # The roofline's second mapping of the file counts its pages in RSS a second
+            # time (RSS is per mapping): take the peak before the first read.
+            peak_rss = peak_rss_mb()
+        reads = [read_time() for _ in range(3)] if run else []
         text = "".join(model.generate(prompt, max_tokens=tokens, temperature=0.8, top_p=0.95, seed=1))
         st = model.stats
         steps = st.generated_tokens - 1
@@ -89,11 +94,10 @@ def worker(path, threads, tokens, prompt_len):
             token, state = native.step_sample(token, pos, 0.8, 0, 0.95, 1.0, state, ())
             pos += 1
         in_native = (time.perf_counter() - t0) / steps
-        reads += [read_time() for _ in range(3)]
         if run:
+            reads += [read_time() for _ in range(3)]
             runs.append((per_token, in_native, float(np.median(reads)), st.first_token_seconds, steps))
     per_token, in_native, read_s, ttft, steps = min(runs)
-    peak_rss = peak_rss_mb()  # the file's pages read above were resident already
 
     print(json.dumps(dict(
         weights=model.weights, threads=threads, file_mb=os.path.getsize(path) / 1e6,
