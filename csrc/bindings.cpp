@@ -5,7 +5,10 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cstdlib>
 #include <memory>
+#include <mutex>
+#include <new>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -95,6 +98,67 @@ void require_aligned(const py::array_t<T>& a, const char* name) {
     bad_arg(name, "data is not aligned to its element size (copy it with numpy.array)");
 }
 
+// Output arrays of the attention kernels come from a small cache of recently freed
+// buffers. Training calls the kernels with the same shapes in every layer and step, and a
+// fresh multi-megabyte array costs a page fault (and the kernel zeroing a page) per 4 KB
+// on first touch: on short sequences that is as much time as the attention itself.
+class OutputCache {
+ public:
+  static constexpr size_t kMinBytes = size_t(1) << 16;    // smaller: ordinary numpy arrays
+  static constexpr size_t kMaxCached = size_t(1) << 27;   // keep at most 128 MB of free buffers
+  static constexpr size_t kHeader = 64;                   // the size, then 64-byte-aligned data
+
+  static OutputCache& get() {
+    static OutputCache* cache = new OutputCache;  // leaked: capsules may outlive statics
+    return *cache;
+  }
+
+  float* take(size_t bytes) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      for (size_t i = free_.size(); i-- > 0;)  // the most recently freed first
+        if (size_of(free_[i]) == bytes) {
+          char* base = free_[i];
+          free_.erase(free_.begin() + std::ptrdiff_t(i));
+          cached_ -= bytes;
+          return reinterpret_cast<float*>(base + kHeader);
+        }
+    }
+    char* base = static_cast<char*>(std::aligned_alloc(64, kHeader + (bytes + 63) / 64 * 64));
+    if (base == nullptr) throw std::bad_alloc();
+    *reinterpret_cast<size_t*>(base) = bytes;
+    return reinterpret_cast<float*>(base + kHeader);
+  }
+
+  void give(void* data) {
+    char* base = static_cast<char*>(data) - kHeader;
+    std::lock_guard<std::mutex> lock(mutex_);
+    free_.push_back(base);
+    cached_ += size_of(base);
+    while (cached_ > kMaxCached) {  // drop the oldest
+      cached_ -= size_of(free_.front());
+      std::free(free_.front());
+      free_.erase(free_.begin());
+    }
+  }
+
+ private:
+  static size_t size_of(const char* base) { return *reinterpret_cast<const size_t*>(base); }
+  std::mutex mutex_;
+  std::vector<char*> free_;
+  size_t cached_ = 0;
+};
+
+// A new C-contiguous float32 array (contents uninitialized) for a kernel to fill.
+py::array_t<float> new_output(std::vector<py::ssize_t> shape) {
+  size_t count = 1;
+  for (py::ssize_t n : shape) count *= size_t(n);
+  if (count * sizeof(float) < OutputCache::kMinBytes) return py::array_t<float>(shape);
+  float* data = OutputCache::get().take(count * sizeof(float));
+  py::capsule owner(data, [](void* p) { OutputCache::get().give(p); });
+  return py::array_t<float>(shape, data, owner);
+}
+
 // A float32, C-contiguous, aligned, non-empty array with `ndim` dimensions.
 py::array_t<float> attention_arg(const py::handle& obj, const char* name, int ndim) {
   auto a = checked<float>(obj, name, ndim);
@@ -145,8 +209,8 @@ void bind_attention(py::module_& m) {
         auto q = attention_arg(q_, "q", 4), k = attention_arg(k_, "k", 4),
              v = attention_arg(v_, "v", 4);
         const auto d = attention_dims(q, k, v);
-        py::array_t<float> out({d.batch, d.heads, d.seq, d.head_dim});
-        py::array_t<float> lse({d.batch, d.heads, d.seq});
+        auto out = new_output({d.batch, d.heads, d.seq, d.head_dim});
+        auto lse = new_output({d.batch, d.heads, d.seq});
         float* o = out.mutable_data();
         float* l = lse.mutable_data();
         run_kernel([&] { tinylm::attention::forward(d, q.data(), k.data(), v.data(), o, l); });
@@ -167,9 +231,9 @@ void bind_attention(py::module_& m) {
         require_same_shape(dout, "dout", q, "q");
         for (int axis = 0; axis < 3; ++axis)
           require_dim(lse, "lse", axis, q.shape(axis), "[B, H, T] of q");
-        py::array_t<float> dq({d.batch, d.heads, d.seq, d.head_dim});
-        py::array_t<float> dk({d.batch, d.kv_heads, d.seq, d.head_dim});
-        py::array_t<float> dv({d.batch, d.kv_heads, d.seq, d.head_dim});
+        auto dq = new_output({d.batch, d.heads, d.seq, d.head_dim});
+        auto dk = new_output({d.batch, d.kv_heads, d.seq, d.head_dim});
+        auto dv = new_output({d.batch, d.kv_heads, d.seq, d.head_dim});
         float *gq = dq.mutable_data(), *gk = dk.mutable_data(), *gv = dv.mutable_data();
         run_kernel([&] {
           tinylm::attention::backward(d, q.data(), k.data(), v.data(), out.data(), lse.data(),
@@ -198,7 +262,7 @@ void bind_attention(py::module_& m) {
                            std::to_string(tinylm::attention::kMaxHeadDim));
         const tinylm::attention::DecodeDims d{q.shape(0), kc.shape(0), kc.shape(1), length,
                                               q.shape(1)};
-        py::array_t<float> out({d.heads, d.head_dim});
+        auto out = new_output({d.heads, d.head_dim});
         float* o = out.mutable_data();
         run_kernel([&] { tinylm::attention::decode(d, q.data(), kc.data(), vc.data(), o); });
         return out;

@@ -9,6 +9,11 @@
 #if defined(TINYLM_SIMDE)
 #define SIMDE_ENABLE_NATIVE_ALIASES
 #include <simde/x86/avx512.h>
+// SIMDe has no AVX-VNNI names; the VEX-encoded ops compute what the AVX512-VL ones do.
+#define _mm256_dpbusd_avx_epi32 _mm256_dpbusd_epi32
+#define _mm256_dpbusds_avx_epi32 _mm256_dpbusds_epi32
+#define _mm256_dpwssd_avx_epi32 _mm256_dpwssd_epi32
+#define _mm256_dpwssds_avx_epi32 _mm256_dpwssds_epi32
 #else
 #include <immintrin.h>
 #endif

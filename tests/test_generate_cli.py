@@ -100,10 +100,11 @@ def test_bad_model_files_exit_2(tmp_path, capsys):
     assert code == 2 and err.count("\n") == 1
 
 
-def test_console_streams_through_a_pipe(model_path):
-    """Run as a user would: a subprocess whose output is a pipe; stdin gives the prompt."""
+def test_console_streams_through_a_pipe(model_path, tmp_path):
+    """Run as a user would: a subprocess whose output is a pipe; stdin gives the prompt.
+    It runs outside the source tree, so that the installed package is what runs."""
     r = subprocess.run([sys.executable, "-m", "tinylm", "generate", model_path, "--temperature",
                         "0", "--max-tokens", "8", "--stats"], input=b"hello", capture_output=True,
-                       timeout=60)
+                       cwd=tmp_path, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.endswith(b"\n") and b"tokens/s" in r.stderr

@@ -101,7 +101,7 @@ def test_dispatch_follows_set_isa():
 
 
 def test_threads_do_not_change_results(rng):
-    a = rng.integers(-127, 128, (9, 517), dtype=np.int8)
+    a = rng.integers(-127, 128, (64, 517), dtype=np.int8)  # big enough to split
     b = rng.integers(-127, 128, (301, 517), dtype=np.int8)
     with threads(1):
         one = _C.int8_gemm_i32(a, b)
@@ -128,31 +128,40 @@ def test_minus_128_is_rejected():
 finite = st.floats(-1e4, 1e4, allow_nan=False, width=32)
 
 
+@pytest.mark.parametrize("path", ISAS)
 @given(x=hnp.arrays(np.float32, st.tuples(st.integers(1, 5), st.integers(1, 70)), elements=finite))
-def test_native_quantize_rows_matches_reference_and_bound(x):
-    q, s = _C.int8_quantize_rows(x)
+def test_native_quantize_rows_matches_reference_and_bound(path, x):
+    with isa(path):
+        q, s = _C.int8_quantize_rows(x)
     q_ref, s_ref = quant.quantize_rows(x)
     np.testing.assert_array_equal(q, q_ref)
     np.testing.assert_array_equal(s, s_ref)
     assert q.min() >= -127
     err = np.abs(q.astype(np.float32) * s[:, None] - x)
     amax = np.abs(x).max(axis=1)
-    normal = amax >= np.finfo(np.float32).tiny
+    normal = amax >= quant.MIN_AMAX
     assert (err[normal] <= 0.5 * s[normal, None] * (1 + 1e-5)).all()
-    assert (err[~normal] <= np.finfo(np.float32).tiny).all()  # subnormal rows count as zero
+    assert (err[~normal] <= quant.MIN_AMAX).all()  # such tiny rows count as zero
     assert (np.abs(q).max(axis=1)[normal] == 127).all()  # the full range is used
     assert (q[~normal] == 0).all()
 
 
-def test_quantize_rows_non_finite_does_not_crash():
-    x = np.array([[np.inf, 1.0, 2.0], [1.0, np.nan, 3.0], [1.0, 2.0, 3.0]], np.float32)
-    q, s = _C.int8_quantize_rows(x)
+@pytest.mark.parametrize("path", ISAS)
+@pytest.mark.parametrize("K", [3, 8, 37])
+def test_quantize_rows_non_finite_does_not_crash(path, K):
+    x = np.zeros((3, K), np.float32)
+    x[:, :3] = [[np.inf, 1.0, 2.0], [1.0, np.nan, 3.0], [1.0, 2.0, 3.0]]
+    x[0, :3], x[0, -1] = [-1.0, 1.0, 2.0], -np.inf  # inf at the end
+    x = np.ascontiguousarray(x[[0, 1, 2]])
+    with isa(path):
+        q, s = _C.int8_quantize_rows(x)
     assert np.isnan(s[:2]).all() and (q[:2] == 0).all()  # non-finite rows: NaN outputs
-    np.testing.assert_array_equal(q[2], [42, 85, 127])
+    np.testing.assert_array_equal(q[2, :3], [42, 85, 127])
     q_ref, s_ref = quant.quantize_rows(x)
     np.testing.assert_array_equal(q, q_ref)
     np.testing.assert_array_equal(s, s_ref)
-    y = quant.linear(x, quant.quantize_weight(np.eye(3, dtype=np.float32)))
+    with isa(path):
+        y = quant.linear(x, quant.quantize_weight(np.eye(K, dtype=np.float32)))
     assert np.isnan(y[:2]).all() and np.isfinite(y[2]).all()
 
 
@@ -321,3 +330,28 @@ def test_tampered_int8_file_is_refused(tiny_model, tmp_path, tamper, message):
     save_safetensors(bad, tensors, meta)
     with pytest.raises(TinylmError, match=message):
         quant.load_int8_model(bad)
+
+
+@pytest.mark.parametrize("path", ISAS)
+def test_quantize_rounds_half_to_even_on_every_path(path):
+    halves = np.array([0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 126.5, -126.5], np.float32)
+    x = np.tile(np.concatenate([[127.0], halves]).astype(np.float32), 5)[None, :]  # K = 45
+    with isa(path):
+        q, s = _C.int8_quantize_rows(x)
+    assert s[0] == np.float32(1.0)
+    np.testing.assert_array_equal(q[0, 1:9], [0, 2, 2, 0, -2, -2, 126, -126])
+    np.testing.assert_array_equal(q, quant.quantize_rows(x)[0])
+
+
+@pytest.mark.parametrize("path", ISAS)
+def test_quantize_tiny_rows(path):
+    x = np.zeros((4, 40), np.float32)
+    x[:, 0] = [1e-30, 9e-31, np.finfo(np.float32).tiny, 1e-45]
+    x[:, 39] = x[:, 0] / 2
+    with isa(path):
+        q, s = _C.int8_quantize_rows(x)
+    q_ref, s_ref = quant.quantize_rows(x)
+    np.testing.assert_array_equal(q, q_ref)
+    np.testing.assert_array_equal(s, s_ref)
+    assert q[0, 0] == 127 and q[0, 39] == 64 and s[0] > 0  # 1e-30 is still quantized
+    assert (q[1:] == 0).all() and (s[1:] == 0).all()  # below it: a zero row

@@ -78,6 +78,7 @@ def test_same_seed_gives_the_same_loss_curve(corpus, tmp_path, cache):
     assert len(la) == 15 and la == lb
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_gives_the_same_weights(corpus, tmp_path, cache):
     steps = ["--steps", 400, "--checkpoint-interval", 50]
     full = tmp_path / "full"

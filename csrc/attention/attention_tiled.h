@@ -10,9 +10,10 @@
 // zero_below(v, x, lo) = (x >= lo ? v : 0) lane by lane.
 //
 // Every matrix product is written as C[M x N] (+)= A[M x K] B[K x N] with A read one
-// element at a time (broadcast) and B read along rows in vectors, which is why the driver
-// hands over keys, queries and dout transposed: the score tiles then come out of the
-// same kernel as the value products, with no horizontal sums and no transposes inside.
+// element at a time (broadcast, so A may be stored either way round) and B read along rows
+// in vectors. That is why the driver hands over keys and values transposed: the score
+// tiles then come out of the same kernel as the value products, with no horizontal sums
+// and no transposes inside.
 #pragma once
 
 #include <math.h>
@@ -60,8 +61,8 @@ struct Tiled {
 
   // One register block: R rows of C, NV vectors wide, over the whole K.
   template <int R, int NV, bool ACC>
-  static inline void block(const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
-                           int64_t ldc, int64_t K) {
+  static inline void block(const float* A, int64_t lda, int64_t aks, const float* B, int64_t ldb,
+                           float* C, int64_t ldc, int64_t K) {
     V acc[R][NV];
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r)
@@ -73,7 +74,7 @@ struct Tiled {
       for (int v = 0; v < NV; ++v) b[v] = O::load(B + k * ldb + v * W);
 #pragma GCC unroll 8
       for (int r = 0; r < R; ++r) {
-        const V a = O::set1(A[r * lda + k]);
+        const V a = O::set1(A[r * lda + k * aks]);
 #pragma GCC unroll 8
         for (int v = 0; v < NV; ++v) acc[r][v] = O::fma(a, b[v], acc[r][v]);
       }
@@ -84,71 +85,95 @@ struct Tiled {
       for (int v = 0; v < NV; ++v) O::store(C + r * ldc + v * W, acc[r][v]);
   }
 
-  // The last M % R rows, one block of Rt rows.
-  template <int NV, bool ACC, int Rt>
-  static inline void row_tail(int64_t m, const float* A, int64_t lda, const float* B,
-                              int64_t ldb, float* C, int64_t ldc, int64_t K) {
-    if constexpr (Rt > 0) {
-      if (m == Rt)
-        block<Rt, NV, ACC>(A, lda, B, ldb, C, ldc, K);
-      else
-        row_tail<NV, ACC, Rt - 1>(m, A, lda, B, ldb, C, ldc, K);
-    }
+  // block<rr, nv> for run-time rr <= R, nv <= NV (the ragged edges of a product).
+  template <bool ACC, int Rt, int NVt>
+  static inline void block_any(int64_t rr, int64_t nv, const float* A, int64_t lda, int64_t aks,
+                               const float* B, int64_t ldb, float* C, int64_t ldc, int64_t K) {
+    if constexpr (Rt > 1)
+      if (rr < Rt) return block_any<ACC, Rt - 1, NVt>(rr, nv, A, lda, aks, B, ldb, C, ldc, K);
+    if constexpr (NVt > 1)
+      if (nv < NVt) return block_any<ACC, Rt, NVt - 1>(rr, nv, A, lda, aks, B, ldb, C, ldc, K);
+    block<Rt, NVt, ACC>(A, lda, aks, B, ldb, C, ldc, K);
   }
 
-  template <int NV, bool ACC>
-  static void rows(int64_t M, const float* A, int64_t lda, const float* B, int64_t ldb,
-                   float* C, int64_t ldc, int64_t K) {
-    int64_t r = 0;
-    for (; r + O::R <= M; r += O::R)
-      block<O::R, NV, ACC>(A + r * lda, lda, B, ldb, C + r * ldc, ldc, K);
-    row_tail<NV, ACC, O::R - 1>(M - r, A + r * lda, lda, B, ldb, C + r * ldc, ldc, K);
-  }
+  // Which blocks of a product the causal mask leaves non-zero, on a diagonal tile (where
+  // query and key tiles coincide). Skipped parts of C are left as they were: the caller
+  // masks them (scores) or never reads them.
+  enum class Causal {
+    none,
+    cols_upto_row,  // C[r][c] needed for c <= r only (scores, query rows)
+    ks_upto_row,    // sum over k <= r only (P V: probabilities of keys after r are 0)
+    cols_from_row,  // C[r][c] needed for c >= r only (scores transposed, key rows)
+    ks_from_row,    // sum over k >= r only (P^T dO, dS^T Q)
+    ks_upto_col,    // sum over k <= c only (K^T dS^T)
+  };
 
-  // The last columns, nv < NV vectors.
-  template <bool ACC, int NVt>
-  static inline void col_tail(int64_t nv, int64_t M, const float* A, int64_t lda,
-                              const float* B, int64_t ldb, float* C, int64_t ldc, int64_t K) {
-    if constexpr (NVt > 0) {
-      if (nv == NVt)
-        rows<NVt, ACC>(M, A, lda, B, ldb, C, ldc, K);
-      else
-        col_tail<ACC, NVt - 1>(nv, M, A, lda, B, ldb, C, ldc, K);
-    }
-  }
+  static int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
-  // C[M x N] = (ACC ? C : 0) + A[M x K] B[K x N]; N is a multiple of W.
+  // C[M x N] = (ACC ? C : 0) + A[M x K] B[K x N]; N is a multiple of W. A[r][k] is at
+  // A + r*lda + k*aks (aks = 1: row-major; lda = 1: A is stored transposed). Row blocks of
+  // R, column blocks of NV vectors, each summing over the part of K that `mode` needs.
   template <bool ACC>
-  static void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B,
-                   int64_t ldb, float* C, int64_t ldc) {
-    int64_t n = 0;
-    for (; n + O::NV * W <= N; n += O::NV * W)
-      rows<O::NV, ACC>(M, A, lda, B + n, ldb, C + n, ldc, K);
-    col_tail<ACC, O::NV - 1>((N - n) / W, M, A, lda, B + n, ldb, C + n, ldc, K);
+  static void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, int64_t aks,
+                   const float* B, int64_t ldb, float* C, int64_t ldc,
+                   Causal mode = Causal::none) {
+    for (int64_t r0 = 0; r0 < M; r0 += O::R) {
+      const int64_t r1 = min64(M, r0 + O::R);
+      int64_t nb = 0, ne = N;
+      if (mode == Causal::cols_upto_row) ne = min64(N, round_up(r1, W));
+      if (mode == Causal::cols_from_row) nb = r0 / W * W;
+      for (int64_t n0 = nb; n0 < ne; n0 += O::NV * W) {
+        const int64_t n1 = min64(ne, n0 + O::NV * W);
+        int64_t kb = 0, ke = K;
+        if (mode == Causal::ks_upto_row) ke = min64(K, r1);
+        if (mode == Causal::ks_from_row) kb = r0;
+        if (mode == Causal::ks_upto_col) ke = min64(K, n1);
+        if (kb >= ke) {  // an empty sum
+          if (!ACC)
+            for (int64_t r = r0; r < r1; ++r)
+              for (int64_t n = n0; n < n1; n += W) O::store(C + r * ldc + n, O::zero());
+          continue;
+        }
+        block_any<ACC, O::R, O::NV>(r1 - r0, (n1 - n0) / W, A + r0 * lda + kb * aks, lda, aks,
+                                    B + kb * ldb + n0, ldb, C + r0 * ldc + n0, ldc, ke - kb);
+      }
+    }
   }
 
   // ------------------------------------------------------------------ forward
 
-  // s[r][c] = -inf where key c comes after query r (the diagonal tile).
+  // Columns of score row r that a diagonal tile uses: the products read at most R - 1
+  // columns past the diagonal (a register block's rows share their sums), so the rest,
+  // wholly masked, need neither exp nor storing.
+  static int64_t diag_cols(int64_t r, int tile) { return min64(tile, round_up(r + O::R, W)); }
+
+  // s[r][c] = -inf where key c comes after query r, up to diag_cols(r) (the diagonal tile).
   static void mask_future(float* s, int64_t M, int tile) {
-    for (int64_t r = 0; r < M; ++r)
-      for (int64_t c = r + 1; c < tile; ++c) s[r * tile + c] = kNegInf;
+    const V neg_inf = O::set1(kNegInf);
+    for (int64_t r = 0; r < M; ++r) {
+      float* row = s + r * tile;
+      const int64_t end = diag_cols(r, tile);
+      int64_t c = r + 1;
+      for (; c < end && c % W != 0; ++c) row[c] = kNegInf;
+      for (; c < end; c += W) O::store(row + c, neg_inf);
+    }
   }
 
   // Online softmax over one key tile: scores s [M x tile] become probabilities relative to
   // the new running max; l and the output accumulator are rescaled to that max.
-  static void softmax_update(float* s, int64_t M, int tile, float scale, float* m, float* l,
-                             float* acc, int64_t Dp) {
+  static void softmax_update(float* s, int64_t M, int tile, bool diag, float scale, float* m,
+                             float* l, float* acc, int64_t Dp) {
     const V vscale = O::set1(scale);
     for (int64_t r = 0; r < M; ++r) {
       float* row = s + r * tile;
+      const int64_t cols = diag ? diag_cols(r, tile) : tile;
       V mx = O::load(row);
-      for (int c = W; c < tile; c += W) mx = O::max(mx, O::load(row + c));
+      for (int64_t c = W; c < cols; c += W) mx = O::max(mx, O::load(row + c));
       const float m_new = maxf(m[r], O::hmax(mx) * scale);
       const float alpha = expf(m[r] - m_new);  // 0 on the first tile, where m = -inf
       const V neg_max = O::set1(-m_new);
       V sum = O::zero();
-      for (int c = 0; c < tile; c += W) {
+      for (int64_t c = 0; c < cols; c += W) {
         const V p = exp(O::fma(O::load(row + c), vscale, neg_max));
         O::store(row + c, p);
         sum = O::add(sum, p);
@@ -163,7 +188,7 @@ struct Tiled {
     }
   }
 
-  static void forward_tile(const ForwardJob& j, int64_t bh, int64_t qt) {
+  static void forward_tile(const ForwardJob& j, int64_t bh, int64_t qt, float* work) {
     const int64_t b = bh / j.H, h = bh % j.H, hk = h / (j.H / j.Hkv);
     const int tile = j.tile;
     const int64_t T = j.T, D = j.D, Dp = j.Dp, q0 = qt * tile, M = min64(tile, T - q0);
@@ -171,18 +196,22 @@ struct Tiled {
     const float* kT = j.kT + (b * j.Hkv + hk) * D * j.Tp;
     const float* v = j.v + (b * j.Hkv + hk) * T * Dp;
 
-    alignas(64) float s[kMaxTile * kMaxTile];
-    alignas(64) float acc[kMaxTile * kMaxHeadDim];
-    float m[kMaxTile], l[kMaxTile];
+    float* s = work;                          // [tile x tile] scores, then probabilities
+    float* acc = s + kMaxTile * kMaxTile;     // [tile x Dp] unnormalized output
+    float* m = acc + kMaxTile * kMaxHeadDim;  // running max per row
+    float* l = m + kMaxTile;                  // running sum per row
     for (int64_t r = 0; r < M; ++r) m[r] = kNegInf, l[r] = 0.f;
     for (int64_t i = 0; i < M * Dp; i += W) O::store(acc + i, O::zero());
 
     for (int64_t kt = 0; kt <= qt; ++kt) {
       const int64_t k0 = kt * tile;
-      gemm<false>(M, tile, D, q, D, kT + k0, j.Tp, s, tile);
-      if (kt == qt) mask_future(s, M, tile);
-      softmax_update(s, M, tile, j.scale, m, l, acc, Dp);
-      gemm<true>(M, Dp, min64(tile, T - k0), s, tile, v + k0 * Dp, Dp, acc, Dp);
+      const bool diag = kt == qt;
+      gemm<false>(M, tile, D, q, D, 1, kT + k0, j.Tp, s, tile,
+                  diag ? Causal::cols_upto_row : Causal::none);
+      if (diag) mask_future(s, M, tile);
+      softmax_update(s, M, tile, diag, j.scale, m, l, acc, Dp);
+      gemm<true>(M, Dp, min64(tile, T - k0), s, tile, 1, v + k0 * Dp, Dp, acc, Dp,
+                 diag ? Causal::ks_upto_row : Causal::none);
     }
 
     float* out = j.out + (bh * T + q0) * D;
@@ -196,69 +225,72 @@ struct Tiled {
 
   // ------------------------------------------------------------------ backward
 
-  // st[r][c] = -inf where query c comes before key r (the diagonal tile, transposed).
-  static void mask_past(float* st, int64_t M, int tile) {
-    for (int64_t r = 0; r < M; ++r)
-      for (int64_t c = 0; c < r && c < tile; ++c) st[r * tile + c] = kNegInf;
-  }
-
-  // From transposed scores st and dp^T: st becomes P^T = exp(scale*s - lse) and dpt becomes
-  // dS^T = P^T (dP^T - delta) * scale, the score gradient.
-  static void probs_and_grads(float* st, float* dpt, int64_t M, int tile, const float* lse,
-                              const float* delta, float scale) {
+  // From scores s and dP (rows: queries, columns: keys): s becomes P = exp(scale*s - lse)
+  // and dp becomes dS = P (dP - delta) * scale, the gradient of the scaled scores.
+  static void probs_and_grads(float* s, float* dp, int64_t M, int tile, bool diag,
+                              const float* lse, const float* delta, float scale) {
     const V vscale = O::set1(scale);
     for (int64_t r = 0; r < M; ++r) {
-      float* srow = st + r * tile;
-      float* drow = dpt + r * tile;
-      for (int c = 0; c < tile; c += W) {
-        const V p = exp(O::sub(O::mul(O::load(srow + c), vscale), O::load(lse + c)));
+      float* srow = s + r * tile;
+      float* drow = dp + r * tile;
+      const V neg_lse = O::set1(-lse[r]), neg_delta = O::set1(-delta[r]);
+      const int64_t cols = diag ? diag_cols(r, tile) : tile;
+      for (int64_t c = 0; c < cols; c += W) {
+        const V p = exp(O::fma(O::load(srow + c), vscale, neg_lse));
         O::store(srow + c, p);
-        const V ds = O::mul(O::mul(p, O::sub(O::load(drow + c), O::load(delta + c))), vscale);
-        O::store(drow + c, ds);
+        O::store(drow + c, O::mul(O::mul(p, O::add(O::load(drow + c), neg_delta)), vscale));
       }
     }
   }
 
   static void backward_keys(const BackwardJob& j, int64_t bkv, int64_t kt_begin,
-                            int64_t kt_end, float* dqT) {
+                            int64_t kt_end, float* dq, float* work) {
     const int64_t b = bkv / j.Hkv, hk = bkv % j.Hkv, group = j.H / j.Hkv;
     const int tile = j.tile;
     const int64_t T = j.T, D = j.D, Dp = j.Dp, Tp = j.Tp, nq = Tp / tile;
-    const float* k = j.k + bkv * T * D;
-    const float* v = j.v + bkv * T * D;
     const float* kT = j.kT + bkv * D * Tp;
+    const float* vT = j.vT + bkv * D * Tp;
+    const float* kp = j.kp + bkv * T * Dp;
 
-    alignas(64) float st[kMaxTile * kMaxTile];   // scores, then probabilities (transposed)
-    alignas(64) float dpt[kMaxTile * kMaxTile];  // dP, then dS (transposed)
-    alignas(64) float dk[kMaxTile * kMaxHeadDim];
-    alignas(64) float dv[kMaxTile * kMaxHeadDim];
+    float* s = work;                        // scores, then probabilities
+    float* dp = s + kMaxTile * kMaxTile;    // dP, then dS
+    float* dk = dp + kMaxTile * kMaxTile;   // [tile x Dp]
+    float* dv = dk + kMaxTile * kMaxHeadDim;
+    // The diagonal tiles skip score blocks the mask zeroes; what they read there must be
+    // finite (0 * finite = 0), so start from zeros.
+    for (int i = 0; i < kMaxTile * kMaxTile; i += W) {
+      O::store(s + i, O::zero());
+      O::store(dp + i, O::zero());
+    }
 
     for (int64_t kt = kt_begin; kt < kt_end; ++kt) {
-      const int64_t k0 = kt * tile, M = min64(tile, T - k0);
-      for (int64_t i = 0; i < M * Dp; i += W) O::store(dk + i, O::zero()), O::store(dv + i, O::zero());
+      const int64_t k0 = kt * tile, Mk = min64(tile, T - k0);
+      for (int64_t i = 0; i < Mk * Dp; i += W) {
+        O::store(dk + i, O::zero());
+        O::store(dv + i, O::zero());
+      }
       for (int64_t g = 0; g < group; ++g) {
         const int64_t bh = b * j.H + hk * group + g;
-        const float* qT = j.qT + bh * D * Tp;
-        const float* doT = j.doT + bh * D * Tp;
-        const float* qp = j.qp + bh * T * Dp;
-        const float* dop = j.dop + bh * T * Dp;
-        const float* lse = j.lse + bh * Tp;
-        const float* delta = j.delta + bh * Tp;
-        float* dq = dqT + bh * D * Tp;
         for (int64_t qt = kt; qt < nq; ++qt) {
-          const int64_t q0 = qt * tile, N = min64(tile, T - q0);
-          gemm<false>(M, tile, D, k + k0 * D, D, qT + q0, Tp, st, tile);
-          gemm<false>(M, tile, D, v + k0 * D, D, doT + q0, Tp, dpt, tile);
-          if (qt == kt) mask_past(st, M, tile);
-          probs_and_grads(st, dpt, M, tile, lse + q0, delta + q0, j.scale);
-          gemm<true>(M, Dp, N, st, tile, dop + q0 * Dp, Dp, dv, Dp);   // dV += P^T dO
-          gemm<true>(M, Dp, N, dpt, tile, qp + q0 * Dp, Dp, dk, Dp);   // dK += dS^T Q
-          gemm<true>(D, tile, M, kT + k0, Tp, dpt, tile, dq + q0, Tp);  // dQ^T += K^T dS^T
+          const int64_t q0 = qt * tile, Mq = min64(tile, T - q0), row = bh * T + q0;
+          const bool diag = qt == kt;
+          const Causal upper = diag ? Causal::cols_upto_row : Causal::none;
+          gemm<false>(Mq, tile, D, j.q + row * D, D, 1, kT + k0, Tp, s, tile, upper);
+          gemm<false>(Mq, tile, D, j.dout + row * D, D, 1, vT + k0, Tp, dp, tile, upper);
+          if (diag) mask_future(s, Mq, tile);
+          probs_and_grads(s, dp, Mq, tile, diag, j.lse + row, j.delta + row, j.scale);
+          // dV += P^T dO and dK += dS^T Q: P and dS read transposed (lda = 1, aks = tile).
+          const Causal sums = diag ? Causal::ks_from_row : Causal::none;
+          gemm<true>(Mk, Dp, Mq, s, 1, tile, j.dop + row * Dp, Dp, dv, Dp, sums);
+          gemm<true>(Mk, Dp, Mq, dp, 1, tile, j.qp + row * Dp, Dp, dk, Dp, sums);
+          // dQ += dS K
+          gemm<true>(Mq, Dp, Mk, dp, tile, 1, kp + k0 * Dp, Dp, dq + row * Dp, Dp,
+                     diag ? Causal::ks_upto_row : Causal::none);
         }
       }
       float* dk_out = j.dk + (bkv * T + k0) * D;
       float* dv_out = j.dv + (bkv * T + k0) * D;
-      for (int64_t r = 0; r < M; ++r)
+      for (int64_t r = 0; r < Mk; ++r)
         for (int64_t d = 0; d < D; ++d) {
           dk_out[r * D + d] = dk[r * Dp + d];
           dv_out[r * D + d] = dv[r * Dp + d];
@@ -285,10 +317,62 @@ struct Tiled {
     for (; d < D; ++d) acc[d] += p * x[d];
   }
 
+  // s[t] = q . k_t for n keys (D a multiple of W), four keys at a time so that four
+  // independent chains of FMAs overlap.
+  static void scores4(const float* q, const float* K, int64_t D, int64_t n, float scale,
+                      float* s) {
+    int64_t t = 0;
+    for (; t + 4 <= n; t += 4) {
+      const float* k = K + t * D;
+      V a0 = O::zero(), a1 = O::zero(), a2 = O::zero(), a3 = O::zero();
+      for (int64_t d = 0; d < D; d += W) {
+        const V qv = O::load(q + d);
+        a0 = O::fma(qv, O::load(k + d), a0);
+        a1 = O::fma(qv, O::load(k + D + d), a1);
+        a2 = O::fma(qv, O::load(k + 2 * D + d), a2);
+        a3 = O::fma(qv, O::load(k + 3 * D + d), a3);
+      }
+      s[t] = O::hsum(a0) * scale;
+      s[t + 1] = O::hsum(a1) * scale;
+      s[t + 2] = O::hsum(a2) * scale;
+      s[t + 3] = O::hsum(a3) * scale;
+    }
+    for (; t < n; ++t) s[t] = dot(q, K + t * D, D) * scale;
+  }
+
+  // acc[d0 : d0 + NVt*W] += sum_t p[t] * Vrows[t][same], accumulated in registers.
+  template <int NVt>
+  static inline void weighted_rows(float* acc, const float* p, const float* Vrows, int64_t D,
+                                   int64_t n) {
+    V r[NVt];
+#pragma GCC unroll 8
+    for (int v = 0; v < NVt; ++v) r[v] = O::load(acc + v * W);
+    for (int64_t t = 0; t < n; ++t) {
+      const V pt = O::set1(p[t]);
+#pragma GCC unroll 8
+      for (int v = 0; v < NVt; ++v) r[v] = O::fma(pt, O::load(Vrows + t * D + v * W), r[v]);
+    }
+#pragma GCC unroll 8
+    for (int v = 0; v < NVt; ++v) O::store(acc + v * W, r[v]);
+  }
+
+  // acc[0:D] += sum_t p[t] * Vrows[t] (D a multiple of W), in column blocks of 4 vectors.
+  static void weighted_sum(float* acc, const float* p, const float* Vrows, int64_t D, int64_t n) {
+    int64_t d = 0;
+    for (; d + 4 * W <= D; d += 4 * W) weighted_rows<4>(acc + d, p, Vrows + d, D, n);
+    switch ((D - d) / W) {
+      case 3: weighted_rows<3>(acc + d, p, Vrows + d, D, n); break;
+      case 2: weighted_rows<2>(acc + d, p, Vrows + d, D, n); break;
+      case 1: weighted_rows<1>(acc + d, p, Vrows + d, D, n); break;
+      default: break;
+    }
+  }
+
   static void decode_part(const DecodeJob& j, int64_t hk, int64_t begin, int64_t end, float* m,
                           float* l, float* acc) {
     constexpr int kChunk = 64;  // keys per online-softmax step, read once for the whole group
     const int64_t group = j.H / j.Hkv, D = j.D, Dp = j.Dp;
+    const bool fast = D % W == 0;  // whole vectors per cache row
     const float* K = j.k_cache + hk * j.capacity * D;
     const float* Vc = j.v_cache + hk * j.capacity * D;
     for (int64_t g = 0; g < group; ++g) {
@@ -301,11 +385,13 @@ struct Tiled {
       for (int64_t g = 0; g < group; ++g) {
         const float* q = j.q + (hk * group + g) * D;
         float* a = acc + g * Dp;
-        float cmax = kNegInf;
-        for (int64_t t = 0; t < n; ++t) {
-          s[t] = dot(q, K + (c0 + t) * D, D) * j.scale;
-          cmax = maxf(cmax, s[t]);
+        if (fast) {
+          scores4(q, K + c0 * D, D, n, j.scale, s);
+        } else {
+          for (int64_t t = 0; t < n; ++t) s[t] = dot(q, K + (c0 + t) * D, D) * j.scale;
         }
+        float cmax = kNegInf;
+        for (int64_t t = 0; t < n; ++t) cmax = maxf(cmax, s[t]);
         for (int64_t t = n; t < kChunk; ++t) s[t] = kNegInf;
         const float m_new = maxf(m[g], cmax);
         const float alpha = expf(m[g] - m_new);
@@ -322,7 +408,11 @@ struct Tiled {
         }
         l[g] = l[g] * alpha + O::hsum(sum);
         m[g] = m_new;
-        for (int64_t t = 0; t < n; ++t) axpy(a, s[t], Vc + (c0 + t) * D, D);
+        if (fast) {
+          weighted_sum(a, s, Vc + c0 * D, D, n);
+        } else {
+          for (int64_t t = 0; t < n; ++t) axpy(a, s[t], Vc + (c0 + t) * D, D);
+        }
       }
     }
   }

@@ -19,6 +19,10 @@ namespace tinylm::attention::detail {
 
 constexpr int kMaxTile = 64;
 
+// Floats of per-thread working memory a kernel call gets (64-byte aligned): tile buffers
+// live there rather than on the stack, which may be small on a caller's threads.
+constexpr int64_t kWorkFloats = 2 * kMaxTile * kMaxTile + 2 * kMaxTile * kMaxHeadDim + 2 * kMaxTile;
+
 struct ForwardJob {
   const float* q;   // [B, H, T, D]    the caller's array
   const float* kT;  // [B, Hkv, D, Tp] keys transposed
@@ -31,15 +35,15 @@ struct ForwardJob {
 };
 
 struct BackwardJob {
-  const float* k;      // [B, Hkv, T, D]  the caller's arrays
-  const float* v;      // [B, Hkv, T, D]
-  const float* kT;     // [B, Hkv, D, Tp]
-  const float* qT;     // [B, H, D, Tp]
-  const float* doT;    // [B, H, D, Tp]   dout transposed
+  const float* q;      // [B, H, T, D]    the caller's arrays
+  const float* dout;   // [B, H, T, D]
+  const float* lse;    // [B, H, T]
+  const float* delta;  // [B, H, T]       rowsum(dout * out)
+  const float* kT;     // [B, Hkv, D, Tp] keys transposed
+  const float* vT;     // [B, Hkv, D, Tp] values transposed
+  const float* kp;     // [B, Hkv, T, Dp] keys with padded rows
   const float* qp;     // [B, H, T, Dp]   q with padded rows
   const float* dop;    // [B, H, T, Dp]   dout with padded rows
-  const float* lse;    // [B, H, Tp]      padded with +inf (so padded probabilities are 0)
-  const float* delta;  // [B, H, Tp]      rowsum(dout * out)
   float* dk;           // [B, Hkv, T, D]
   float* dv;           // [B, Hkv, T, D]
   int64_t B, H, Hkv, T, D, Dp, Tp;
@@ -60,13 +64,13 @@ struct TileKernels {
   int lanes;  // vector width in floats: tiles and Dp are multiples of it
 
   // Query tile `qt` of head `bh` (= b * H + h): writes its rows of out and lse.
-  void (*forward_tile)(const ForwardJob& job, int64_t bh, int64_t qt);
+  void (*forward_tile)(const ForwardJob& job, int64_t bh, int64_t qt, float* work);
 
   // Key tiles [kt_begin, kt_end) of kv head `bkv` (= b * Hkv + hk), for every query head
-  // of its group: writes those rows of dk and dv, and adds the tiles' share of dq,
-  // transposed, into dqT [B, H, D, Tp].
+  // of its group: writes those rows of dk and dv, and adds the tiles' share of dq into
+  // dq [B, H, T, Dp].
   void (*backward_keys)(const BackwardJob& job, int64_t bkv, int64_t kt_begin, int64_t kt_end,
-                        float* dqT);
+                        float* dq, float* work);
 
   // Cache positions [begin, end) for the query heads of kv head `hk`: per query head g of
   // the group, the running max m[g], the sum l[g] of exp(score - m[g]) and the

@@ -37,14 +37,16 @@ Scratch& scratch() {
 }
 
 // Output rows are handed to threads in blocks of 4 (the widest kernel tile), and a
-// chunk carries at least ~256K multiply-adds so small layers stay on one thread.
+// chunk carries at least ~2M multiply-adds (~10 us): waking a pool thread costs tens
+// of microseconds on a busy machine, so small layers stay on the calling thread.
 constexpr int64_t kRowBlock = 4;
+constexpr int64_t kMinChunkWork = int64_t(1) << 21;
 
 template <class Fn>
 void for_row_blocks(int64_t M, int64_t N, int64_t K, Fn&& fn) {
   const int64_t blocks = (N + kRowBlock - 1) / kRowBlock;
   const int64_t work_per_block = std::max<int64_t>(1, M * K * kRowBlock);
-  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 18) / work_per_block);
+  const int64_t grain = std::max<int64_t>(1, kMinChunkWork / work_per_block);
   parallel_for(blocks, grain, [&](int64_t b0, int64_t b1) {
     fn(b0 * kRowBlock, std::min(N, b1 * kRowBlock));
   });
@@ -74,6 +76,9 @@ const std::vector<KernelInfo>& kernels() {
       {"avxvnni", kAVX2 | kAVXVNNI, gemm_avxvnni},
       {"avx2", kAVX2, gemm_avx2},
 #endif
+#if defined(__aarch64__)
+      {"neon_i8mm", kNEON | kDotProd | kI8MM, gemm_neon_i8mm},
+#endif
 #if defined(__aarch64__) || defined(__arm__)
       {"neon_dotprod", kNEON | kDotProd, gemm_neon_dotprod},
       {"neon", kNEON, gemm_neon},
@@ -87,26 +92,41 @@ std::string active_kernel() { return select(active_features()).name; }
 
 void quantize_rows(const float* x, int64_t M, int64_t K, int8_t* q, int64_t q_stride,
                    float* scale) {
+#if defined(__x86_64__) || defined(_M_X64)
+  const bool avx2 = (active_features() & kAVX2) != 0;
+#endif
   for (int64_t m = 0; m < M; ++m) {
     const float* row = x + m * K;
     int8_t* out = q + m * q_stride;
-    float amax = 0.0f;
-    bool finite = true;
+#if defined(__x86_64__) || defined(_M_X64)
+    if (avx2 && quantize_row_avx2(row, K, out, scale + m)) continue;
+#endif
+    // max |x| on the float bit patterns: for non-negative floats integer order is float
+    // order, inf and NaN sort above every finite value, and the integer max vectorizes
+    // (a float max reduction does not without -ffast-math).
+    int32_t amax_bits = 0;
     for (int64_t k = 0; k < K; ++k) {
-      const float a = std::fabs(row[k]);
-      amax = a > amax ? a : amax;
-      finite &= a <= FLT_MAX;  // false for inf and NaN
+      int32_t bits;
+      std::memcpy(&bits, &row[k], 4);
+      bits &= 0x7fffffff;
+      amax_bits = bits > amax_bits ? bits : amax_bits;
     }
-    // A row with NaN or inf gets scale NaN and q = 0, so its outputs are NaN. A row whose
-    // largest magnitude is subnormal (127 / amax would overflow) counts as zero.
-    const bool normal = amax >= FLT_MIN;
-    scale[m] = !finite ? NAN : normal ? amax / 127.0f : 0.0f;
-    const float inv = finite && normal ? 127.0f / amax : 0.0f;
+    float amax;
+    std::memcpy(&amax, &amax_bits, 4);
+    if (amax_bits >= 0x7f800000 || amax < kMinAmax) {
+      // A row with NaN or inf gets scale NaN and q = 0, so its outputs are NaN. A row
+      // whose largest magnitude is below kMinAmax counts as zero.
+      scale[m] = amax_bits >= 0x7f800000 ? NAN : 0.0f;
+      std::memset(out, 0, size_t(K));
+      continue;
+    }
+    scale[m] = amax / 127.0f;
+    const float inv = 127.0f / amax;
     for (int64_t k = 0; k < K; ++k) {
-      float v = round_even((finite ? row[k] : 0.0f) * inv);
-      v = v <= 127.0f ? v : 127.0f;
-      v = v >= -127.0f ? v : -127.0f;  // never -128: see int8.h
-      out[k] = int8_t(v);
+      float v = round_even(row[k] * inv);
+      v = v < 127.0f ? v : 127.0f;  // |x * inv| <= 127 already; guards rounding only
+      v = v > -127.0f ? v : -127.0f;  // never -128: see int8.h
+      out[k] = int8_t(int32_t(v));
     }
   }
 }
@@ -139,7 +159,8 @@ void linear(const float* x, int64_t M, int64_t K, const int8_t* wq, const float*
   int8_t* xq = s.xq.data();
   float* x_scale = s.x_scale.data();
   int32_t* x_sum = s.x_sum.data();
-  parallel_for(M, 16, [&](int64_t m0, int64_t m1) {
+  const int64_t rows_per_chunk = std::max<int64_t>(1, (int64_t(1) << 16) / K);  // ~64K values
+  parallel_for(M, rows_per_chunk, [&](int64_t m0, int64_t m1) {
     quantize_rows(x + m0 * K, m1 - m0, K, xq + m0 * stride, stride, x_scale + m0);
     row_sums(xq + m0 * stride, m1 - m0, stride, x_sum + m0);
   });

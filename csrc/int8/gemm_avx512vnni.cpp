@@ -15,6 +15,7 @@
 #include "../simd_x86.h"
 #include "kernels.h"
 #include "tiles.h"
+#include "x86_reduce.h"
 
 namespace tinylm::int8 {
 namespace {
@@ -37,21 +38,8 @@ struct Avx512Vnni {
   }
   static X load_x(const int8_t* p) { return _mm512_loadu_si512((const void*)p); }
   static Acc dot(Acc acc, X x, W w) { return _mm512_dpbusd_epi32(acc, w, x); }
-  // Folds each accumulator to 256 bits, then sums four at once with two rounds of hadd.
   template <int NR>
-  static void reduce(const Acc* acc, int32_t* out) {
-    __m256i a[4];
-    for (int j = 0; j < 4; ++j)
-      a[j] = j < NR ? _mm256_add_epi32(_mm512_castsi512_si256(acc[j]),
-                                       _mm512_extracti64x4_epi64(acc[j], 1))
-                    : _mm256_setzero_si256();
-    const __m256i s = _mm256_hadd_epi32(_mm256_hadd_epi32(a[0], a[1]),
-                                        _mm256_hadd_epi32(a[2], a[3]));
-    const __m128i t = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
-    alignas(16) int32_t v[4];
-    _mm_store_si128((__m128i*)v, t);
-    for (int j = 0; j < NR; ++j) out[j] = v[j];
-  }
+  static void reduce(const Acc* acc, int32_t* out) { reduce4<NR>(acc, out); }
 };
 
 }  // namespace

@@ -22,8 +22,10 @@ namespace tinylm::int8 {
 
 // Quantizes each row of x [M, K] symmetrically: scale[m] = max|x[m, :]| / 127 and
 // q[m, k] = round_half_even(x[m, k] * (127 / max|x[m, :]|)), clamped to [-127, 127].
-// An all-zero row (or one whose max |x| is subnormal) gets scale 0 and q = 0; a row with
+// An all-zero row (or one whose max |x| < kMinAmax) gets scale 0 and q = 0; a row with
 // NaN or inf gets scale NaN and q = 0 (its outputs become NaN). q_stride >= K.
+// Below kMinAmax a row counts as zero: it keeps 127 / max|x| finite (no inf * 0).
+constexpr float kMinAmax = 1e-30f;
 void quantize_rows(const float* x, int64_t M, int64_t K, int8_t* q, int64_t q_stride,
                    float* scale);
 

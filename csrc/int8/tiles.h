@@ -39,15 +39,24 @@ void tile(const Problem& p, int64_t m0, int64_t n0) {
   int64_t k = 0;
   for (; k < k_full; k += Ops::kWidth) {
     typename Ops::W wv[NR];
+#pragma GCC unroll 4
     for (int j = 0; j < NR; ++j) wv[j] = Ops::load_w(wr[j] + k);
+#pragma GCC unroll 4
     for (int i = 0; i < MR; ++i) {
       const typename Ops::X xv = Ops::load_x(xr[i] + k);
+#pragma GCC unroll 4
       for (int j = 0; j < NR; ++j) acc[i][j] = Ops::dot(acc[i][j], xv, wv[j]);
     }
   }
-  if (k < p.K) {  // the last partial vector: x is zero-padded, w is copied
+  if (k < p.K) {
+    // The last partial vector. x is zero-padded, so whatever w bytes lie past the row's
+    // end (the next row's) are multiplied by 0; only past the end of the whole matrix
+    // must w be copied into a padded buffer instead of read in place.
+    const int8_t* w_end = p.w + p.N * p.K;
     typename Ops::W wv[NR];
-    for (int j = 0; j < NR; ++j) wv[j] = Ops::load_w_tail(wr[j] + k, int(p.K - k));
+    for (int j = 0; j < NR; ++j)
+      wv[j] = wr[j] + k + Ops::kWidth <= w_end ? Ops::load_w(wr[j] + k)
+                                               : Ops::load_w_tail(wr[j] + k, int(p.K - k));
     for (int i = 0; i < MR; ++i) {
       const typename Ops::X xv = Ops::load_x(xr[i] + k);
       for (int j = 0; j < NR; ++j) acc[i][j] = Ops::dot(acc[i][j], xv, wv[j]);
@@ -89,11 +98,19 @@ void tile_any(const Problem& p, int64_t m0, int64_t n0, int mr, int nr) {
   }
 }
 
-// The kernel entry point: c[:, n_begin:n_end]. x rows are visited in blocks of kMB so
-// that a block of x (kMB * K bytes) stays in L2 while the w tile (kNR rows) sits in L1.
+// The kernel entry point: c[:, n_begin:n_end].
 template <class Ops>
 void gemm(const Problem& p, int64_t n_begin, int64_t n_end) {
   static_assert(Ops::kMR >= 1 && Ops::kMR <= 4 && Ops::kNR >= 1 && Ops::kNR <= 4, "tile");
+  if (p.M == 1) {
+    // GEMV is bound by reading w: one row at a time reads w as a single sequential
+    // stream, which the hardware prefetcher follows best (measured on Zen 4: 27 GB/s
+    // against 21 GB/s for four interleaved rows, and 33 GB/s for a plain read).
+    for (int64_t n = n_begin; n < n_end; ++n) tile<Ops, 1, 1>(p, 0, n);
+    return;
+  }
+  // GEMM: x rows are visited in blocks of kMB so that a block of x (kMB * K bytes) stays
+  // in L2 while the w tile (kNR rows) sits in L1 and is reused by every x row.
   constexpr int64_t kMB = 64;
   for (int64_t mb = 0; mb < p.M; mb += kMB) {
     const int64_t mb_end = mb + kMB < p.M ? mb + kMB : p.M;

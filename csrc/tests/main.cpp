@@ -4,12 +4,16 @@
 //   driver NAME...    run only tests whose name contains one of the arguments
 #include <cstdio>
 #include <cstring>
+#include <exception>
 
 #include "../cpu.h"
 #include "check.h"
 
 int main(int argc, char** argv) {
   using namespace tinylm::testing;
+  // Line-buffered even into a pipe: when a test dies (SIGILL under qemu, a segfault),
+  // the log still shows everything up to the test that died.
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
   tinylm::init_isa_from_env();
   std::printf("cpu features:");
   for (const auto& f : tinylm::cpu_feature_names()) std::printf(" %s", f.c_str());
@@ -19,8 +23,14 @@ int main(int argc, char** argv) {
     bool selected = argc == 1;
     for (int i = 1; i < argc; ++i) selected |= std::strstr(test.name, argv[i]) != nullptr;
     if (!selected) continue;
+    std::printf("RUN  %s\n", test.name);
     const int before = failures();
-    test.body();
+    try {
+      test.body();
+    } catch (const std::exception& e) {
+      ++failures();
+      std::fprintf(stderr, "%s threw: %s\n", test.name, e.what());
+    }
     const bool ok = failures() == before;
     std::printf("%s %s\n", ok ? "PASS" : "FAIL", test.name);
     (ok ? passed : failed)++;

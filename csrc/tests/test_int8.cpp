@@ -211,7 +211,7 @@ TEST(int8_linear_matches_int32_reference) {
 
 TEST(int8_threads_do_not_change_results) {
   Rng rng(7);
-  const int64_t M = 8, N = 203, K = 513;
+  const int64_t M = 64, N = 203, K = 513;  // big enough to be split over threads
   const auto a = make(M, K, Fill::kRandom, rng), b = make(N, K, Fill::kRandom, rng);
   const int saved = num_threads();
   std::vector<int32_t> one(static_cast<size_t>(M * N)), two(static_cast<size_t>(M * N));

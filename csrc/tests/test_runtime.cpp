@@ -37,11 +37,6 @@ using tinylm::IsaLevel;
 // Runtime data for the probes, so the compiler cannot evaluate them at compile time.
 volatile int g_seed = 3;
 
-// Line-buffer the driver's output even into a pipe, so that when a test dies (SIGILL
-// under qemu, a segfault) the lines before it still reach the log. Runs before main().
-// (Belongs in main.cpp; here until main.cpp's owner moves it.)
-const int g_line_buffered = std::setvbuf(stdout, nullptr, _IOLBF, 0);
-
 std::string join(const std::vector<std::string>& parts) {
   std::string out;
   for (const auto& p : parts) out += (out.empty() ? "" : ",") + p;
