@@ -23,7 +23,6 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
@@ -128,9 +127,9 @@ def make_models(presets, directory):
 
 
 def run_worker(path, threads, tokens, prompt_len):
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    # the worker imports tinylm as this process does (the installed package, or PYTHONPATH)
     out = subprocess.run([sys.executable, __file__, "--worker", path, str(threads), str(tokens),
-                          str(prompt_len)], capture_output=True, text=True, env=env, check=False)
+                          str(prompt_len)], capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise SystemExit(f"worker failed for {path} ({threads} threads):\n{out.stderr}")
     return json.loads(out.stdout.strip().splitlines()[-1])
