@@ -105,7 +105,7 @@ def worker(path, threads, tokens, prompt_len):
         decode_tok_s=1 / per_token, ms_per_token=per_token * 1e3, decode_steps=steps,
         native_ms_per_token=in_native * 1e3, read_ms=read_s * 1e3, x_roofline=per_token / read_s,
         python_share=max(0.0, 1 - in_native / per_token), peak_rss_mb=peak_rss,
-        isa=_C.active_isa(), gemv=_C.engine_gemv_path(), int8_kernel=_C.int8_path(),
+        isa=_C.active_isa(), gemv=_C.engine_gemv_path(), int8_kernel=_C.engine_gemv_int8_path(),
         first_piece=first, sample=text[:40])))
     del words
 
@@ -185,7 +185,7 @@ def main():
         [[s["preset"], s["threads"], f"{s['int8_over_fp32']:.2f}x"] for s in speedups])
     md += (f"\n\n{args.tokens} tokens generated (temperature 0.8, top-p 0.95) after a "
            f"{args.prompt}-token prompt (capped at the context); ISA {rows[0]['isa']}, "
-           f"GEMV {rows[0]['gemv']}, int8 kernel {rows[0]['int8_kernel']}.")
+           f"fp32 GEMV {rows[0]["gemv"]}, int8 GEMV {rows[0]["int8_kernel"]}.")
     common.write(args.out, {"tokens": args.tokens, "rows": rows, "speedups": speedups}, md)
 
 
