@@ -185,7 +185,7 @@ def main():
         [[s["preset"], s["threads"], f"{s['int8_over_fp32']:.2f}x"] for s in speedups])
     md += (f"\n\n{args.tokens} tokens generated (temperature 0.8, top-p 0.95) after a "
            f"{args.prompt}-token prompt (capped at the context); ISA {rows[0]['isa']}, "
-           f"fp32 GEMV {rows[0]["gemv"]}, int8 GEMV {rows[0]["int8_kernel"]}.")
+           f"fp32 GEMV {rows[0]['gemv']}, int8 GEMV {rows[0]['int8_kernel']}.")
     common.write(args.out, {"tokens": args.tokens, "rows": rows, "speedups": speedups}, md)
 
 
