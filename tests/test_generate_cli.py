@@ -1,7 +1,6 @@
 """`tinylm generate` end to end: prompts from flag, file and stdin, reproducible seeds,
 stop strings, --stats, and one-line errors with exit status 2."""
 import io
-import os
 import subprocess
 import sys
 
