@@ -359,10 +359,10 @@ def cmd_info(args):
     print(f"available paths: {', '.join(_C.available_isas())}")
     forced = os.environ.get("TINYLM_ISA")
     print(f"active path:     {_C.active_isa()}" + (f"  (forced by TINYLM_ISA={forced})" if forced else ""))
-    for family in ("attention", "int8"):
-        getter = getattr(_C, f"{family}_path", None)
-        if getter is not None:
-            print(f"{family + ' path:':<17}{getter()}")
+    for label, getter in (("attention path:", _C.attention_path), ("int8 path:", _C.int8_path),
+                          ("decode fp32:", _C.engine_gemv_path),
+                          ("decode int8:", _C.engine_gemv_int8_path)):
+        print(f"{label:<17}{getter()}")
     print(f"threads:         {_C.num_threads()}")
 
 
