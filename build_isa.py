@@ -26,7 +26,15 @@ ISA_FLAGS = {
 # Extra flags every file needs on an architecture: 32-bit ARM must ask for NEON, and for
 # ARMv7's NEON (neon-vfpv4), not ARMv8's, whose rounding instructions (vrint*) the
 # compiler would otherwise emit and a Cortex-A7 (Raspberry Pi 2) cannot execute.
-ARCH_FLAGS = {"armv7": ["-mfpu=neon-vfpv4", "-mfloat-abi=hard"]}
+#
+# On ARM, GCC fuses a float multiply and a following add into one FMA by default
+# (-ffp-contract=fast), which x86 builds of the same portable code do not (no -mfma there):
+# the scalar quantizer's `round_even(x * inv)` (x * inv + 2^23 * 1.5 - ...) then rounds the
+# exact product instead of the float one, and 5e-31 * (127 / 1e-30) = 63.5 became 63, not
+# 64 (tests/test_int8.py::test_quantize_tiny_rows under qemu-aarch64). Off, so that one
+# model gives the same numbers on a Pi as on a laptop; NEON code asks for FMA explicitly.
+ARCH_FLAGS = {"aarch64": ["-ffp-contract=off"],
+              "armv7": ["-mfpu=neon-vfpv4", "-mfloat-abi=hard", "-ffp-contract=off"]}
 
 # Flags for one instruction set on one architecture, after the two above (the last
 # -mfpu wins): 32-bit dotprod code needs the ARMv8 FPU description.

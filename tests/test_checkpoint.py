@@ -123,6 +123,7 @@ def test_no_tensors(tmp_path):
     assert load_safetensors(path) == ({}, {"k": "v", "format": "pt"})
 
 
+@pytest.mark.slow
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     st.dictionaries(
@@ -290,6 +291,7 @@ def _check_consistent(tensors, meta, file_size):
     assert total <= file_size
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_random_header_corruption_refused_or_consistent(tmp_path, data):

@@ -100,6 +100,7 @@ def test_bad_model_files_exit_2(tmp_path, capsys):
     assert code == 2 and err.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_console_streams_through_a_pipe(model_path, tmp_path):
     """Run as a user would: a subprocess whose output is a pipe; stdin gives the prompt.
     It runs outside the source tree, so that the installed package is what runs."""

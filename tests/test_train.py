@@ -57,6 +57,7 @@ def train(corpus, out, cache, *extra):
                   "--eval-interval", 20, "--eval-tokens", 512, "--seed", 3, *extra, cache=cache)
 
 
+@pytest.mark.slow
 def test_training_lowers_validation_loss_and_writes_a_model(corpus, tmp_path, cache):
     out = tmp_path / "run"
     proc = train(corpus, out, cache, "--steps", 60, "--lr", 1e-2)
@@ -111,6 +112,7 @@ def test_resume_after_sigkill_gives_the_same_weights(corpus, tmp_path, cache):
     assert steps_logged == list(range(1, 401))  # each step once, none lost
 
 
+@pytest.mark.slow
 def test_finetune_from_a_model(corpus, tmp_path, cache):
     base = tmp_path / "base"
     train(corpus, base, cache, "--steps", 5)
@@ -132,6 +134,7 @@ def test_finetune_from_a_model(corpus, tmp_path, cache):
     assert refused.returncode == 2 and "--n-layer cannot be combined with --init" in refused.stderr
 
 
+@pytest.mark.slow
 def test_recipe_is_read_and_flags_override_it(corpus, tmp_path, cache):
     recipe = tmp_path / "recipe.toml"
     recipe.write_text(f'data = "{corpus}"\nsteps = 7\nd-model = 32\nn_layer = 1\nn_head = 2\n'
@@ -143,6 +146,7 @@ def test_recipe_is_read_and_flags_override_it(corpus, tmp_path, cache):
     assert "64 tokens per step" in proc.stdout  # batch_size 4 x context 16, from the recipe
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, message", [
     (["--data", "{tmp}/missing.txt"], "does not exist"),
     (["--data", "{tmp}/empty.txt"], "is empty"),
@@ -163,6 +167,7 @@ def test_bad_input_gets_a_one_line_error(tmp_path, cache, args, message):
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_truncated_checkpoint_is_refused_clearly(corpus, tmp_path, cache):
     out = tmp_path / "run"
     train(corpus, out, cache, "--steps", 2)
@@ -176,6 +181,7 @@ def test_truncated_checkpoint_is_refused_clearly(corpus, tmp_path, cache):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_binary_corpus_and_stdin(tmp_path, cache):
     data = bytes(np.random.default_rng(1).integers(0, 256, 4000, dtype=np.uint8))
     out = tmp_path / "bin"
@@ -186,6 +192,7 @@ def test_binary_corpus_and_stdin(tmp_path, cache):
     assert (out / "model.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_sentencepiece_tokenizer_is_trained_and_stored_in_the_model(corpus, tmp_path, cache):
     out = tmp_path / "sp"
     train(corpus, out, cache, "--steps", 3, "--tokenizer", "sentencepiece", "--vocab-size", 300)

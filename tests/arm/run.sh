@@ -6,6 +6,7 @@
 #   bash tests/arm/run.sh                   everything (root: installs Debian packages)
 #   TINYLM_ARM_CPUS="cortex-a72" bash tests/arm/run.sh
 #   bash tests/arm/run.sh -k attention      extra arguments go to pytest
+#   TINYLM_ARM_WHEEL_DIR=dist bash tests/arm/run.sh   also keep the aarch64 wheel
 #
 # Emulation is ~20x slower than the host, so tests marked `slow` are deselected
 # (TINYLM_ARM_PYTEST_ARGS replaces the default '-m "not slow"'), and TINYLM_TEST_EMULATED=1
@@ -16,6 +17,12 @@
 # The arm64 userland (python3.11 from Debian's arm64 packages, unpacked, never installed
 # into the host's dpkg) and the third-party arm64 wheels are cached in
 # $TINYLM_ARM_CACHE (default ~/.cache/tinylm-arm) between local runs.
+#
+# tests/test_cross_machine.py compares each emulated CPU with this host: the host's
+# tinylm (installed, or this checkout's in-place build; TINYLM_HOST_PYTHON picks the
+# interpreter) first writes a reference model, its logits and greedy text
+# (tests/arm/make_reference.py), passed on as TINYLM_ARM_REFERENCE, with the path each CPU
+# must choose as TINYLM_ARM_EXPECT_ISA.
 #
 # The native C++ kernel tests (tests/test_native_driver.py) are not run here: they
 # cross-compile on the host and already run the kernels under qemu; here the Python
@@ -52,7 +59,8 @@ fi
 
 # --------------------------------------------------------------------------- arm64 userland
 # A private apt configuration for arm64, so the host's own package state is untouched.
-if [[ ! -x "$ROOTFS/usr/bin/python$PYVER" ]]; then
+# .complete is written last, so an interrupted unpack is redone rather than half-used.
+if [[ ! -f "$ROOTFS/.complete" || ! -x "$ROOTFS/usr/bin/python$PYVER" ]]; then
   step "arm64 CPython userland -> $ROOTFS"
   APTDIR="$CACHE/apt"
   rm -rf "$APTDIR" "$ROOTFS"
@@ -92,6 +100,7 @@ EOF
   done
   unset APT_CONFIG
   rm -rf "$APTDIR/cache/archives" "$APTDIR/debs"
+  touch "$ROOTFS/.complete"
   echo "unpacked $(du -sh "$ROOTFS" | cut -f1)"
 fi
 
@@ -128,6 +137,29 @@ CPPFLAGS="-I$ROOTFS/usr/include/python$PYVER -idirafter $ROOTFS/usr/include" \
 PYTHONPATH="$SITE" "$LAUNCHER" -m pip install -q --root-user-action=ignore --no-deps --no-index --target "$WORK/inst" \
   "$WORK"/dist/*.whl
 ls "$WORK"/dist
+# TINYLM_ARM_WHEEL_DIR keeps the wheel (e.g. to copy it to a Pi running 64-bit Raspberry
+# Pi OS bookworm, whose glibc and python3.11 are the ones it was built against).
+if [[ -n "${TINYLM_ARM_WHEEL_DIR:-}" ]]; then
+  mkdir -p "$TINYLM_ARM_WHEEL_DIR" && cp "$WORK"/dist/*.whl "$TINYLM_ARM_WHEEL_DIR"/
+fi
+
+# --------------------------------------------------------------------------- x86 reference
+# tests/test_cross_machine.py compares each emulated CPU's logits and greedy text with the
+# host's, for the same model file: the host's tinylm writes them here first. That is the
+# installed package (CI: `pip install .`) or, failing that, this checkout's in-place build.
+step "x86 reference (tests/arm/make_reference.py)"
+HOST_PY="${TINYLM_HOST_PYTHON:-python3}"
+host_env=()
+if ! (cd / && "$HOST_PY" -c 'import tinylm._C' 2>/dev/null); then
+  if (cd / && PYTHONPATH="$REPO" "$HOST_PY" -c 'import tinylm._C' 2>/dev/null); then
+    host_env=(PYTHONPATH="$REPO")
+  else
+    echo "the host's $HOST_PY cannot import tinylm._C: pip install . (or python setup.py" \
+         "build_ext --inplace) first, or set TINYLM_HOST_PYTHON" >&2
+    exit 1
+  fi
+fi
+(cd / && env "${host_env[@]}" "$HOST_PY" "$REPO/tests/arm/make_reference.py" "$WORK/reference")
 
 # --------------------------------------------------------------------------- tests
 if [[ -n "${TINYLM_ARM_PYTEST_ARGS+set}" ]]; then
@@ -145,7 +177,8 @@ for cpu in $CPUS; do
   esac
   step "QEMU_CPU=$cpu"
   # From / so that `import tinylm` can only find the installed wheel.
-  export QEMU_CPU="$cpu" PYTHONPATH="$WORK/inst:$SITE" TINYLM_TEST_EMULATED=1
+  export QEMU_CPU="$cpu" PYTHONPATH="$WORK/inst:$SITE" TINYLM_TEST_EMULATED=1 \
+    TINYLM_ARM_REFERENCE="$WORK/reference" TINYLM_ARM_EXPECT_ISA="$expect"
   active="$(cd / && "$LAUNCHER" -c 'import tinylm._C as C; print(C.active_isa())')"
   echo "tinylm._C chose: $active"
   if [[ -n "$expect" && "$active" != "$expect" ]]; then
@@ -160,7 +193,7 @@ for cpu in $CPUS; do
     ((status == 5)) && echo "pytest collected no tests on $cpu" >&2
     failed+=("$cpu: pytest exit $status")
   fi
-  unset QEMU_CPU PYTHONPATH TINYLM_TEST_EMULATED
+  unset QEMU_CPU PYTHONPATH TINYLM_TEST_EMULATED TINYLM_ARM_REFERENCE TINYLM_ARM_EXPECT_ISA
 done
 
 if ((${#failed[@]})); then
