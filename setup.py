@@ -41,6 +41,8 @@ ext = Pybind11Extension(
     "tinylm._C",
     [rel(CSRC / "bindings.cpp")],
     include_dirs=[rel(CSRC)],
+    # any kernel source or header: a change to one must relink the extension
+    depends=[rel(p) for p in sorted(CSRC.rglob("*")) if p.suffix in (".cpp", ".h")],
     extra_compile_args=COMMON_FLAGS,
     extra_link_args=["-pthread"] if sys.platform != "darwin" else [],
     cxx_std=17,

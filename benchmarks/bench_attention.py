@@ -24,9 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tinylm import _C  # noqa: E402
-from tinylm import attention as attn  # noqa: E402
+from tinylm import _C
+from tinylm import attention as attn
 
 try:
     import torch

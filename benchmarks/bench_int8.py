@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import _common  # noqa: E402
 
 PRESET_SHAPES = {  # (N, K) of every distinct matrix: q/k/v/o, gate/up, down, head

@@ -568,6 +568,8 @@ void bind_engine(py::module_& m) {
       "The decode step's fused matrix-vector product: [W @ x for W in matrices], each W a "
       "float32 array or an (int8 values, scales) pair (tests).");
   m.def("engine_gemv_path", &E::active_gemv, "The float32 GEMV kernel the active ISA selects.");
+  m.def("engine_gemv_int8_path", &E::active_gemv_int8,
+        "The int8 decode GEMV kernel the active ISA selects.");
   m.def("engine_seed_state", &E::seed_state, py::arg("seed"), "splitmix64 seeding (tests).");
   m.def(
       "engine_rng_next",

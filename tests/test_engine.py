@@ -363,3 +363,57 @@ def test_engine_gemv_refuses_mismatches():
         _C.engine_gemv(x, [np.ones((3, 8), np.float32), (np.ones((3, 8), np.int8), np.ones(3, np.float32))])
     with pytest.raises(ValueError, match="scales"):
         _C.engine_gemv(x, [(np.ones((3, 8), np.int8), np.ones(2, np.float32))])
+
+
+GUARDED_CHECK = r"""
+import ctypes, mmap, sys
+import numpy as np
+from tinylm import _C
+from tinylm.quant import quantize_weight
+libc = ctypes.CDLL(None)
+page = mmap.PAGESIZE
+for K in (1, 31, 33, 63, 65, 100, 288):
+    N = 3
+    buf = mmap.mmap(-1, 2 * page)
+    addr = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+    assert libc.mprotect(ctypes.c_void_p(addr + page), page, 0) == 0  # PROT_NONE
+    raw = np.frombuffer(buf, np.int8, count=page)
+    q = quantize_weight(np.random.default_rng(K).standard_normal((N, K)).astype(np.float32))
+    w = raw[page - N * K:].reshape(N, K)  # the matrix ends exactly at the guard page
+    w[...] = q.values
+    x = np.random.default_rng(0).standard_normal(K).astype(np.float32)
+    for isa in _C.available_isas():
+        _C.set_isa(isa)
+        y = _C.engine_gemv(x, [(w, q.scale)])[0]
+        np.testing.assert_allclose(y, q.dequantize() @ x, rtol=0.05, atol=0.05 * np.abs(x).sum())
+print("ok")
+"""
+
+
+def test_int8_gemv_never_reads_past_a_matrix(tmp_path):
+    """The int8 decode kernels read a row on into the next one (against x's zero padding);
+    the last row must stop at K. A matrix that ends at an inaccessible page would crash
+    the process if it did not (run in a subprocess so a crash is a clean failure)."""
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-c", GUARDED_CHECK], capture_output=True, text=True,
+                       timeout=120, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+def test_sentencepiece_model(tmp_path):
+    """A SentencePiece vocabulary (pieces of several bytes, byte-fallback pieces that are
+    parts of a character, vocabulary not 257): both engines give the same text."""
+    from tinylm.tokenizer import SentencePieceTokenizer
+    corpus = ("héllo wörld — naïve café ∑ 数据 " * 50 + "plain ascii text here. " * 50)
+    tok = SentencePieceTokenizer.train(corpus.encode(), vocab_size=300)
+    cfg = CFG.with_(vocab_size=tok.vocab_size)
+    path = str(tmp_path / "sp.safetensors")
+    save_model(path, cfg, make_params(cfg), tok)
+    native, ref = tinylm.load(path), tinylm.load(path, engine="numpy")
+    for seed in (1, 2):
+        text = "".join(native.generate("héllo", max_tokens=40, temperature=1.0, seed=seed))
+        assert text == "".join(ref.generate("héllo", max_tokens=40, temperature=1.0, seed=seed))
+        assert native.stats.generated_tokens > 1
+    greedy = "".join(native.generate("café", max_tokens=30, temperature=0))
+    assert greedy == "".join(ref.generate("café", max_tokens=30, temperature=0))

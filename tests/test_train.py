@@ -120,8 +120,15 @@ def test_finetune_from_a_model(corpus, tmp_path, cache):
     other.write_text("zeta eta theta\n" * 400)
     tuned = tmp_path / "tuned"
     tinylm("train", "--init", base / "model.safetensors", "--data", other, "--out", tuned,
-           "--steps", 5, "--batch-size", 4, cache=cache)
-    assert weights(tuned).keys() == weights(base).keys()
+           "--steps", 5, "--batch-size", 4, "--eval-tokens", 512, cache=cache)
+    # it starts from the base model: its first evaluation is the base model's on the new data
+    first = next(m["val_loss"] for m in metrics(tuned) if "val_loss" in m)
+    ev = tinylm("eval", base / "model.safetensors", "--data", other, "--eval-tokens", 512,
+                cache=cache)
+    assert f"validation loss {first:.4f}" in ev.stdout
+    w_base, w_tuned = weights(base), weights(tuned)
+    assert w_base.keys() == w_tuned.keys()
+    assert any(not np.array_equal(w_base[k], w_tuned[k]) for k in w_base)  # and it trained
     refused = tinylm("train", "--init", base / "model.safetensors", "--data", other,
                      "--n-layer", 3, "--out", tmp_path / "x", check=False, cache=cache)
     assert refused.returncode == 2 and "--n-layer cannot be combined with --init" in refused.stderr
@@ -133,8 +140,10 @@ def test_recipe_is_read_and_flags_override_it(corpus, tmp_path, cache):
     recipe.write_text(f'data = "{corpus}"\nsteps = 7\nd-model = 32\nn_layer = 1\nn_head = 2\n'
                       'd_ff = 48\ncontext = 16\nbatch_size = 4\neval_interval = 100\n')
     out = tmp_path / "r"
-    tinylm("train", "--config", recipe, "--steps", 4, "--out", out, cache=cache)
-    assert max(m["step"] for m in metrics(out)) == 4
+    proc = tinylm("train", "--config", recipe, "--steps", 4, "--out", out, cache=cache)
+    assert max(m["step"] for m in metrics(out)) == 4  # the flag overrode the recipe's 7
+    assert "d_model 32" in proc.stdout and "context 16" in proc.stdout
+    assert "64 tokens per step" in proc.stdout  # batch_size 4 x context 16, from the recipe
 
 
 @pytest.mark.slow

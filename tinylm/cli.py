@@ -11,7 +11,7 @@ import time
 from .errors import TinylmError  # light: no numpy
 
 TRAIN_DEFAULT_PRESET = "tiny"
-TRAIN_DEFAULT_STEPS = 2000
+TRAIN_DEFAULT_STEPS = 2000  # as TrainConfig's default, which numpy-free code cannot import
 SHAPE_FLAGS = ("preset", "d_model", "n_layer", "n_head", "n_kv_head", "d_ff", "context",
                "tokenizer", "vocab_size")
 
@@ -21,7 +21,7 @@ def set_threads(n):
     if n is None:
         return
     if n < 1:
-        raise SystemExit("tinylm: error: --threads must be at least 1")
+        raise TinylmError(f"--threads must be at least 1, got {n}")
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
                 "VECLIB_MAXIMUM_THREADS"):
         os.environ[var] = str(n)
@@ -38,7 +38,7 @@ def add_train_parser(sub):
         description="Train a model. With no arguments: the 'tiny' preset for "
         f"{TRAIN_DEFAULT_STEPS} steps on the Python standard library's own source code, "
         "written to runs/<preset>-<time>/. Flags override a --config recipe.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter, argument_default=None)
+        argument_default=None)
     io = p.add_argument_group("run")
     io.add_argument("--config", metavar="FILE", help="TOML recipe; flags given here override it")
     io.add_argument("--data", metavar="PATH", help="corpus: a file, a folder (recursive), or - for "
@@ -79,32 +79,57 @@ def add_train_parser(sub):
     p.set_defaults(func=cmd_train)
 
 
-def read_recipe(path):
-    import tomllib
+def read_recipe(path, parser):
+    """A TOML recipe's options, checked as strictly as the flags they stand for."""
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib
     try:
         with open(path, "rb") as f:
             recipe = tomllib.load(f)
-    except FileNotFoundError:
-        raise TinylmError(f"recipe '{path}' does not exist") from None
+    except OSError as e:
+        raise TinylmError(f"cannot read recipe '{path}': {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
         raise TinylmError(f"recipe '{path}' is not valid TOML: {e}") from None
-    return {k.replace("-", "_"): v for k, v in recipe.items()}
+    actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config")}
+    options = {}
+    for key, value in recipe.items():
+        name = key.replace("-", "_")
+        if name not in actions:
+            raise TinylmError(f"recipe '{path}': unknown option '{key}'; see `tinylm train "
+                              "--help` for the names")
+        options[name] = _checked_recipe_value(path, key, value, actions[name])
+    return options
+
+
+def _checked_recipe_value(path, key, value, action):
+    if action.nargs == 0:  # a switch such as --decay-embeddings
+        expected, ok = "true or false", isinstance(value, bool)
+    elif action.type is int:
+        expected, ok = "an integer", isinstance(value, int) and not isinstance(value, bool)
+    elif action.type is float:
+        expected, ok = "a number", isinstance(value, (int, float)) and not isinstance(value, bool)
+    else:
+        expected, ok = "a string", isinstance(value, str)
+    if not ok:
+        raise TinylmError(f"recipe '{path}': {key} must be {expected}, got {value!r}")
+    if action.choices and value not in action.choices:
+        raise TinylmError(f"recipe '{path}': {key} must be one of {', '.join(action.choices)}, "
+                          f"got {value!r}")
+    return float(value) if action.type is float else value
 
 
 def train_options(args):
-    """Defaults < recipe (--config) < flags, as one dict of the train flags' names."""
+    """Defaults < recipe (--config) < flags: one dict of the train flags' names, and the
+    set of names given as flags on the command line."""
     flags = {k: v for k, v in vars(args).items()
              if v is not None and k not in ("func", "command") and not k.startswith("_")}
     if not flags.get("decay_embeddings"):
         flags.pop("decay_embeddings", None)
-    options = read_recipe(flags.pop("config")) if "config" in flags else {}
-    valid = {a.dest for a in args._parser._actions} - {"help", "config"}
-    unknown = sorted(set(options) - valid)
-    if unknown:
-        raise TinylmError(f"recipe has unknown option(s): {', '.join(unknown)}; "
-                          "see `tinylm train --help` for the names")
+    options = read_recipe(flags.pop("config"), args._parser) if "config" in flags else {}
     options.update(flags)
-    return options
+    return options, set(flags)
 
 
 def build_model_config(opts, tokenizer):
@@ -133,7 +158,7 @@ def make_tokenizer(opts, docs):
 
 
 def cmd_train(args):
-    opts = train_options(args)
+    opts, on_command_line = train_options(args)
     set_threads(opts.pop("threads", None))
     from . import data
     from .trainer import Run, TrainConfig, summary
@@ -142,16 +167,15 @@ def cmd_train(args):
     docs = None  # the corpus, when it had to be read to train a tokenizer
 
     if "resume" in opts:
+        # a recipe may name a shape and a directory; on the command line they are a mistake
         for bad in ("init", "out") + SHAPE_FLAGS:
-            if bad in opts:
+            if bad in on_command_line:
                 raise TinylmError(f"--{bad.replace('_', '-')} cannot be combined with --resume: "
                                   "a resumed run keeps its model and directory")
-        run = Run.resume(opts["resume"], {k: v for k, v in opts.items() if k in train_keys})
+        run = Run.resume(opts["resume"], {k: v for k, v in opts.items()
+                                          if k in train_keys and k in on_command_line})
     else:
-        opts.setdefault("steps", TRAIN_DEFAULT_STEPS)
         tcfg = TrainConfig(**{k: v for k, v in opts.items() if k in train_keys})
-        if "min_lr" not in opts:
-            tcfg.min_lr = tcfg.lr / 10
         if "init" in opts:
             given = [f"--{k.replace('_', '-')}" for k in SHAPE_FLAGS if k in opts]
             if given:
@@ -193,13 +217,16 @@ def cmd_eval(args):
     from . import data
     from .quant import load_any_model
     from .trainer import evaluate
+    if not 0 < args.val_fraction < 1:
+        raise TinylmError(f"--val-fraction must be between 0 and 1, got {args.val_fraction}")
+    if args.eval_tokens < 1:
+        raise TinylmError(f"--eval-tokens must be at least 1, got {args.eval_tokens}")
     cfg, params, tokenizer = load_any_model(args.model)
-    source = args.data or data.DEFAULT_SOURCE
-    split = data.split_tokens(data.load_tokens(source, tokenizer), tokenizer, cfg.context,
+    split = data.split_tokens(data.load_tokens(args.data, tokenizer), tokenizer, cfg.context,
                               args.val_fraction)
-    nats, bpb = evaluate(params, cfg, split.val, split.val_bytes, args.eval_tokens)
+    nats, bpb, scored = evaluate(params, cfg, split.val, split.val_bytes, args.eval_tokens)
     print(f"{args.model}: validation loss {nats:.4f} nats/token, {bpb:.4f} bits/byte "
-          f"({min(len(split.val), args.eval_tokens):,} tokens of {source})")
+          f"({scored:,} tokens of {data.describe(args.data)})")
 
 
 # ---------------------------------------------------------------- quantize
@@ -332,10 +359,10 @@ def cmd_info(args):
     print(f"available paths: {', '.join(_C.available_isas())}")
     forced = os.environ.get("TINYLM_ISA")
     print(f"active path:     {_C.active_isa()}" + (f"  (forced by TINYLM_ISA={forced})" if forced else ""))
-    for family in ("attention", "int8"):
-        getter = getattr(_C, f"{family}_path", None)
-        if getter is not None:
-            print(f"{family + ' path:':<17}{getter()}")
+    for label, getter in (("attention path:", _C.attention_path), ("int8 path:", _C.int8_path),
+                          ("decode fp32:", _C.engine_gemv_path),
+                          ("decode int8:", _C.engine_gemv_int8_path)):
+        print(f"{label:<17}{getter()}")
     print(f"threads:         {_C.num_threads()}")
 
 
@@ -379,8 +406,16 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except TinylmError as e:
+    except (TinylmError, ImportError) as e:  # ImportError: e.g. TINYLM_ISA names no path
         print(f"tinylm: error: {e}", file=sys.stderr)
+        return 2
+    except ValueError as e:
+        if type(e).__name__ != "CheckpointError":  # a model file's own one-line message
+            raise
+        print(f"tinylm: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # e.g. --out on a read-only disk, or a full disk
+        print(f"tinylm: error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("tinylm: interrupted", file=sys.stderr)

@@ -19,7 +19,11 @@ import numpy as np
 
 from .errors import TinylmError
 
-DEFAULT_SOURCE = "stdlib"
+DEFAULT_SOURCE = None  # the Python standard library's .py files
+
+
+def describe(source) -> str:
+    return "the Python standard library" if source is DEFAULT_SOURCE else f"'{source}'"
 
 
 def cache_dir() -> Path:
@@ -35,7 +39,7 @@ def stdlib_files() -> list:
 
 def corpus_files(source: str) -> list:
     """The files of a corpus, in a fixed order."""
-    if source == DEFAULT_SOURCE:
+    if source is DEFAULT_SOURCE:
         return stdlib_files()
     path = Path(source)
     if not path.exists():
@@ -49,15 +53,21 @@ def corpus_files(source: str) -> list:
     return files
 
 
-def read_documents(source: str) -> list:
+def read_documents(source) -> list:
     """The corpus as a list of byte strings, one per document."""
     if source == "-":
+        if sys.stdin.isatty():
+            raise TinylmError("--data - reads the corpus from standard input, which is a "
+                              "terminal; pipe a file in: tinylm train --data - < corpus.txt")
         docs = [sys.stdin.buffer.read()]
     else:
-        docs = [p.read_bytes() for p in corpus_files(source)]
+        try:
+            docs = [p.read_bytes() for p in corpus_files(source)]
+        except OSError as e:
+            raise TinylmError(f"cannot read corpus {describe(source)}: {e}") from None
     docs = [d for d in docs if d]
     if not docs:
-        raise TinylmError(f"corpus '{source}' is empty; give it some text")
+        raise TinylmError(f"corpus {describe(source)} is empty; give it some text")
     return docs
 
 

@@ -12,6 +12,7 @@ and every update are deterministic, ends with the same weights as an uninterrupt
 import ctypes
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -24,7 +25,7 @@ from . import data as data_mod
 from .checkpoint import CheckpointError, load_safetensors, save_safetensors
 from .config import ModelConfig, format_count
 from .errors import TinylmError
-from .model import forward, init_params, loss_and_grads, param_shapes
+from .model import check_params, forward, init_params, loss_and_grads, param_shapes
 from .modelfile import CONFIG_KEY, model_tensors_and_metadata, save_model
 from .optim import AdamW, clip_grad_norm, lr_at
 from .progress import Progress, format_duration
@@ -38,12 +39,12 @@ STATE_KEY = "tinylm.train_state"
 
 @dataclass
 class TrainConfig:
-    data: str = data_mod.DEFAULT_SOURCE
-    steps: int = 1000
+    data: str | None = data_mod.DEFAULT_SOURCE  # a path, "-" for stdin, None: the stdlib
+    steps: int = 2000
     batch_size: int = 16
     grad_accum: int = 1
     lr: float = 3e-3
-    min_lr: float = 3e-4
+    min_lr: float | None = None  # None: lr / 10
     warmup: int = 50
     weight_decay: float = 0.1
     decay_embeddings: bool = False
@@ -54,12 +55,18 @@ class TrainConfig:
     val_fraction: float = 0.05
     seed: int = 1337
 
+    def __post_init__(self):
+        if self.min_lr is None:
+            self.min_lr = self.lr / 10
+        if self.data not in (None, "-"):
+            self.data = os.path.abspath(self.data)  # so that a resume finds it from anywhere
+
     def validate(self):
         for name in ("steps", "batch_size", "grad_accum", "eval_interval", "eval_tokens",
                      "checkpoint_interval"):
             if getattr(self, name) < 1:
                 raise TinylmError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if not self.lr > 0 or self.min_lr < 0 or self.min_lr > self.lr:
+        if not (self.lr > 0 and 0 <= self.min_lr <= self.lr):  # also refuses NaN
             raise TinylmError(f"need 0 <= min-lr <= lr and lr > 0, got lr={self.lr}, min-lr={self.min_lr}")
         if not 0 < self.val_fraction < 1:
             raise TinylmError(f"val-fraction must be between 0 and 1, got {self.val_fraction}")
@@ -96,7 +103,8 @@ def keep_freed_memory_in_the_heap():
 def evaluate(params, cfg: ModelConfig, val_tokens, val_bytes: int, max_tokens: int,
              batch_size: int = 16):
     """Validation loss in nats per token, and in bits per byte (comparable across
-    tokenizers: the bits needed to encode each byte of the validation text)."""
+    tokenizers: the bits needed to encode each byte of the validation text), and the
+    number of tokens scored."""
     x, y = data_mod.eval_windows(val_tokens, cfg.context, max_tokens)
     total = 0.0
     for i in range(0, len(x), batch_size):
@@ -104,7 +112,7 @@ def evaluate(params, cfg: ModelConfig, val_tokens, val_bytes: int, max_tokens: i
         total += float(loss) * len(x[i:i + batch_size])
     nats = total / len(x)
     bits_per_byte = nats * len(val_tokens) / max(1, val_bytes) / math.log(2)
-    return nats, bits_per_byte
+    return nats, bits_per_byte, x.size
 
 
 class Run:
@@ -146,17 +154,28 @@ class Run:
                               f"`tinylm train --out {out}`")
         try:
             tensors, meta = load_safetensors(path)
+            if STATE_KEY not in meta:
+                raise ValueError("it is not a training checkpoint (no training state)")
             state = json.loads(meta[STATE_KEY])
             model_cfg = ModelConfig.from_dict(json.loads(meta[CONFIG_KEY]))
             tokenizer = tokenizer_from_metadata(meta, tensors)
-        except (CheckpointError, KeyError, ValueError) as e:
+            check_params(model_cfg, tensors)
+            saved = dict(state["train"])
+            if saved["data"] == "-" and "data" not in (overrides or {}):
+                raise ValueError("the run read its corpus from stdin, which cannot be read "
+                                 "again; resume with --data FILE holding the same text")
+            tcfg = TrainConfig.from_dict({**saved, **(overrides or {})})
+            run = cls(out, model_cfg, tcfg, tokenizer, log=log)
+            run.params = {k: np.array(tensors[k]) for k in param_shapes(model_cfg)}
+            run.opt.load_state({k: v for k, v in tensors.items() if k.startswith("adam.")},
+                               state["adam_t"])
+            run.rng.bit_generator.state = state["rng"]
+            run.step, run.elapsed = state["step"], state["elapsed"]
+        except (CheckpointError, KeyError, TypeError, ValueError) as e:
             raise TinylmError(f"cannot resume from '{path}': {e}") from None
-        tcfg = TrainConfig.from_dict({**state["train"], **(overrides or {})})
-        run = cls(out, model_cfg, tcfg, tokenizer, log=log)
-        run.params = {k: np.array(tensors[k]) for k in param_shapes(model_cfg)}
-        run.opt.load_state({k: v for k, v in tensors.items() if k.startswith("adam.")}, state["adam_t"])
-        run.rng.bit_generator.state = state["rng"]
-        run.step, run.elapsed = state["step"], state["elapsed"]
+        if run.step >= tcfg.steps:
+            raise TinylmError(f"the run in '{out}' finished at step {run.step}; to train "
+                              f"further, pass --steps with more than {run.step}")
         return run
 
     def save(self):
@@ -224,7 +243,7 @@ class Run:
                                 **{"tok/s": format_count(int(rate))})
                 if self.step % t.eval_interval == 0 or self.step == t.steps:
                     val = self._evaluate(split, metrics, progress)
-                if self.step % t.checkpoint_interval == 0 or self.step == t.steps or stop.requested:
+                if self.step % t.checkpoint_interval == 0 or self.step == t.steps:
                     self.elapsed += time.perf_counter() - started
                     started = time.perf_counter()
                     self.save()
@@ -233,7 +252,8 @@ class Run:
             progress.close()
             metrics.close()
         self.elapsed += time.perf_counter() - started
-        if stop.requested:
+        if stop.requested and self.step < t.steps:
+            self.save()  # also when stopped before the first step ended
             self.log(f"interrupted at step {self.step}; checkpoint saved. "
                      f"Continue with: tinylm train --resume {self.dir}")
         return val
@@ -262,7 +282,8 @@ class Run:
         return loss, lr, norm
 
     def _evaluate(self, split, metrics, progress):
-        nats, bpb = evaluate(self.params, self.cfg, split.val, split.val_bytes, self.tcfg.eval_tokens)
+        nats, bpb, _ = evaluate(self.params, self.cfg, split.val, split.val_bytes,
+                                self.tcfg.eval_tokens)
         _write(metrics, dict(step=self.step, val_loss=nats, val_bits_per_byte=bpb))
         progress.message(f"step {self.step}: validation loss {nats:.4f} nats/token, {bpb:.4f} bits/byte")
         return nats, bpb

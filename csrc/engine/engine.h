@@ -14,6 +14,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 namespace tinylm::engine {
@@ -111,6 +112,7 @@ struct GemvInfo {
 };
 const std::vector<GemvInfo>& gemv_kernels();  // best first; the last is the scalar reference
 const char* active_gemv();
+std::string active_gemv_int8();  // the int8 decode kernel the active level selects
 
 // The random generator and sampler of tinylm/sampling.py.
 uint64_t seed_state(uint64_t seed);

@@ -4,6 +4,7 @@
 // a decode step pays for few thread-pool wake-ups. Portable C++ (no ISA flags).
 #include <algorithm>
 #include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "../cpu.h"
@@ -69,6 +70,32 @@ Int8Scratch& int8_scratch() {
   return s;
 }
 
+// The decode-specific int8 kernels (gemv_i8_*.cpp) where this build has one for the
+// active level; elsewhere (ARM) the int8 family's kernels with M = 1.
+struct I8Info {
+  const char* name;
+  uint32_t features;
+  GemvI8Kernel fn;
+};
+
+const std::vector<I8Info>& i8_kernels() {
+  static const std::vector<I8Info> list = {
+#if defined(__x86_64__) || defined(_M_X64)
+      {"avx512vnni", kAVX2 | kAVX512 | kAVX512VNNI, gemv_i8_avx512vnni},
+      {"avx2", kAVX2, gemv_i8_avx2},
+      {"scalar", 0, gemv_i8_ref},
+#endif
+  };
+  return list;
+}
+
+const I8Info* select_i8() {
+  const uint32_t active = active_features();
+  for (const auto& k : i8_kernels())
+    if ((k.features & ~active) == 0) return &k;
+  return nullptr;
+}
+
 void gemv_int8(const float* x, const Product* products, int n_products) {
   const int64_t K = products[0].m->cols;
   const int64_t stride = (K + int8::kPad - 1) / int8::kPad * int8::kPad;
@@ -84,14 +111,19 @@ void gemv_int8(const float* x, const Product* products, int n_products) {
     total += products[i].m->rows;
   }
   s.c.resize(size_t(total));
-  const int8::KernelInfo& kernel = select_int8();
+  const I8Info* own = select_i8();
+  const int8::KernelInfo& family = select_int8();
   const int8_t* xq = s.xq.data();
   int32_t* c_all = s.c.data();
   for_rows(products, n_products, K, [&](int i, int64_t n0, int64_t n1) {
     const Matrix& m = *products[i].m;
     int32_t* c = c_all + offsets[i];
-    const int8::Problem p{xq, stride, &x_sum, 1, m.q, m.rows, K, c, m.rows};
-    kernel.fn(p, n0, n1);
+    if (own != nullptr) {
+      own->fn(GemvI8{m.q, m.rows, K, xq, x_sum, c}, n0, n1);
+    } else {
+      const int8::Problem p{xq, stride, &x_sum, 1, m.q, m.rows, K, c, m.rows};
+      family.fn(p, n0, n1);
+    }
     float* y = products[i].y;
     // the same expression as int8::linear, so the two agree bit for bit
     for (int64_t n = n0; n < n1; ++n) y[n] = float(c[n]) * (x_scale * m.scale[n]);
@@ -115,6 +147,11 @@ const std::vector<GemvInfo>& gemv_kernels() {
 }
 
 const char* active_gemv() { return select_gemv().name; }
+
+std::string active_gemv_int8() {
+  const I8Info* own = select_i8();
+  return own != nullptr ? std::string(own->name) : "int8 family " + std::string(select_int8().name);
+}
 
 void gemv(const float* x, const Product* products, int n_products) {
   if (n_products < 1 || n_products > 8) throw std::invalid_argument("gemv: 1 to 8 products");

@@ -8,6 +8,25 @@
 
 namespace tinylm::engine {
 
+// One int8 product c = W x (exact int32) for the decode step. x is padded with zeros to
+// a multiple of 64 bytes (kernels may read whole vectors of it); x_sum = sum(x). A row
+// of W may be read past its end, up to the next vector boundary (those bytes meet x's
+// zeros), but never past the end of W (the last row's end).
+struct GemvI8 {
+  const int8_t* W;
+  int64_t N, K;
+  const int8_t* x;
+  int32_t x_sum;
+  int32_t* c;
+};
+using GemvI8Kernel = void (*)(const GemvI8& g, int64_t n0, int64_t n1);
+
+void gemv_i8_ref(const GemvI8& g, int64_t n0, int64_t n1);
+#if defined(__x86_64__) || defined(_M_X64)
+void gemv_i8_avx2(const GemvI8& g, int64_t n0, int64_t n1);
+void gemv_i8_avx512vnni(const GemvI8& g, int64_t n0, int64_t n1);
+#endif
+
 void gemv_ref(const float* W, const float* x, float* y, int64_t K, int64_t n0, int64_t n1);
 
 #if defined(__x86_64__) || defined(_M_X64)

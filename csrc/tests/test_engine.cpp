@@ -11,6 +11,7 @@
 
 #include "../cpu.h"
 #include "../engine/engine.h"
+#include "../engine/gemv_kernels.h"
 #include "../threads.h"
 #include "check.h"
 
@@ -73,6 +74,46 @@ TEST(engine_gemv_kernels_match_reference) {
               kernel.name, (long long)K, (long long)n);
       }
     }
+  }
+}
+
+// The int8 decode kernels: exact int32 sums against the scalar loop, for K on and off
+// every vector width, values at +-127, and rows next to the matrix's end (which must
+// not be read past: the matrix sits at the end of its buffer, so an over-read would be
+// caught by the sanitizers and by the Python test that puts a guard page there).
+TEST(engine_int8_gemv_kernels_exact) {
+  struct K8 {
+    const char* name;
+    uint32_t features;
+    engine::GemvI8Kernel fn;
+  };
+  std::vector<K8> kernels;
+#if defined(__x86_64__) || defined(_M_X64)
+  kernels.push_back({"avx512vnni", kAVX2 | kAVX512 | kAVX512VNNI, engine::gemv_i8_avx512vnni});
+  kernels.push_back({"avx2", kAVX2, engine::gemv_i8_avx2});
+#endif
+  kernels.push_back({"scalar", 0, engine::gemv_i8_ref});
+  const int64_t Ks[] = {1, 5, 31, 32, 33, 63, 64, 65, 100, 128, 255, 288, 1376};
+  for (const auto& k : kernels) {
+    if (!simde_build() && (k.features & ~cpu_features()) != 0) continue;
+    std::printf("  int8 gemv kernel %s\n", k.name);
+    Gen g(11);
+    for (int64_t K : Ks)
+      for (int extreme = 0; extreme < 2; ++extreme) {
+        const int64_t N = 7, stride = (K + 63) / 64 * 64;
+        std::vector<int8_t> W(size_t(N * K)), x(size_t(stride), 0);
+        for (auto& v : W) v = extreme ? int8_t(127) : int8_t(std::lround(g.f32() * 127));
+        for (int64_t i = 0; i < K; ++i) x[size_t(i)] = extreme ? int8_t(i % 2 ? 127 : -127) : int8_t(std::lround(g.f32() * 127));
+        int32_t x_sum = 0;
+        for (int64_t i = 0; i < K; ++i) x_sum += x[size_t(i)];
+        std::vector<int32_t> got(static_cast<size_t>(N), 12345), want(static_cast<size_t>(N));
+        engine::gemv_i8_ref({W.data(), N, K, x.data(), x_sum, want.data()}, 0, N);
+        k.fn({W.data(), N, K, x.data(), x_sum, got.data()}, 0, 4);
+        k.fn({W.data(), N, K, x.data(), x_sum, got.data()}, 4, N);
+        for (int64_t n = 0; n < N; ++n)
+          CHECK(got[size_t(n)] == want[size_t(n)], "%s K=%lld extreme=%d row %lld: %d, want %d",
+                k.name, (long long)K, extreme, (long long)n, got[size_t(n)], want[size_t(n)]);
+      }
   }
 }
 
