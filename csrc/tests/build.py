@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import importlib.util
 import os
 import shlex
 import shutil
@@ -43,8 +44,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
-from build_isa import ARCH_FLAGS, CSRC, ISA_FLAGS, host_arch, isa_of, kernel_sources  # noqa: E402
+
+
+def _load_build_isa():
+    """build_isa.py from the checkout, loaded by path: putting the checkout on sys.path
+    would also let `import tinylm` find the source tree (without its extension) in the
+    pytest process that loads this file and in every subprocess given its sys.path."""
+    spec = importlib.util.spec_from_file_location("build_isa", REPO / "build_isa.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_isa = _load_build_isa()
+ARCH_FLAGS, CSRC, ISA_FLAGS = _isa.ARCH_FLAGS, _isa.CSRC, _isa.ISA_FLAGS
+host_arch, isa_of, kernel_sources = _isa.host_arch, _isa.isa_of, _isa.kernel_sources
 
 TESTS_DIR = CSRC / "tests"
 OUT_DIR = TESTS_DIR / "out"
