@@ -397,7 +397,8 @@ def test_int8_gemv_never_reads_past_a_matrix(tmp_path):
     import subprocess
     import sys
     r = subprocess.run([sys.executable, "-c", GUARDED_CHECK], capture_output=True, text=True,
-                       timeout=120, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+                       cwd=tmp_path, timeout=120,
+                       env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
 
 
