@@ -1,6 +1,5 @@
 """Attention: the native kernels (every instruction-set path this CPU runs) against the
 numpy reference, the numpy reference against torch, and bad input."""
-import contextlib
 
 import numpy as np
 import pytest
@@ -9,6 +8,7 @@ from hypothesis import strategies as st
 
 from tinylm import _C
 from tinylm import attention as attn
+from kernel_paths import isa, threads
 
 try:
     import torch
@@ -17,26 +17,6 @@ except ImportError:  # optional: the torch comparisons skip without it
 
 needs_torch = pytest.mark.skipif(torch is None, reason="torch is not installed")
 FAST = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-@contextlib.contextmanager
-def isa(name):
-    before = _C.active_isa()
-    _C.set_isa(name)
-    try:
-        yield
-    finally:
-        _C.set_isa(before)
-
-
-@contextlib.contextmanager
-def threads(n):
-    before = _C.num_threads()
-    _C.set_num_threads(n)
-    try:
-        yield
-    finally:
-        _C.set_num_threads(before)
 
 
 def random_qkv(seed, B, H, Hkv, T, D, magnitude=1.0, dtype=np.float32):

@@ -2,7 +2,6 @@
 exactly the numpy int32 reference; quantization error stays within its bound; bad
 arguments raise ValueError naming the argument; int8 model files round-trip and a
 tampered one is refused."""
-import contextlib
 
 import numpy as np
 import pytest
@@ -12,28 +11,9 @@ from hypothesis.extra import numpy as hnp
 
 from tinylm import _C, quant
 from tinylm.errors import TinylmError
+from kernel_paths import isa, threads
 
 ISAS = _C.available_isas()
-
-
-@contextlib.contextmanager
-def isa(name):
-    before = _C.active_isa()
-    _C.set_isa(name)
-    try:
-        yield
-    finally:
-        _C.set_isa(before)
-
-
-@contextlib.contextmanager
-def threads(n):
-    before = _C.num_threads()
-    _C.set_num_threads(n)
-    try:
-        yield
-    finally:
-        _C.set_num_threads(before)
 
 
 def int8_values(shape, kind, rng):
