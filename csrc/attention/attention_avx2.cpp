@@ -1,6 +1,7 @@
 // AVX2 + FMA tile kernels: 8 floats per vector, 6 x 16 register blocks.
 #include "../simd_x86.h"
 #include "attention_tiled.h"
+#include "transpose_avx.h"
 
 namespace tinylm::attention::detail {
 namespace {
@@ -8,6 +9,7 @@ namespace {
 struct Avx2 {
   using V = __m256;
   static constexpr int W = 8, R = 6, NV = 2;  // 12 accumulators of 16 registers
+  static constexpr int TB = 8;                 // transpose_block's size
 
   static V zero() { return _mm256_setzero_ps(); }
   static V set1(float x) { return _mm256_set1_ps(x); }
@@ -23,6 +25,9 @@ struct Avx2 {
   static V pow2(V n) {
     const __m256i e = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
     return _mm256_castsi256_ps(_mm256_slli_epi32(e, 23));
+  }
+  static void transpose_block(const float* src, int64_t lds, float* dst, int64_t ldd) {
+    transpose8x8(src, lds, dst, ldd);
   }
   static V zero_below(V v, V x, V lo) { return _mm256_and_ps(v, _mm256_cmp_ps(x, lo, _CMP_GE_OQ)); }
   static float hsum(V v) {

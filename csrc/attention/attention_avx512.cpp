@@ -3,6 +3,7 @@
 // and check its logic on a CPU without AVX-512.
 #include "../simd_x86.h"
 #include "attention_tiled.h"
+#include "transpose_avx.h"
 
 // GCC 12 warns inside its own avx512fintrin.h (the self-initialized "undefined" vectors
 // behind _mm512_cvtps_epi32 and friends); the warning is about the header, not this code.
@@ -14,6 +15,7 @@ namespace {
 struct Avx512 {
   using V = __m512;
   static constexpr int W = 16, R = 6, NV = 4;  // 24 accumulators of 32 registers
+  static constexpr int TB = 8;                  // transpose_block's size (AVX registers)
 
   static V zero() { return _mm512_setzero_ps(); }
   static V set1(float x) { return _mm512_set1_ps(x); }
@@ -27,6 +29,9 @@ struct Avx512 {
   static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
   static V round(V x) { return _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
   static V pow2(V n) { return _mm512_scalef_ps(_mm512_set1_ps(1.f), n); }  // 1 * 2^n
+  static void transpose_block(const float* src, int64_t lds, float* dst, int64_t ldd) {
+    transpose8x8(src, lds, dst, ldd);
+  }
   static V zero_below(V v, V x, V lo) {
     return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, lo, _CMP_GE_OQ), v);
   }

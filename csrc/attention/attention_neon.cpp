@@ -10,7 +10,7 @@ namespace {
 
 struct Neon {
   using V = float32x4_t;
-  static constexpr int W = 4;
+  static constexpr int W = 4, TB = 4;  // TB: transpose_block's size
 #if defined(__aarch64__)
   static constexpr int R = 6, NV = 4;
 #else
@@ -36,6 +36,16 @@ struct Neon {
   static V pow2(V n) {
     const int32x4_t e = vaddq_s32(vcvtq_s32_f32(n), vdupq_n_s32(127));
     return vreinterpretq_f32_s32(vshlq_n_s32(e, 23));
+  }
+  // dst[c * ldd + r] = src[r * lds + c] for r, c in [0, 4).
+  static void transpose_block(const float* src, int64_t lds, float* dst, int64_t ldd) {
+    // vtrnq pairs up rows 0,1 and 2,3: .val[0] = a0 b0 a2 b2, .val[1] = a1 b1 a3 b3.
+    const float32x4x2_t ab = vtrnq_f32(vld1q_f32(src), vld1q_f32(src + lds));
+    const float32x4x2_t cd = vtrnq_f32(vld1q_f32(src + 2 * lds), vld1q_f32(src + 3 * lds));
+    vst1q_f32(dst, vcombine_f32(vget_low_f32(ab.val[0]), vget_low_f32(cd.val[0])));
+    vst1q_f32(dst + ldd, vcombine_f32(vget_low_f32(ab.val[1]), vget_low_f32(cd.val[1])));
+    vst1q_f32(dst + 2 * ldd, vcombine_f32(vget_high_f32(ab.val[0]), vget_high_f32(cd.val[0])));
+    vst1q_f32(dst + 3 * ldd, vcombine_f32(vget_high_f32(ab.val[1]), vget_high_f32(cd.val[1])));
   }
   static V zero_below(V v, V x, V lo) {
     return vreinterpretq_f32_u32(vandq_u32(vreinterpretq_u32_f32(v), vcgeq_f32(x, lo)));

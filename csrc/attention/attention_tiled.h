@@ -6,8 +6,9 @@
 // The vector interface `O` provides: type V holding W floats; register blocking R (rows)
 // and NV (vectors per row) for the matrix-product block; and zero, set1, load, store
 // (unaligned), add, sub, mul, min, max, fma(a, b, c) = a*b + c, hsum, hmax,
-// round (to nearest integer), pow2(n) = 2^n for integral n in [-126, 127], and
-// zero_below(v, x, lo) = (x >= lo ? v : 0) lane by lane.
+// round (to nearest integer), pow2(n) = 2^n for integral n in [-126, 127],
+// zero_below(v, x, lo) = (x >= lo ? v : 0) lane by lane, and transpose_block, which
+// transposes a TB x TB block of floats through registers.
 //
 // Every matrix product is written as C[M x N] (+)= A[M x K] B[K x N] with A read one
 // element at a time (broadcast, so A may be stored either way round) and B read along rows
@@ -138,6 +139,25 @@ struct Tiled {
                                     B + kb * ldb + n0, ldb, C + r0 * ldc + n0, ldc, ke - kb);
       }
     }
+  }
+
+  // ------------------------------------------------------------------ packing
+
+  // src rows [T x D] -> dst [D x Tp], columns T..Tp zero. TB columns of src at a time,
+  // so that dst is written in TB sequential streams; the ragged edges element by element.
+  static void transpose(const float* src, int64_t T, int64_t D, float* dst, int64_t Tp) {
+    constexpr int TB = O::TB;
+    const int64_t Tb = T / TB * TB;
+    int64_t d = 0;
+    for (; d + TB <= D; d += TB) {
+      for (int64_t t = 0; t < Tb; t += TB) O::transpose_block(src + t * D + d, D, dst + d * Tp + t, Tp);
+      for (int64_t c = d; c < d + TB; ++c)
+        for (int64_t t = Tb; t < T; ++t) dst[c * Tp + t] = src[t * D + c];
+    }
+    for (; d < D; ++d)
+      for (int64_t t = 0; t < T; ++t) dst[d * Tp + t] = src[t * D + d];
+    for (int64_t c = 0; c < D; ++c)
+      for (int64_t t = T; t < Tp; ++t) dst[c * Tp + t] = 0.f;
   }
 
   // ------------------------------------------------------------------ forward
@@ -418,7 +438,7 @@ struct Tiled {
   }
 
   static const TileKernels* table(const char* name) {
-    static const TileKernels k = {name, W, &forward_tile, &backward_keys, &decode_part};
+    static const TileKernels k = {name, W, &transpose, &forward_tile, &backward_keys, &decode_part};
     return &k;
   }
 };

@@ -111,20 +111,6 @@ float* thread_work() {
   return mem.data() + (misalign ? (64 - misalign) / sizeof(float) : 0);
 }
 
-// src rows [T x D] -> dst [D x Tp], columns T..Tp zero. In blocks of rows that stay in
-// L1 while their columns are written out, since src's columns are strided.
-void transpose(const float* src, int64_t T, int64_t D, float* dst, int64_t Tp) {
-  constexpr int64_t kRows = 32;
-  for (int64_t t0 = 0; t0 < T; t0 += kRows) {
-    const int64_t t1 = std::min(T, t0 + kRows);
-    for (int64_t d = 0; d < D; ++d) {
-      float* row = dst + d * Tp;
-      for (int64_t t = t0; t < t1; ++t) row[t] = src[t * D + d];
-    }
-  }
-  for (int64_t d = 0; d < D; ++d) std::fill(dst + d * Tp + T, dst + (d + 1) * Tp, 0.f);
-}
-
 // src rows [T x D] -> dst [T x Dp], columns D..Dp zero.
 void pad_rows(const float* src, int64_t T, int64_t D, float* dst, int64_t Dp) {
   for (int64_t t = 0; t < T; ++t) {
@@ -164,7 +150,7 @@ void forward_with(const TileKernels* kern, const Dims& d, const float* q, const 
   float *kT = scratch[0], *vp = scratch[1];
   parallel_for(B * Hkv, 1, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
-      transpose(k + i * T * D, T, D, kT + i * D * Tp, Tp);
+      kern->transpose(k + i * T * D, T, D, kT + i * D * Tp, Tp);
       if (Dp != D) pad_rows(v + i * T * D, T, D, vp + i * T * Dp, Dp);
     }
   });
@@ -212,8 +198,8 @@ void backward_with(const TileKernels* kern, const Dims& d, const float* q, const
       const int64_t rows = bh * T * D;
       if (bh % group == 0) {  // the group's kv head
         const int64_t bkv = bh / group;
-        transpose(k + bkv * T * D, T, D, kT + bkv * D * Tp, Tp);
-        transpose(v + bkv * T * D, T, D, vT + bkv * D * Tp, Tp);
+        kern->transpose(k + bkv * T * D, T, D, kT + bkv * D * Tp, Tp);
+        kern->transpose(v + bkv * T * D, T, D, vT + bkv * D * Tp, Tp);
         if (pad) pad_rows(k + bkv * T * D, T, D, kp + bkv * T * Dp, Dp);
       }
       if (pad) {

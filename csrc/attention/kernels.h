@@ -63,6 +63,9 @@ struct TileKernels {
   const char* name;
   int lanes;  // vector width in floats: tiles and Dp are multiples of it
 
+  // src rows [T x D] -> dst [D x Tp], columns T..Tp zero (how kT and vT are packed).
+  void (*transpose)(const float* src, int64_t T, int64_t D, float* dst, int64_t Tp);
+
   // Query tile `qt` of head `bh` (= b * H + h): writes its rows of out and lse.
   void (*forward_tile)(const ForwardJob& job, int64_t bh, int64_t qt, float* work);
 
