@@ -186,23 +186,20 @@ void backward_with(const TileKernels* kern, const Dims& d, const float* q, const
 
   const bool pad = Dp != D;
   const bool dq_direct = splits == 1 && !pad;  // accumulate straight into dq
-  const Scratch scratch{B * Hkv * D * Tp,         B * Hkv * D * Tp,
-                        pad ? B * Hkv * T * Dp : 0, pad ? B * H * T * Dp : 0,
+  const Scratch scratch{pad ? B * Hkv * T * Dp : 0, pad ? B * H * T * Dp : 0,
                         pad ? B * H * T * Dp : 0,   B * H * T,
                         dq_direct ? 0 : splits * per_copy};
-  float *kT = scratch[0], *vT = scratch[1], *kp = scratch[2], *qp = scratch[3];
-  float *dop = scratch[4], *delta = scratch[5], *dq_acc = dq_direct ? dq : scratch[6];
+  float *kp = scratch[0], *qp = scratch[1], *dop = scratch[2], *delta = scratch[3];
+  float* dq_acc = dq_direct ? dq : scratch[4];
 
   parallel_for(B * H, 1, [&](int64_t begin, int64_t end) {
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t rows = bh * T * D;
-      if (bh % group == 0) {  // the group's kv head
-        const int64_t bkv = bh / group;
-        kern->transpose(k + bkv * T * D, T, D, kT + bkv * D * Tp, Tp);
-        kern->transpose(v + bkv * T * D, T, D, vT + bkv * D * Tp, Tp);
-        if (pad) pad_rows(k + bkv * T * D, T, D, kp + bkv * T * Dp, Dp);
-      }
       if (pad) {
+        if (bh % group == 0) {  // the group's kv head
+          const int64_t bkv = bh / group;
+          pad_rows(k + bkv * T * D, T, D, kp + bkv * T * Dp, Dp);
+        }
         pad_rows(q + rows, T, D, qp + bh * T * Dp, Dp);
         pad_rows(dout + rows, T, D, dop + bh * T * Dp, Dp);
       }
@@ -216,7 +213,7 @@ void backward_with(const TileKernels* kern, const Dims& d, const float* q, const
     }
   });
 
-  const BackwardJob job{q,  dout, lse,          delta,        kT,          vT,
+  const BackwardJob job{q,  dout, lse,          delta,        k,           v,
                         pad ? kp : k, pad ? qp : q, pad ? dop : dout, dk, dv,
                         B,  H,    Hkv,          T,            D,           Dp,
                         Tp, tile, float(1.0 / std::sqrt(double(D)))};

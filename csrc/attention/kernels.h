@@ -21,7 +21,7 @@ constexpr int kMaxTile = 64;
 
 // Floats of per-thread working memory a kernel call gets (64-byte aligned): tile buffers
 // live there rather than on the stack, which may be small on a caller's threads.
-constexpr int64_t kWorkFloats = 2 * kMaxTile * kMaxTile + 2 * kMaxTile * kMaxHeadDim + 2 * kMaxTile;
+constexpr int64_t kWorkFloats = 2 * kMaxTile * kMaxTile + 4 * kMaxTile * kMaxHeadDim + 2 * kMaxTile;
 
 struct ForwardJob {
   const float* q;   // [B, H, T, D]    the caller's array
@@ -39,8 +39,8 @@ struct BackwardJob {
   const float* dout;   // [B, H, T, D]
   const float* lse;    // [B, H, T]
   const float* delta;  // [B, H, T]       rowsum(dout * out)
-  const float* kT;     // [B, Hkv, D, Tp] keys transposed
-  const float* vT;     // [B, Hkv, D, Tp] values transposed
+  const float* k;      // [B, Hkv, T, D]  the caller's arrays
+  const float* v;      // [B, Hkv, T, D]
   const float* kp;     // [B, Hkv, T, Dp] keys with padded rows
   const float* qp;     // [B, H, T, Dp]   q with padded rows
   const float* dop;    // [B, H, T, Dp]   dout with padded rows
