@@ -215,7 +215,7 @@ struct Tiled {
     const int tile = j.tile;
     const int64_t T = j.T, D = j.D, Dp = j.Dp, q0 = qt * tile, M = min64(tile, T - q0);
     const float* q = j.q + (bh * T + q0) * D;
-    const float* kT = j.kT + (b * j.Hkv + hk) * D * j.Tp;
+    const float* kT = j.kT + (b * j.Hkv + hk) * D * j.Tp;  // this head's tiles, D * tile each
     const float* v = j.v + (b * j.Hkv + hk) * T * Dp;
 
     float* s = work;                          // [tile x tile] scores, then probabilities
@@ -228,7 +228,7 @@ struct Tiled {
     for (int64_t kt = 0; kt <= qt; ++kt) {
       const int64_t k0 = kt * tile;
       const bool diag = kt == qt;
-      gemm<false>(M, tile, D, q, D, 1, kT + k0, j.Tp, s, tile,
+      gemm<false>(M, tile, D, q, D, 1, kT + k0 * D, tile, s, tile,
                   diag ? Causal::cols_upto_row : Causal::none);
       if (diag) mask_future(s, M, tile);
       softmax_update(s, M, tile, diag, j.scale, m, l, acc, Dp);

@@ -148,9 +148,14 @@ void forward_with(const TileKernels* kern, const Dims& d, const float* q, const 
 
   const Scratch scratch{B * Hkv * D * Tp, Dp == D ? 0 : B * Hkv * T * Dp};
   float *kT = scratch[0], *vp = scratch[1];
+  // Each key tile transposed into its own contiguous D x tile block: with one row of
+  // length Tp per feature instead, the rows a product reads lie Tp floats apart and, for
+  // T a multiple of 256, all fall into the same few cache sets.
   parallel_for(B * Hkv, 1, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
-      kern->transpose(k + i * T * D, T, D, kT + i * D * Tp, Tp);
+      for (int64_t t0 = 0; t0 < T; t0 += tile)
+        kern->transpose(k + (i * T + t0) * D, std::min<int64_t>(tile, T - t0), D,
+                        kT + i * D * Tp + t0 * D, tile);
       if (Dp != D) pad_rows(v + i * T * D, T, D, vp + i * T * Dp, Dp);
     }
   });

@@ -25,7 +25,7 @@ constexpr int64_t kWorkFloats = 2 * kMaxTile * kMaxTile + 4 * kMaxTile * kMaxHea
 
 struct ForwardJob {
   const float* q;   // [B, H, T, D]    the caller's array
-  const float* kT;  // [B, Hkv, D, Tp] keys transposed
+  const float* kT;  // [B, Hkv, Tp / tile, D, tile] keys transposed, tile by tile
   const float* v;   // [B, Hkv, T, Dp] values, padded rows
   float* out;       // [B, H, T, D]
   float* lse;       // [B, H, T]
