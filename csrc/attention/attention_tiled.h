@@ -182,31 +182,42 @@ struct Tiled {
   }
 
   // Online softmax over one key tile: scores s [M x tile] become probabilities relative to
-  // the new running max; l and the output accumulator are rescaled to that max.
+  // the new running max; l and the output accumulator are rescaled to that max. In passes
+  // over all rows, with no library call inside (every vector register is caller-saved):
+  // the rows' chains of dependent operations then overlap instead of running one by one.
+  // m and m_new have room for M rounded up to whole vectors, the extra entries finite.
   static void softmax_update(float* s, int64_t M, int tile, bool diag, float scale, float* m,
-                             float* l, float* acc, int64_t Dp) {
+                             float* m_new, float* l, float* acc, int64_t Dp) {
+    for (int64_t r = 0; r < M; ++r) {
+      const float* row = s + r * tile;
+      const int64_t cols = diag ? diag_cols(r, tile) : tile;
+      V mx = O::load(row);
+      for (int64_t c = W; c < cols; c += W) mx = O::max(mx, O::load(row + c));
+      m_new[r] = maxf(m[r], O::hmax(mx) * scale);
+    }
+    float* alpha = m;  // alpha = e^(m - m_new): 0 on the first tile, where m = -inf
+    for (int64_t r = 0; r < M; r += W)
+      O::store(alpha + r, exp(O::sub(O::load(m + r), O::load(m_new + r))));
     const V vscale = O::set1(scale);
     for (int64_t r = 0; r < M; ++r) {
       float* row = s + r * tile;
       const int64_t cols = diag ? diag_cols(r, tile) : tile;
-      V mx = O::load(row);
-      for (int64_t c = W; c < cols; c += W) mx = O::max(mx, O::load(row + c));
-      const float m_new = maxf(m[r], O::hmax(mx) * scale);
-      const float alpha = expf(m[r] - m_new);  // 0 on the first tile, where m = -inf
-      const V neg_max = O::set1(-m_new);
+      const V neg_max = O::set1(-m_new[r]);
       V sum = O::zero();
       for (int64_t c = 0; c < cols; c += W) {
         const V p = exp(O::fma(O::load(row + c), vscale, neg_max));
         O::store(row + c, p);
         sum = O::add(sum, p);
       }
-      l[r] = l[r] * alpha + O::hsum(sum);
-      m[r] = m_new;
-      if (alpha != 1.f) {
-        const V va = O::set1(alpha);
+      l[r] = l[r] * alpha[r] + O::hsum(sum);
+    }
+    for (int64_t r = 0; r < M; ++r) {
+      if (alpha[r] != 1.f) {
+        const V va = O::set1(alpha[r]);
         float* a = acc + r * Dp;
         for (int64_t d = 0; d < Dp; d += W) O::store(a + d, O::mul(O::load(a + d), va));
       }
+      m[r] = m_new[r];
     }
   }
 
@@ -221,8 +232,10 @@ struct Tiled {
     float* s = work;                          // [tile x tile] scores, then probabilities
     float* acc = s + kMaxTile * kMaxTile;     // [tile x Dp] unnormalized output
     float* m = acc + kMaxTile * kMaxHeadDim;  // running max per row
-    float* l = m + kMaxTile;                  // running sum per row
+    float* m_new = m + kMaxTile;              // and the next one
+    float* l = m_new + kMaxTile;              // running sum per row
     for (int64_t r = 0; r < M; ++r) m[r] = kNegInf, l[r] = 0.f;
+    for (int64_t r = M; r < round_up(M, W); ++r) m[r] = m_new[r] = 0.f;
     for (int64_t i = 0; i < M * Dp; i += W) O::store(acc + i, O::zero());
 
     for (int64_t kt = 0; kt <= qt; ++kt) {
@@ -231,7 +244,7 @@ struct Tiled {
       gemm<false>(M, tile, D, q, D, 1, kT + k0 * D, tile, s, tile,
                   diag ? Causal::cols_upto_row : Causal::none);
       if (diag) mask_future(s, M, tile);
-      softmax_update(s, M, tile, diag, j.scale, m, l, acc, Dp);
+      softmax_update(s, M, tile, diag, j.scale, m, m_new, l, acc, Dp);
       gemm<true>(M, Dp, min64(tile, T - k0), s, tile, 1, v + k0 * Dp, Dp, acc, Dp,
                  diag ? Causal::ks_upto_row : Causal::none);
     }

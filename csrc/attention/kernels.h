@@ -21,7 +21,7 @@ constexpr int kMaxTile = 64;
 
 // Floats of per-thread working memory a kernel call gets (64-byte aligned): tile buffers
 // live there rather than on the stack, which may be small on a caller's threads.
-constexpr int64_t kWorkFloats = 2 * kMaxTile * kMaxTile + 4 * kMaxTile * kMaxHeadDim + 2 * kMaxTile;
+constexpr int64_t kWorkFloats = 2 * kMaxTile * kMaxTile + 4 * kMaxTile * kMaxHeadDim + 3 * kMaxTile;
 
 struct ForwardJob {
   const float* q;   // [B, H, T, D]    the caller's array
