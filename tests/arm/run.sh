@@ -215,6 +215,10 @@ CPPFLAGS="-I$ROOTFS/usr/include/python$PYVER -idirafter $ROOTFS/usr/include" \
 PYTHONPATH="$SITE" QEMU_CPU="$BUILD_CPU" "$LAUNCHER" -m pip install -q --root-user-action=ignore \
   --no-deps --no-index --target "$WORK/inst" "$WORK"/dist/*.whl
 ls "$WORK"/dist
+# The wheel's requirements are met by the packages the tests run with (on armhf, Debian's
+# numpy and sentencepiece), so that `pip install` beside them would fetch nothing.
+PYTHONPATH="$SITE" QEMU_CPU="$BUILD_CPU" "$LAUNCHER" -m pip install -q --dry-run --no-index \
+  --break-system-packages --root-user-action=ignore "$WORK"/dist/*.whl
 # TINYLM_ARM_WHEEL_DIR keeps the wheel (e.g. to copy it to a Pi running Raspberry Pi OS
 # bookworm, whose glibc and python3.11 are the ones it was built against).
 if [[ -n "${TINYLM_ARM_WHEEL_DIR:-}" ]]; then
