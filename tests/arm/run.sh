@@ -7,13 +7,13 @@
 #                                           cortex-a72 (Pi 4), cortex-a76 (Pi 5) and max
 #   TINYLM_ARM_ARCH=armhf bash tests/arm/run.sh
 #                                           armhf (32-bit, ARMv7): pytest as cortex-a7
-#                                           (Pi 2/3), the cross-machine check as cortex-a15
-#   TINYLM_ARM_CPUS="cortex-a72" bash tests/arm/run.sh        the whole suite on these CPUs
-#   TINYLM_ARM_QUICK_CPUS="max" bash tests/arm/run.sh         only tests/test_cross_machine.py
+#                                           (Pi 2), `tinylm info` as cortex-a15
+#   TINYLM_ARM_CPUS="cortex-a72" bash tests/arm/run.sh        pytest on these CPUs
+#   TINYLM_ARM_INFO_CPUS="cortex-a53" bash tests/arm/run.sh   only `tinylm info` on these
 #   bash tests/arm/run.sh -k attention      extra arguments go to pytest
 #   TINYLM_ARM_WHEEL_DIR=dist bash tests/arm/run.sh   also keep the wheel
 #
-# Emulation is ~20x (arm64) to ~40x (armhf) slower than the host, so tests marked `slow`
+# Emulation is ~20x slower than the host (more on 32-bit ARM), so tests marked `slow`
 # are deselected (TINYLM_ARM_PYTEST_ARGS replaces the default '-m "not slow"'), and
 # TINYLM_TEST_EMULATED=1 is set so that tests (and a hypothesis profile) can shrink their
 # case counts.
@@ -56,18 +56,17 @@ PURE_WHEELS=(pytest hypothesis pybind11 setuptools wheel pip)
 case "$ARCH" in
   arm64)
     QEMU=qemu-aarch64 TRIPLET=aarch64-linux-gnu BUILD_CPU=max
-    DEFAULT_CPUS="cortex-a72 cortex-a76 max" DEFAULT_QUICK_CPUS=""
+    DEFAULT_CPUS="cortex-a72 cortex-a76 max" DEFAULT_INFO_CPUS=""
     DEBS=("python$PYVER" libstdc++6)
     WHEELS=(numpy safetensors sentencepiece "${PURE_WHEELS[@]}")
     PIP_PLATFORMS=(manylinux_2_28_aarch64 manylinux2014_aarch64)
     ;;
   armhf)
-    # cortex-a7 (Raspberry Pi 2) runs the whole suite; cortex-a15 only the cross-machine
-    # check, `tinylm info` included (emulated 32-bit ARM is slow). `max` would add
-    # nothing: it executes dotprod but does not advertise it, so tinylm (rightly) does
-    # not choose it.
+    # cortex-a7 (Raspberry Pi 2) runs the whole suite, cortex-a15 only `tinylm info`:
+    # emulated 32-bit ARM is slow, and both run the same code. `max` would add nothing:
+    # it executes dotprod but does not advertise it, so tinylm (rightly) does not choose it.
     QEMU=qemu-arm TRIPLET=arm-linux-gnueabihf BUILD_CPU=cortex-a15
-    DEFAULT_CPUS="cortex-a7" DEFAULT_QUICK_CPUS="cortex-a15"
+    DEFAULT_CPUS="cortex-a7" DEFAULT_INFO_CPUS="cortex-a15"
     DEBS=("python$PYVER" libstdc++6 python3-numpy python3-sentencepiece)
     WHEELS=("${PURE_WHEELS[@]}")
     PIP_PLATFORMS=(linux_armv7l)
@@ -78,7 +77,7 @@ case "$ARCH" in
     ;;
 esac
 CPUS="${TINYLM_ARM_CPUS-$DEFAULT_CPUS}"
-QUICK_CPUS="${TINYLM_ARM_QUICK_CPUS-$DEFAULT_QUICK_CPUS}"
+INFO_CPUS="${TINYLM_ARM_INFO_CPUS-$DEFAULT_INFO_CPUS}"
 
 # The path `tinylm info` must report on each CPU ("" = not checked).
 expected_isa() {
@@ -251,21 +250,31 @@ else
 fi
 failed=()
 
-# run_pytest CPU PYTEST_ARGUMENT...: the installed wheel's tests on one emulated CPU.
-run_pytest() {
-  local cpu="$1" expect active status=0
-  shift
+# check_info CPU: `tinylm info` (the installed command) on one emulated CPU, printed, and
+# the path it chose checked against the one that CPU must get.
+check_info() {
+  local cpu="$1" expect info active
   expect="$(expected_isa "$cpu")"
   step "QEMU_CPU=$cpu"
   # From / so that `import tinylm` can only find the installed wheel.
-  export QEMU_CPU="$cpu" PYTHONPATH="$WORK/inst:$SITE" TINYLM_TEST_EMULATED=1 \
-    TINYLM_ARM_REFERENCE="$WORK/reference" TINYLM_ARM_EXPECT_ISA="$expect"
-  active="$(cd / && "$LAUNCHER" -c 'import tinylm._C as C; print(C.active_isa())')"
-  echo "tinylm._C chose: $active"
-  if [[ -n "$expect" && "$active" != "$expect" ]]; then
-    echo "expected $expect on $cpu" >&2
-    failed+=("$cpu: isa $active")
+  if ! info="$(cd / && QEMU_CPU="$cpu" PYTHONPATH="$WORK/inst:$SITE" "$LAUNCHER" -m tinylm info)"; then
+    failed+=("$cpu: tinylm info failed")
+    return
   fi
+  echo "$info"
+  active="$(sed -n 's/^active path: *\([a-z0-9_]*\).*/\1/p' <<<"$info")"
+  if [[ -n "$expect" && "$active" != "$expect" ]]; then
+    echo "expected active path $expect on $cpu, got '$active'" >&2
+    failed+=("$cpu: active path '$active'")
+  fi
+}
+
+# run_pytest CPU PYTEST_ARGUMENT...: the installed wheel's tests on one emulated CPU.
+run_pytest() {
+  local cpu="$1" status=0
+  shift
+  export QEMU_CPU="$cpu" PYTHONPATH="$WORK/inst:$SITE" TINYLM_TEST_EMULATED=1 \
+    TINYLM_ARM_REFERENCE="$WORK/reference" TINYLM_ARM_EXPECT_ISA="$(expected_isa "$cpu")"
   (cd / && "$LAUNCHER" -m pytest -q -p no:cacheprovider -c "$REPO/pyproject.toml" \
      --rootdir "$REPO" "$@") || status=$?
   if ((status != 0)); then
@@ -276,16 +285,17 @@ run_pytest() {
 }
 
 for cpu in $CPUS; do
+  check_info "$cpu"
   run_pytest "$cpu" "$REPO/tests" --ignore="$REPO/tests/test_native_driver.py" \
     --ignore="$REPO/tests/arm" "${PYTEST_ARGS[@]}" "$@"
 done
-for cpu in $QUICK_CPUS; do
-  run_pytest "$cpu" "$REPO/tests/test_cross_machine.py" "$@"
+for cpu in $INFO_CPUS; do
+  check_info "$cpu"
 done
 
 if ((${#failed[@]})); then
   echo "=== $ARCH: FAILED: ${failed[*]}" >&2
   exit 1
 fi
-echo "=== $ARCH: passed: the whole suite on ${CPUS:-no CPU}; the cross-machine check on" \
-     "${QUICK_CPUS:-no other CPU} ($((SECONDS))s)"
+echo "=== $ARCH: passed: the suite on ${CPUS:-no CPU}; tinylm info on ${INFO_CPUS:-no other CPU}" \
+     "($((SECONDS))s)"
