@@ -6,12 +6,18 @@ Targets and CPUs come from csrc/tests/build.py: x86-64 natively and under
 `qemu-x86_64 -cpu Westmere/Haswell`, the AVX-512/VNNI sources against SIMDe, aarch64
 under qemu as Pi 3/4/5 and `max`, and 32-bit ARM under qemu-arm.
 
+The installed package's `tinylm info` also runs under `qemu-x86_64 -cpu Westmere` and
+`-cpu Haswell` (the same CPU models): the Python extension must fall back the same way.
+
 A missing cross compiler, qemu or SIMDe skips a test with the Debian package to install,
 except in CI (CI=true), where it fails: CI must not pass by skipping.
 """
 import importlib.util
 import os
+import platform
 import re
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -111,3 +117,45 @@ def test_a_failing_check_fails_the_driver():
     assert result.returncode == 1, result.stdout
     assert "expected scalar,bogus" in result.stdout
     assert SUMMARY.findall(result.stdout)[-1] == ("0", "1")
+
+
+# ----------------------------------------------------------------------------- tinylm info
+
+# The x86 CPU models the driver runs on under qemu-x86_64 (Westmere: no AVX; Haswell:
+# AVX2, no AVX-512), each with the levels it must offer, the last being the one chosen.
+EMULATED_X86 = [run for run in build.RUNS["host"] if run.emulator == "qemu-x86_64"]
+
+
+def tinylm_info(*command_prefix: str) -> dict[str, str]:
+    """`python -m tinylm info` from this interpreter (the installed package, or whatever
+    PYTHONPATH names: run from / so that the source tree is not imported), as a dict."""
+    env = {k: v for k, v in os.environ.items() if k != "TINYLM_ISA"}  # the CPU decides
+    proc = subprocess.run([*command_prefix, sys.executable, "-m", "tinylm", "info"], cwd="/",
+                          env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert proc.returncode == 0, f"tinylm info failed ({build.describe_exit(proc.returncode)}):\n{proc.stderr}"
+    lines = proc.stdout.splitlines()
+    info = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    info["header"] = lines[0]
+    return info
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86-64 only")
+@pytest.mark.parametrize("run", EMULATED_X86, ids=[run.cpu for run in EMULATED_X86])
+def test_tinylm_info_on_an_emulated_x86_cpu(run):
+    """On a CPU without AVX the package chooses scalar for every kernel; on Haswell, avx2
+    and nothing beyond it, whatever this machine has."""
+    if shutil.which(run.emulator) is None:
+        message = f"{run.emulator} is missing (apt-get install {build.EMULATOR_PACKAGE[run.emulator]})"
+        if in_ci():
+            pytest.fail(f"{message}; CI must not skip this test")
+        pytest.skip(message)
+    info = tinylm_info(run.emulator, "-cpu", run.qemu_cpu or run.cpu)
+    levels = run.expect_isas.split(",")
+    assert info["available paths"] == ", ".join(levels), info
+    assert info["active path"] == levels[-1], info
+    paths = [info[k] for k in ("attention path", "int8 path", "decode fp32", "decode int8")]
+    for path in paths:
+        assert path.split()[0] in levels, info  # no kernel uses an instruction set beyond them
+    if levels == ["scalar"]:
+        assert all(path == "scalar" for path in paths), info
+        assert "avx" not in info["cpu features"], info

@@ -1,22 +1,33 @@
 #!/usr/bin/env bash
-# Runs tinylm's test suite on emulated Raspberry Pi CPUs: builds the aarch64 wheel with
-# the package's own setup.py inside an arm64 CPython running under qemu user-mode
-# emulation, installs it, and runs pytest as cortex-a72 (Pi 4), cortex-a76 (Pi 5) and max.
+# Runs tinylm's test suite on emulated Raspberry Pi CPUs: builds tinylm's wheel with the
+# package's own setup.py inside an ARM CPython running under qemu user-mode emulation,
+# installs it, and runs pytest on each emulated CPU.
 #
-#   bash tests/arm/run.sh                   everything (root: installs Debian packages)
-#   TINYLM_ARM_CPUS="cortex-a72" bash tests/arm/run.sh
+#   bash tests/arm/run.sh                   arm64 (64-bit Raspberry Pi OS): pytest as
+#                                           cortex-a72 (Pi 4), cortex-a76 (Pi 5) and max
+#   TINYLM_ARM_ARCH=armhf bash tests/arm/run.sh
+#                                           armhf (32-bit, ARMv7): pytest as cortex-a7
+#                                           (Pi 2), `tinylm info` as cortex-a15
+#   TINYLM_ARM_CPUS="cortex-a72" bash tests/arm/run.sh        pytest on these CPUs
+#   TINYLM_ARM_INFO_CPUS="cortex-a53" bash tests/arm/run.sh   only `tinylm info` on these
 #   bash tests/arm/run.sh -k attention      extra arguments go to pytest
-#   TINYLM_ARM_WHEEL_DIR=dist bash tests/arm/run.sh   also keep the aarch64 wheel
+#   TINYLM_ARM_WHEEL_DIR=dist bash tests/arm/run.sh   also keep the wheel
 #
-# Emulation is ~20x slower than the host, so tests marked `slow` are deselected
-# (TINYLM_ARM_PYTEST_ARGS replaces the default '-m "not slow"'), and TINYLM_TEST_EMULATED=1
-# is set so that tests (and a hypothesis profile) can shrink their case counts.
+# Emulation is ~20x slower than the host (more on 32-bit ARM), so tests marked `slow`
+# are deselected (TINYLM_ARM_PYTEST_ARGS replaces the default '-m "not slow"'), and
+# TINYLM_TEST_EMULATED=1 is set so that tests (and a hypothesis profile) can shrink their
+# case counts.
 #
-# No binfmt_misc is needed: a launcher script runs the arm64 python under qemu-aarch64 and
-# is itself sys.executable, so subprocesses and pip's build backend re-enter emulation.
-# The arm64 userland (python3.11 from Debian's arm64 packages, unpacked, never installed
-# into the host's dpkg) and the third-party arm64 wheels are cached in
-# $TINYLM_ARM_CACHE (default ~/.cache/tinylm-arm) between local runs.
+# No binfmt_misc is needed: a launcher script runs the ARM python under qemu-aarch64 or
+# qemu-arm and is itself sys.executable, so subprocesses and pip's build backend re-enter
+# emulation. The userland (python3.11 from Debian's packages for the architecture,
+# unpacked, never installed into the host's dpkg) and the third-party packages are cached
+# in $TINYLM_ARM_CACHE/<arch> (default ~/.cache/tinylm-arm) between runs.
+#
+# Third-party packages: arm64 takes PyPI's manylinux wheels. PyPI has no armv7 wheels of
+# numpy, sentencepiece or safetensors, so armhf takes numpy (1.24) and sentencepiece
+# (0.1.97) from Debian bookworm, like a Raspberry Pi OS user's `apt install python3-numpy`;
+# Debian has no safetensors, so the tests that compare with that package skip there.
 #
 # tests/test_cross_machine.py compares each emulated CPU with this host: the host's
 # tinylm (installed, or this checkout's in-place build; TINYLM_HOST_PYTHON picks the
@@ -30,24 +41,68 @@
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-CACHE="${TINYLM_ARM_CACHE:-$HOME/.cache/tinylm-arm}"
-CPUS="${TINYLM_ARM_CPUS:-cortex-a72 cortex-a76 max}"
+ARCH="${TINYLM_ARM_ARCH:-arm64}"
 PYVER=3.11
+# Pure-Python packages the tests and the build need, the same wheel on every architecture.
+PURE_WHEELS=(pytest hypothesis pybind11 setuptools wheel pip)
+
+# --------------------------------------------------------------------------- architectures
+# QEMU runs the userland; TRIPLET names Debian's multiarch directories and the cross
+# compiler (the target's sysconfig names $TRIPLET-gcc/g++); BUILD_CPU runs pip while the
+# wheel builds; DEBS are Debian packages unpacked beside python (libstdc++6 is not in
+# python's closure but every C++ extension needs it); WHEELS come from PyPI for
+# PIP_PLATFORMS (both manylinux tags: with only the 2014 tag pip silently picks an old
+# numpy).
+case "$ARCH" in
+  arm64)
+    QEMU=qemu-aarch64 TRIPLET=aarch64-linux-gnu BUILD_CPU=max
+    DEFAULT_CPUS="cortex-a72 cortex-a76 max" DEFAULT_INFO_CPUS=""
+    DEBS=("python$PYVER" libstdc++6)
+    WHEELS=(numpy safetensors sentencepiece "${PURE_WHEELS[@]}")
+    PIP_PLATFORMS=(manylinux_2_28_aarch64 manylinux2014_aarch64)
+    ;;
+  armhf)
+    # cortex-a7 (Raspberry Pi 2) runs the whole suite, cortex-a15 only `tinylm info`:
+    # emulated 32-bit ARM is slow, and both run the same code. `max` would add nothing:
+    # it executes dotprod but does not advertise it, so tinylm (rightly) does not choose it.
+    QEMU=qemu-arm TRIPLET=arm-linux-gnueabihf BUILD_CPU=cortex-a15
+    DEFAULT_CPUS="cortex-a7" DEFAULT_INFO_CPUS="cortex-a15"
+    DEBS=("python$PYVER" libstdc++6 python3-numpy python3-sentencepiece)
+    WHEELS=("${PURE_WHEELS[@]}")
+    PIP_PLATFORMS=(linux_armv7l)
+    ;;
+  *)
+    echo "TINYLM_ARM_ARCH=$ARCH: choose arm64 or armhf" >&2
+    exit 2
+    ;;
+esac
+CPUS="${TINYLM_ARM_CPUS-$DEFAULT_CPUS}"
+INFO_CPUS="${TINYLM_ARM_INFO_CPUS-$DEFAULT_INFO_CPUS}"
+
+# The path `tinylm info` must report on each CPU ("" = not checked).
+expected_isa() {
+  case "$ARCH:$1" in
+    arm64:cortex-a53 | arm64:cortex-a72 | armhf:cortex-a7 | armhf:cortex-a15 | armhf:max) echo neon ;;
+    arm64:cortex-a76) echo neon_dotprod ;;
+    arm64:max) echo neon_i8mm ;;
+    *) echo "" ;;
+  esac
+}
+
+CACHE="${TINYLM_ARM_CACHE:-$HOME/.cache/tinylm-arm}/$ARCH"
 ROOTFS="$CACHE/rootfs"
 SITE="$CACHE/site"
 LAUNCHER="$CACHE/python3"
-WORK="$(mktemp -d "${TMPDIR:-/tmp}/tinylm-arm.XXXXXX")"
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/tinylm-$ARCH.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
-# Third-party packages the tests need on the target (the package's and its [test] extra's).
-WHEELS=(numpy pytest hypothesis safetensors sentencepiece pybind11 setuptools wheel pip)
 
-step() { echo; echo "=== arm: $* ($((SECONDS))s)"; }
+step() { echo; echo "=== $ARCH: $* ($((SECONDS))s)"; }
 
 # --------------------------------------------------------------------------- host tools
 step "host packages"
 need=()
-command -v qemu-aarch64 >/dev/null || need+=(qemu-user)
-command -v aarch64-linux-gnu-g++ >/dev/null || need+=(g++-aarch64-linux-gnu)
+command -v "$QEMU" >/dev/null || need+=(qemu-user)
+command -v "$TRIPLET-g++" >/dev/null || need+=("g++-$TRIPLET")
 if ((${#need[@]})); then
   if [[ $(id -u) -ne 0 ]]; then
     echo "missing: ${need[*]}; install with: sudo apt-get install ${need[*]}" >&2
@@ -57,88 +112,114 @@ if ((${#need[@]})); then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
-# --------------------------------------------------------------------------- arm64 userland
-# A private apt configuration for arm64, so the host's own package state is untouched.
-# .complete is written last, so an interrupted unpack is redone rather than half-used.
-if [[ ! -f "$ROOTFS/.complete" || ! -x "$ROOTFS/usr/bin/python$PYVER" ]]; then
-  step "arm64 CPython userland -> $ROOTFS"
-  APTDIR="$CACHE/apt"
-  rm -rf "$APTDIR" "$ROOTFS"
-  mkdir -p "$APTDIR"/{state/lists/partial,cache/archives/partial,sources.list.d,debs} "$ROOTFS"
-  touch "$APTDIR/status"
-  # The machine's own mirrors and suites, restricted to arm64.
+# --------------------------------------------------------------------------- userland
+# make_userland DEB_ARCH TRIPLET ROOTFS PACKAGE...: Debian's packages for DEB_ARCH and
+# their dependencies, plus python's headers, unpacked into ROOTFS through a private apt
+# configuration, so the host's own package state is untouched. ROOTFS/.complete (the
+# package list) is written last, so an interrupted unpack is redone rather than half-used.
+make_userland() {
+  local deb_arch="$1" triplet="$2" rootfs="$3"
+  shift 3
+  local apt="$rootfs.apt" deb lib
+  rm -rf "$apt" "$rootfs"
+  mkdir -p "$apt"/{state/lists/partial,cache/archives/partial,sources.list.d,debs} "$rootfs"
+  touch "$apt/status"
+  # The machine's own mirror and suites, restricted to deb_arch. The security suite is
+  # left out: a test userland needs none of its fixes, and its armhf index has been seen
+  # out of step with its Release file on the mirror (`apt-get update` failed).
   if [[ -f /etc/apt/sources.list.d/debian.sources ]]; then
-    sed 's/^Types: deb$/Types: deb\nArchitectures: arm64/' /etc/apt/sources.list.d/debian.sources \
-      > "$APTDIR/sources.list.d/debian.sources"
+    awk 'BEGIN { RS = ""; ORS = "\n\n" } !/security/' /etc/apt/sources.list.d/debian.sources \
+      | sed "s/^Types: deb\$/Types: deb\nArchitectures: $deb_arch/" > "$apt/sources.list.d/debian.sources"
   else
-    cat > "$APTDIR/sources.list.d/debian.sources" <<EOF
+    cat > "$apt/sources.list.d/debian.sources" <<EOF
 Types: deb
-Architectures: arm64
+Architectures: $deb_arch
 URIs: http://deb.debian.org/debian
 Suites: bookworm bookworm-updates
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 EOF
   fi
-  cat > "$APTDIR/apt.conf" <<EOF
-Dir::State "$APTDIR/state";
-Dir::State::status "$APTDIR/status";
-Dir::Cache "$APTDIR/cache";
+  cat > "$apt/apt.conf" <<EOF
+Dir::State "$apt/state";
+Dir::State::status "$apt/status";
+Dir::Cache "$apt/cache";
 Dir::Etc::SourceList "/dev/null";
-Dir::Etc::SourceParts "$APTDIR/sources.list.d";
-APT::Architecture "arm64";
-APT::Architectures { "arm64"; };
+Dir::Etc::SourceParts "$apt/sources.list.d";
+APT::Architecture "$deb_arch";
+APT::Architectures { "$deb_arch"; };
 APT::Sandbox::User "root";
 EOF
-  export APT_CONFIG="$APTDIR/apt.conf"
-  apt-get update -qq
-  # python3.11 and its closure; libstdc++6 is not in it but every C++ extension needs it.
-  apt-get install -y -qq --download-only --no-install-recommends "python$PYVER" libstdc++6 >/dev/null
-  (cd "$APTDIR/debs" && apt-get download -qq "libpython$PYVER-dev" "python$PYVER-dev" >/dev/null)
-  for deb in "$APTDIR"/cache/archives/*.deb "$APTDIR"/debs/*.deb; do
-    dpkg -x "$deb" "$ROOTFS"
+  (
+    export APT_CONFIG="$apt/apt.conf"
+    apt-get update -qq
+    apt-get install -y -qq --download-only --no-install-recommends "$@" >/dev/null
+    # Headers only: the -dev packages' own dependencies are not needed.
+    cd "$apt/debs" && apt-get download -qq "libpython$PYVER-dev" "python$PYVER-dev" >/dev/null
+  )
+  for deb in "$apt"/cache/archives/*.deb "$apt"/debs/*.deb; do
+    dpkg -x "$deb" "$rootfs"
   done
-  unset APT_CONFIG
-  rm -rf "$APTDIR/cache/archives" "$APTDIR/debs"
-  touch "$ROOTFS/.complete"
-  echo "unpacked $(du -sh "$ROOTFS" | cut -f1)"
+  # What maintainer scripts would have done: Debian's BLAS and LAPACK (numpy's) are
+  # reached through update-alternatives symlinks, made here relative to stay in ROOTFS.
+  for lib in blas lapack; do
+    if [[ -e "$rootfs/usr/lib/$triplet/$lib/lib$lib.so.3" ]]; then
+      ln -sfn "$lib/lib$lib.so.3" "$rootfs/usr/lib/$triplet/lib$lib.so.3"
+    fi
+  done
+  rm -rf "$apt"
+  echo "$*" > "$rootfs/.complete"
+  echo "unpacked $(du -sh "$rootfs" | cut -f1)"
+}
+
+if [[ ! -x "$ROOTFS/usr/bin/python$PYVER" || "$(cat "$ROOTFS/.complete" 2>/dev/null)" != "${DEBS[*]}" ]]; then
+  step "$ARCH CPython userland -> $ROOTFS"
+  make_userland "$ARCH" "$TRIPLET" "$ROOTFS" "${DEBS[@]}"
 fi
 
 # The launcher is sys.executable under emulation. QEMU_CPU chooses the CPU model.
+# qemu -L makes the target's absolute paths (its dynamic loader and libraries) resolve in
+# ROOTFS, falling back to the host's file where ROOTFS has none, but qemu 7.2 does not
+# translate statx(), which 32-bit glibc uses for every stat(): python on armhf would see
+# the host's /usr/lib/python3.11 and miss its own extension modules. PYTHONHOME gives
+# python its real paths instead, the same for both syscalls (and no host packages).
 cat > "$LAUNCHER" <<EOF
 #!/bin/sh
-exec qemu-aarch64 -L "$ROOTFS" -0 "\$0" "$ROOTFS/usr/bin/python$PYVER" "\$@"
+export PYTHONHOME="$ROOTFS/usr"
+exec $QEMU -L "$ROOTFS" -0 "\$0" "$ROOTFS/usr/bin/python$PYVER" "\$@"
 EOF
 chmod +x "$LAUNCHER"
 
-# --------------------------------------------------------------------------- arm64 wheels
-# Resolved on the host for the target. Both platform tags: with only the 2014 tag pip
-# silently picks an old numpy.
-if [[ ! -f "$SITE/.complete" || "$(cat "$SITE/.complete")" != "${WHEELS[*]}" ]]; then
-  step "arm64 wheels -> $SITE"
+# --------------------------------------------------------------------------- PyPI wheels
+# Resolved on the host for the target.
+if [[ "$(cat "$SITE/.complete" 2>/dev/null)" != "${WHEELS[*]}" ]]; then
+  step "wheels -> $SITE"
   rm -rf "$SITE"
-  python3 -m pip install -q --target "$SITE" --platform manylinux_2_28_aarch64 \
-    --platform manylinux2014_aarch64 --python-version "$PYVER" --implementation cp \
-    --abi "cp${PYVER/./}" --only-binary=:all: "${WHEELS[@]}"
+  python3 -m pip install -q --target "$SITE" "${PIP_PLATFORMS[@]/#/--platform=}" \
+    --python-version "$PYVER" --implementation cp --abi "cp${PYVER/./}" --only-binary=:all: \
+    "${WHEELS[@]}"
   echo "${WHEELS[*]}" > "$SITE/.complete"
 fi
 
 # --------------------------------------------------------------------------- the wheel
-step "build tinylm's aarch64 wheel (setup.py, cross compiler, under emulation)"
-# The arm64 sysconfig names aarch64-linux-gnu-gcc/g++: the host's cross compiler, which
-# runs natively. setuptools passes CPPFLAGS (not CFLAGS) to C++.
+step "build tinylm's $ARCH wheel (setup.py, cross compiler, under emulation)"
+# The host's cross compiler runs natively. setuptools passes CPPFLAGS (not CFLAGS) to C++.
 # Built from a copy, so that the checkout gets no build/ or *.egg-info from another arch.
 mkdir -p "$WORK/src"
 git -C "$REPO" ls-files -z --cached --others --exclude-standard \
   | (cd "$REPO" && xargs -0 cp --parents -t "$WORK/src" 2>/dev/null || true)
 CPPFLAGS="-I$ROOTFS/usr/include/python$PYVER -idirafter $ROOTFS/usr/include" \
-  PYTHONPATH="$SITE" QEMU_CPU=max "$LAUNCHER" -m pip wheel -q --no-build-isolation --no-deps \
-  -w "$WORK/dist" "$WORK/src"
-PYTHONPATH="$SITE" "$LAUNCHER" -m pip install -q --root-user-action=ignore --no-deps --no-index --target "$WORK/inst" \
-  "$WORK"/dist/*.whl
+  PYTHONPATH="$SITE" QEMU_CPU="$BUILD_CPU" "$LAUNCHER" -m pip wheel -q --no-build-isolation \
+  --no-deps -w "$WORK/dist" "$WORK/src"
+PYTHONPATH="$SITE" QEMU_CPU="$BUILD_CPU" "$LAUNCHER" -m pip install -q --root-user-action=ignore \
+  --no-deps --no-index --target "$WORK/inst" "$WORK"/dist/*.whl
 ls "$WORK"/dist
-# TINYLM_ARM_WHEEL_DIR keeps the wheel (e.g. to copy it to a Pi running 64-bit Raspberry
-# Pi OS bookworm, whose glibc and python3.11 are the ones it was built against).
+# The wheel's requirements are met by the packages the tests run with (on armhf, Debian's
+# numpy and sentencepiece), so that `pip install` beside them would fetch nothing.
+PYTHONPATH="$SITE" QEMU_CPU="$BUILD_CPU" "$LAUNCHER" -m pip install -q --dry-run --no-index \
+  --break-system-packages --root-user-action=ignore "$WORK"/dist/*.whl
+# TINYLM_ARM_WHEEL_DIR keeps the wheel (e.g. to copy it to a Pi running Raspberry Pi OS
+# bookworm, whose glibc and python3.11 are the ones it was built against).
 if [[ -n "${TINYLM_ARM_WHEEL_DIR:-}" ]]; then
   mkdir -p "$TINYLM_ARM_WHEEL_DIR" && cp "$WORK"/dist/*.whl "$TINYLM_ARM_WHEEL_DIR"/
 fi
@@ -168,36 +249,53 @@ else
   PYTEST_ARGS=(-m "not slow")
 fi
 failed=()
-for cpu in $CPUS; do
-  case "$cpu" in
-    cortex-a53|cortex-a72) expect=neon ;;
-    cortex-a76) expect=neon_dotprod ;;
-    max) expect=neon_i8mm ;;
-    *) expect="" ;;
-  esac
+
+# check_info CPU: `tinylm info` (the installed command) on one emulated CPU, printed, and
+# the path it chose checked against the one that CPU must get.
+check_info() {
+  local cpu="$1" expect info active
+  expect="$(expected_isa "$cpu")"
   step "QEMU_CPU=$cpu"
   # From / so that `import tinylm` can only find the installed wheel.
-  export QEMU_CPU="$cpu" PYTHONPATH="$WORK/inst:$SITE" TINYLM_TEST_EMULATED=1 \
-    TINYLM_ARM_REFERENCE="$WORK/reference" TINYLM_ARM_EXPECT_ISA="$expect"
-  active="$(cd / && "$LAUNCHER" -c 'import tinylm._C as C; print(C.active_isa())')"
-  echo "tinylm._C chose: $active"
-  if [[ -n "$expect" && "$active" != "$expect" ]]; then
-    echo "expected $expect on $cpu" >&2
-    failed+=("$cpu: isa $active")
+  if ! info="$(cd / && QEMU_CPU="$cpu" PYTHONPATH="$WORK/inst:$SITE" "$LAUNCHER" -m tinylm info)"; then
+    failed+=("$cpu: tinylm info failed")
+    return
   fi
-  status=0
+  echo "$info"
+  active="$(sed -n 's/^active path: *\([a-z0-9_]*\).*/\1/p' <<<"$info")"
+  if [[ -n "$expect" && "$active" != "$expect" ]]; then
+    echo "expected active path $expect on $cpu, got '$active'" >&2
+    failed+=("$cpu: active path '$active'")
+  fi
+}
+
+# run_pytest CPU PYTEST_ARGUMENT...: the installed wheel's tests on one emulated CPU.
+run_pytest() {
+  local cpu="$1" status=0
+  shift
+  export QEMU_CPU="$cpu" PYTHONPATH="$WORK/inst:$SITE" TINYLM_TEST_EMULATED=1 \
+    TINYLM_ARM_REFERENCE="$WORK/reference" TINYLM_ARM_EXPECT_ISA="$(expected_isa "$cpu")"
   (cd / && "$LAUNCHER" -m pytest -q -p no:cacheprovider -c "$REPO/pyproject.toml" \
-     --rootdir "$REPO" "$REPO/tests" --ignore="$REPO/tests/test_native_driver.py" \
-     --ignore="$REPO/tests/arm" "${PYTEST_ARGS[@]}" "$@") || status=$?
+     --rootdir "$REPO" "$@") || status=$?
   if ((status != 0)); then
     ((status == 5)) && echo "pytest collected no tests on $cpu" >&2
     failed+=("$cpu: pytest exit $status")
   fi
   unset QEMU_CPU PYTHONPATH TINYLM_TEST_EMULATED TINYLM_ARM_REFERENCE TINYLM_ARM_EXPECT_ISA
+}
+
+for cpu in $CPUS; do
+  check_info "$cpu"
+  run_pytest "$cpu" "$REPO/tests" --ignore="$REPO/tests/test_native_driver.py" \
+    --ignore="$REPO/tests/arm" "${PYTEST_ARGS[@]}" "$@"
+done
+for cpu in $INFO_CPUS; do
+  check_info "$cpu"
 done
 
 if ((${#failed[@]})); then
-  echo "=== arm: FAILED: ${failed[*]}" >&2
+  echo "=== $ARCH: FAILED: ${failed[*]}" >&2
   exit 1
 fi
-echo "=== arm: passed on $CPUS ($((SECONDS))s)"
+echo "=== $ARCH: passed: the suite on ${CPUS:-no CPU}; tinylm info on ${INFO_CPUS:-no other CPU}" \
+     "($((SECONDS))s)"
