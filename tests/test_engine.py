@@ -372,8 +372,7 @@ from tinylm import _C
 from tinylm.quant import quantize_weight
 libc = ctypes.CDLL(None)
 page = mmap.PAGESIZE
-for K in (1, 31, 33, 63, 65, 100, 288):
-    N = 3
+for K, N in [(K, N) for K in (1, 31, 33, 63, 65, 100, 288) for N in (3, 9)]:
     buf = mmap.mmap(-1, 2 * page)
     addr = ctypes.addressof(ctypes.c_char.from_buffer(buf))
     assert libc.mprotect(ctypes.c_void_p(addr + page), page, 0) == 0  # PROT_NONE

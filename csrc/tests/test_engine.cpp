@@ -93,14 +93,18 @@ TEST(engine_int8_gemv_kernels_exact) {
   kernels.push_back({"avx2", kAVX2, engine::gemv_i8_avx2});
 #endif
   kernels.push_back({"scalar", 0, engine::gemv_i8_ref});
+  // Rows go four at a time from the quarters of the range given, the rest one by one:
+  // row counts around multiples of 4 and ranges that start and end anywhere.
   const int64_t Ks[] = {1, 5, 31, 32, 33, 63, 64, 65, 100, 128, 255, 288, 1376};
+  const int64_t Ns[] = {1, 3, 4, 7, 9, 16, 17, 33};
   for (const auto& k : kernels) {
     if (!simde_build() && (k.features & ~cpu_features()) != 0) continue;
     std::printf("  int8 gemv kernel %s\n", k.name);
     Gen g(11);
     for (int64_t K : Ks)
+      for (int64_t N : Ns)
       for (int extreme = 0; extreme < 2; ++extreme) {
-        const int64_t N = 7, stride = (K + 63) / 64 * 64;
+        const int64_t stride = (K + 63) / 64 * 64;
         std::vector<int8_t> W(size_t(N * K)), x(size_t(stride), 0);
         for (auto& v : W) v = extreme ? int8_t(127) : int8_t(std::lround(g.f32() * 127));
         for (int64_t i = 0; i < K; ++i) x[size_t(i)] = extreme ? int8_t(i % 2 ? 127 : -127) : int8_t(std::lround(g.f32() * 127));
@@ -108,11 +112,12 @@ TEST(engine_int8_gemv_kernels_exact) {
         for (int64_t i = 0; i < K; ++i) x_sum += x[size_t(i)];
         std::vector<int32_t> got(static_cast<size_t>(N), 12345), want(static_cast<size_t>(N));
         engine::gemv_i8_ref({W.data(), N, K, x.data(), x_sum, want.data()}, 0, N);
-        k.fn({W.data(), N, K, x.data(), x_sum, got.data()}, 0, 4);
-        k.fn({W.data(), N, K, x.data(), x_sum, got.data()}, 4, N);
+        const int64_t split = N / 3 + extreme;  // [0, split) and [split, N)
+        k.fn({W.data(), N, K, x.data(), x_sum, got.data()}, 0, std::min(split, N));
+        k.fn({W.data(), N, K, x.data(), x_sum, got.data()}, std::min(split, N), N);
         for (int64_t n = 0; n < N; ++n)
-          CHECK(got[size_t(n)] == want[size_t(n)], "%s K=%lld extreme=%d row %lld: %d, want %d",
-                k.name, (long long)K, extreme, (long long)n, got[size_t(n)], want[size_t(n)]);
+          CHECK(got[size_t(n)] == want[size_t(n)], "%s K=%lld N=%lld extreme=%d row %lld: %d, want %d",
+                k.name, (long long)K, (long long)N, extreme, (long long)n, got[size_t(n)], want[size_t(n)]);
       }
   }
 }
