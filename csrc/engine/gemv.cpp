@@ -135,18 +135,20 @@ void gemv_int8(const float* x, const Product* products, int n_products) {
 const std::vector<GemvInfo>& gemv_kernels() {
   static const std::vector<GemvInfo> list = {
 #if defined(__x86_64__) || defined(_M_X64)
-      {"avx512", kAVX2 | kAVX512, gemv_avx512},
-      {"avx2", kAVX2, gemv_avx2},
+      {"avx512", kAVX2 | kAVX512, gemv_avx512, silu_mul_avx512},
+      {"avx2", kAVX2, gemv_avx2, silu_mul_avx2},
 #endif
 #if defined(__aarch64__) || defined(__arm__)
-      {"neon", kNEON, gemv_neon},
+      {"neon", kNEON, gemv_neon, silu_mul_neon},
 #endif
-      {"scalar", 0, gemv_ref},
+      {"scalar", 0, gemv_ref, silu_mul_ref},
   };
   return list;
 }
 
 const char* active_gemv() { return select_gemv().name; }
+
+void silu_mul(float* g, const float* u, int64_t n) { select_gemv().silu(g, u, n); }
 
 std::string active_gemv_int8() {
   const I8Info* own = select_i8();

@@ -3,6 +3,7 @@
 #include "../simd_x86.h"
 
 #include "gemv_kernels.h"
+#include "silu.h"
 
 namespace tinylm::engine {
 namespace {
@@ -33,5 +34,7 @@ void gemv_avx2(const float* W, const float* x, float* y, int64_t K, int64_t n0, 
     y[n] = s;
   }
 }
+
+void silu_mul_avx2(float* g, const float* u, int64_t n) { silu_mul_loop(g, u, n); }
 
 }  // namespace tinylm::engine

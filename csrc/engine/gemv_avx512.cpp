@@ -5,6 +5,7 @@
 // can check the logic on a CPU without AVX-512.
 #include "../simd_x86.h"
 #include "gemv_kernels.h"
+#include "silu.h"
 
 namespace tinylm::engine {
 namespace {
@@ -39,5 +40,7 @@ void gemv_avx512(const float* W, const float* x, float* y, int64_t K, int64_t n0
     y[n] = s;
   }
 }
+
+void silu_mul_avx512(float* g, const float* u, int64_t n) { silu_mul_loop(g, u, n); }
 
 }  // namespace tinylm::engine

@@ -3,6 +3,7 @@
 // pinned numbers of the sampler's generator (the same as tests/test_sampling.py), the
 // sampler's greedy/top-k rules, and a whole decode step that must not depend on the
 // thread count. Compiles on x86-64, AArch64 and ARMv7.
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <stdexcept>
@@ -119,6 +120,32 @@ TEST(engine_int8_gemv_kernels_exact) {
           CHECK(got[size_t(n)] == want[size_t(n)], "%s K=%lld N=%lld extreme=%d row %lld: %d, want %d",
                 k.name, (long long)K, (long long)N, extreme, (long long)n, got[size_t(n)], want[size_t(n)]);
       }
+  }
+}
+
+// Every level's SiLU (its polynomial exponential) against double precision, over the
+// range where neither e^g nor e^-g saturates, and at the extremes.
+TEST(engine_silu_accuracy) {
+  std::vector<float> g, u;
+  for (float x = -80.0f; x <= 80.0f; x += 0.01953125f) g.push_back(x);  // 2^-9 steps: exact
+  for (float x : {1e-30f, -1e-30f, 0.0f, 1e30f, 90.0f, -90.0f, -1e30f}) g.push_back(x);
+  u.assign(g.size(), 1.0f);
+  u[u.size() - 2] = -2.0f;
+  for (const auto& k : runnable_gemv()) {
+    std::printf("  silu kernel %s\n", k.name);
+    std::vector<float> out = g;
+    k.silu(out.data(), u.data(), int64_t(out.size()));
+    double worst = 0;
+    for (size_t i = 0; i < g.size(); ++i) {
+      const double x = g[i], want = x / (1.0 + std::exp(-x)) * u[i];
+      const double err = std::fabs(out[i] - want);
+      if (std::fabs(want) > 1e-30)
+        worst = std::max(worst, err / std::fabs(want));
+      else  // g below -87: about -g e^-87 * u
+        CHECK(err <= std::fabs(x) * 2e-38 * 2 + 1e-37, "%s: silu(%g) = %g, want %g", k.name, x,
+              double(out[i]), want);
+    }
+    CHECK(worst < 4e-7, "%s: silu relative error %g", k.name, worst);
   }
 }
 
