@@ -570,6 +570,24 @@ void bind_engine(py::module_& m) {
   m.def("engine_gemv_path", &E::active_gemv, "The float32 GEMV kernel the active ISA selects.");
   m.def("engine_gemv_int8_path", &E::active_gemv_int8,
         "The int8 decode GEMV kernel the active ISA selects.");
+  m.def(
+      "engine_sample",
+      [](const py::handle& logits_obj, double temperature, int64_t top_k, double top_p,
+         double repetition_penalty, uint64_t rng_state, const std::vector<int32_t>& history) {
+        auto logits = checked<float>(logits_obj, "logits", 1);
+        E::Sampling s;
+        s.temperature = temperature;
+        s.top_k = top_k;
+        s.top_p = top_p;
+        s.repetition_penalty = repetition_penalty;
+        E::SampleScratch scratch;
+        const int32_t next = E::sample(logits.data(), logits.shape(0), s, &rng_state,
+                                       history.data(), int64_t(history.size()), scratch);
+        return py::make_tuple(next, rng_state);
+      },
+      py::arg("logits"), py::arg("temperature"), py::arg("top_k"), py::arg("top_p"),
+      py::arg("repetition_penalty"), py::arg("rng_state"), py::arg("history"),
+      "The native sampler alone on float32 logits: (token, new rng_state) (tests).");
   m.def("engine_seed_state", &E::seed_state, py::arg("seed"), "splitmix64 seeding (tests).");
   m.def(
       "engine_rng_next",

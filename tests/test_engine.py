@@ -140,6 +140,24 @@ def test_native_rng_matches_python():
         assert _C.engine_rng_next(r.state, 5) == [r.next_u64() for _ in range(5)]
 
 
+@given(st.lists(st.floats(-1, 1, width=32), min_size=1, max_size=300), st.sampled_from([0.1, 3, 40]),
+       st.booleans(), st.sampled_from([0.0, 0.3, 1.0, 2.5]), st.sampled_from([0, 1, 3, 1000]),
+       st.sampled_from([1.0, 0.99, 0.9, 0.5, 0.05]), st.sampled_from([1.0, 1.3]),
+       st.lists(st.integers(-1, 300), max_size=80), st.integers(0, 2**64 - 1))
+def test_native_sampler_picks_what_the_reference_picks(values, spread, ties, temperature, top_k,
+                                                       top_p, penalty, history, seed):
+    """Flat and peaked distributions (top-p leaves out the light tokens natively), ties."""
+    logits = np.array(values, np.float32) * np.float32(spread)
+    if ties:
+        logits = np.round(logits)  # many equal logits: ties go to the lowest id
+    sampler = Sampler(temperature, top_k, top_p, penalty, seed)
+    state = sampler.rng.state
+    for _ in range(5):
+        want = sampler(logits, history)
+        got, state = _C.engine_sample(logits, temperature, top_k, top_p, penalty, state, history)
+        assert got == want and state == sampler.rng.state
+
+
 @pytest.mark.parametrize("kwargs", [
     dict(temperature=1.0),
     dict(temperature=0.7, top_k=20),

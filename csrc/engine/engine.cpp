@@ -159,7 +159,7 @@ int32_t Engine::step_sample(int32_t token, int64_t pos, const Sampling& s, uint6
                             const int32_t* history, int64_t n_history) {
   step(token, pos, logits_.data());
   return sample(logits_.data(), cfg_.vocab_size, s, rng_state, history, n_history,
-                sample_scratch_, order_);
+                sample_scratch_);
 }
 
 }  // namespace tinylm::engine

@@ -60,6 +60,12 @@ struct Sampling {
   int64_t top_k = 0;
 };
 
+struct SampleScratch {  // the sampler's working memory, kept between calls
+  std::vector<double> logits, all_weights, weights, cum;
+  std::vector<int32_t> ids, ids_out;
+  std::vector<uint64_t> keys, keys_out;
+};
+
 // Throws std::invalid_argument describing the first inconsistency between config and
 // weights (shapes, a mix of float and int8 in one matrix, head counts).
 void validate(const Config& cfg, const Weights& w);
@@ -88,8 +94,7 @@ class Engine {
   Weights w_;
   State st_;
   std::vector<float> x_, h_, qkv_, att_, gu_, logits_;
-  std::vector<double> sample_scratch_;
-  std::vector<int32_t> order_;
+  SampleScratch sample_scratch_;
 };
 
 // ---- pieces, exposed for the tests and the benchmark ---------------------------------
@@ -126,8 +131,7 @@ uint64_t seed_state(uint64_t seed);
 uint64_t rng_next(uint64_t* state);
 double rng_uniform(uint64_t* state);
 int32_t sample(const float* logits, int64_t vocab, const Sampling& s, uint64_t* rng_state,
-               const int32_t* history, int64_t n_history, std::vector<double>& scratch,
-               std::vector<int32_t>& order);
+               const int32_t* history, int64_t n_history, SampleScratch& scratch);
 
 constexpr int64_t kRepetitionWindow = 64;
 

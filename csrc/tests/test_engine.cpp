@@ -159,29 +159,28 @@ TEST(engine_rng_pinned) {  // the same numbers as tests/test_sampling.py
 
 TEST(engine_sampling_rules) {
   const float logits[6] = {0.5f, 3.0f, -1.0f, 3.0f, 2.9f, 0.0f};
-  std::vector<double> scratch;
-  std::vector<int32_t> order;
+  engine::SampleScratch scratch;
   uint64_t s = engine::seed_state(1);
   engine::Sampling greedy;
-  CHECK(engine::sample(logits, 6, greedy, &s, nullptr, 0, scratch, order) == 1,
+  CHECK(engine::sample(logits, 6, greedy, &s, nullptr, 0, scratch) == 1,
         "greedy picks the first of equal maxima");
   engine::Sampling top1;
   top1.temperature = 2.0;
   top1.top_k = 1;
   for (int i = 0; i < 20; ++i)
-    CHECK(engine::sample(logits, 6, top1, &s, nullptr, 0, scratch, order) == 1, "top-k 1");
+    CHECK(engine::sample(logits, 6, top1, &s, nullptr, 0, scratch) == 1, "top-k 1");
   engine::Sampling top3;
   top3.temperature = 5.0;
   top3.top_k = 3;
   int counts[6] = {0, 0, 0, 0, 0, 0};
-  for (int i = 0; i < 600; ++i) ++counts[engine::sample(logits, 6, top3, &s, nullptr, 0, scratch, order)];
+  for (int i = 0; i < 600; ++i) ++counts[engine::sample(logits, 6, top3, &s, nullptr, 0, scratch)];
   CHECK(counts[0] + counts[2] + counts[5] == 0 && counts[1] > 0 && counts[3] > 0 && counts[4] > 0,
         "top-k 3 keeps ids 1, 3, 4 only (%d %d %d %d %d %d)", counts[0], counts[1], counts[2],
         counts[3], counts[4], counts[5]);
   engine::Sampling penalized;
   penalized.repetition_penalty = 2.0;
   const int32_t history[2] = {1, 3};
-  CHECK(engine::sample(logits, 6, penalized, &s, history, 2, scratch, order) == 4,
+  CHECK(engine::sample(logits, 6, penalized, &s, history, 2, scratch) == 4,
         "the repetition penalty moves greedy off the repeated tokens");
 }
 
