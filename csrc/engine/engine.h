@@ -78,15 +78,25 @@ class Engine {
   // keys and values into the cache and its logits [vocab_size] into `logits`.
   void step(int32_t token, int64_t pos, float* logits);
 
-  // step(), then picks the next token from the logits with the sampling rules of
-  // tinylm/sampling.py; `rng_state` is the xorshift64* state, advanced in place.
-  // history holds the recent tokens the repetition penalty looks at.
-  int32_t step_sample(int32_t token, int64_t pos, const Sampling& s, uint64_t* rng_state,
-                      const int32_t* history, int64_t n_history);
+  // Decodes up to max_tokens tokens in one call: step(token, pos), pick the next token
+  // from the logits with the sampling rules of tinylm/sampling.py, step it at pos + 1,
+  // and so on. Writes the picks to out and returns how many there are: max_tokens, or
+  // fewer when a pick equals stop_token (it is included) or fills the cache (the last
+  // pick has no position left to run at). rng_state is the xorshift64* state, advanced
+  // in place; history holds the tokens so far, ending with `token`, for the repetition
+  // penalty (each step sees the last kRepetitionWindow of history and the picks).
+  int64_t decode(int32_t token, int64_t pos, int64_t max_tokens, const Sampling& s,
+                 uint64_t* rng_state, const int32_t* history, int64_t n_history,
+                 int32_t stop_token, int32_t* out);
 
   const Config& config() const { return cfg_; }
 
+  // Seconds spent inside step() and decode() since the engine was made: with a clock
+  // read around a generation, the share of its time spent outside native code.
+  double native_seconds() const { return native_seconds_; }
+
  private:
+  void forward(int32_t token, int64_t pos, float* logits);  // step() without the clock
   void attention_block(const Layer& L, int64_t layer, int64_t pos);
   void mlp_block(const Layer& L);
 
@@ -95,6 +105,8 @@ class Engine {
   State st_;
   std::vector<float> x_, h_, qkv_, att_, gu_, logits_;
   SampleScratch sample_scratch_;
+  std::vector<int32_t> recent_;  // decode()'s history
+  double native_seconds_ = 0;
 };
 
 // ---- pieces, exposed for the tests and the benchmark ---------------------------------
