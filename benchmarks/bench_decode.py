@@ -35,6 +35,7 @@ def worker(path, threads, tokens, prompt_len):
     """Runs in a fresh process: measures one (model file, thread count)."""
     t_start = time.perf_counter()
     os.environ["OPENBLAS_NUM_THREADS"] = os.environ["OMP_NUM_THREADS"] = str(threads)
+    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # as `tinylm generate` (cli.py)
     import numpy as np
 
     import tinylm
