@@ -10,7 +10,7 @@ of the int8 weights.) It also reports the share of a token's time spent in Pytho
 everything outside native code (the generation loop, streaming the text, crossing into
 C++), from the native engine's own clock in the same run.
 
-Every figure is the best of two runs after a warm-up run (the machines are shared and
+Every figure is the best of three runs after a warm-up run (the machines are shared and
 noisy). Each configuration runs in its own process, so the peak RSS is that configuration's
 alone (import + load + generation). Models have random weights, written to a temporary
 directory and deleted. Speed depends on what the weights say only through the sampler
@@ -75,12 +75,12 @@ def worker(path, threads, tokens, prompt_len):
     # exactly `tokens` tokens (going on past the end-of-text token; the batched
     # re-prefills when the context slides are not counted). The native engine clocks its
     # own calls (Stats.native_seconds), so the rest of a step's time, in the same run, is
-    # Python's: the generation loop, streaming the text, crossing into C++. Best of 2
+    # Python's: the generation loop, streaming the text, crossing into C++. Best of 3
     # runs after a warm-up run, each paired with reads of the weights taken around it, as
     # the machine was at that moment (best of those reads too).
     runs = []
     peak_rss = None
-    for run in range(3):
+    for run in range(4):
         if run == 1:
             # The roofline's second mapping of the file counts its pages in RSS a second
             # time (RSS is per mapping): take the peak before the first read.
@@ -181,8 +181,10 @@ def main():
         ["preset", "threads", "int8 decode / fp32 decode"],
         [[s["preset"], s["threads"], f"{s['int8_over_fp32']:.2f}x"] for s in speedups])
     md += (f"\n\n{args.tokens} tokens generated (temperature 0.8, top-p 0.95) after a "
-           f"{args.prompt}-token prompt (capped at the context); ISA {rows[0]['isa']}, "
-           f"fp32 GEMV {rows[0]['gemv']}, int8 GEMV {rows[0]['int8_kernel']}.")
+           f"{args.prompt}-token prompt (capped at the context); decode figures are the best "
+           f"of 3 runs, the weight read the best of 18 warm reads around them, with the same "
+           f"threads; ISA {rows[0]['isa']}, fp32 GEMV {rows[0]['gemv']}, int8 GEMV "
+           f"{rows[0]['int8_kernel']}.")
     common.write(args.out, {"tokens": args.tokens, "rows": rows, "speedups": speedups}, md)
 
 
