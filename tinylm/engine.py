@@ -12,9 +12,11 @@ the model's context, `[n_layer, n_kv_head, context, head_dim]` for each of k and
 
 - **Prefill**: the prompt goes through the model in one batched pass (matrix-matrix
   products: numpy's BLAS for fp32, the int8 GEMM for int8), filling the cache.
-- **Decode**: then one token at a time. `NativeEngine` runs the whole step (every layer,
-  the tied head and the sampling) in one call into C++ (csrc/engine/); `ReferenceEngine`
-  does the same arithmetic in numpy and is what the tests hold the native engine to.
+- **Decode**: then one token at a time, each picked token fed back in. `NativeEngine`
+  runs whole steps (every layer, the tied head and the sampling) in C++ (csrc/engine/),
+  several tokens per call (`decode`), so that Python's share of a token's time stays
+  small; `ReferenceEngine` does the same arithmetic in numpy and is what the tests hold
+  the native engine to.
 
 The prompt starts with the end-of-text token, which is what separates documents in
 training, so the model reads the prompt as the start of a document (and an empty
