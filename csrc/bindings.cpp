@@ -520,10 +520,10 @@ void bind_engine(py::module_& m) {
           py::arg("token"), py::arg("pos"),
           "Runs token at position pos (cache holds [0, pos)); returns logits [vocab].")
       .def(
-          "step_sample",
-          [](EngineHandle& h, int32_t token, int64_t pos, double temperature, int64_t top_k,
-             double top_p, double repetition_penalty, uint64_t rng_state,
-             const std::vector<int32_t>& history) {
+          "decode",
+          [](EngineHandle& h, int32_t token, int64_t pos, int64_t max_tokens, double temperature,
+             int64_t top_k, double top_p, double repetition_penalty, uint64_t rng_state,
+             const std::vector<int32_t>& history, int32_t stop_token) {
             E::Sampling s;
             s.temperature = temperature;
             s.top_k = top_k;
@@ -533,18 +533,26 @@ void bind_engine(py::module_& m) {
                 !(repetition_penalty >= 1))
               bad_arg("sampling", "temperature >= 0, top_k >= 0, 0 < top_p <= 1, "
                                   "repetition_penalty >= 1 (check with tinylm.sampling)");
-            int32_t next = 0;
+            if (max_tokens < 1) bad_arg("max_tokens", "must be at least 1");
+            std::vector<int32_t> out(static_cast<size_t>(max_tokens));
+            int64_t n = 0;
             run_kernel([&] {
-              next = h.engine->step_sample(token, pos, s, &rng_state, history.data(),
-                                           int64_t(history.size()));
+              n = h.engine->decode(token, pos, max_tokens, s, &rng_state, history.data(),
+                                   int64_t(history.size()), stop_token, out.data());
             });
-            return py::make_tuple(next, rng_state);
+            out.resize(size_t(n));
+            return py::make_tuple(py::cast(out), rng_state);
           },
-          py::arg("token"), py::arg("pos"), py::arg("temperature"), py::arg("top_k"),
-          py::arg("top_p"), py::arg("repetition_penalty"), py::arg("rng_state"),
-          py::arg("history"),
-          "step(), then sample the next token as tinylm.sampling.Sampler does; returns "
-          "(token, new rng_state).");
+          py::arg("token"), py::arg("pos"), py::arg("max_tokens"), py::arg("temperature"),
+          py::arg("top_k"), py::arg("top_p"), py::arg("repetition_penalty"),
+          py::arg("rng_state"), py::arg("history"), py::arg("stop_token"),
+          "Runs token at pos, picks the next token as tinylm.sampling.Sampler does, runs "
+          "it, ... up to max_tokens picks; stops after a pick equal to stop_token or when "
+          "the cache is full. history: the tokens so far, ending with `token` (for the "
+          "repetition penalty). Returns (picks, new rng_state).")
+      .def_property_readonly(
+          "native_seconds", [](const EngineHandle& h) { return h.engine->native_seconds(); },
+          "Seconds spent inside step() and decode() so far.");
   m.def(
       "engine_gemv",
       [](const py::handle& x_obj, const py::list& mats) {
@@ -570,6 +578,24 @@ void bind_engine(py::module_& m) {
   m.def("engine_gemv_path", &E::active_gemv, "The float32 GEMV kernel the active ISA selects.");
   m.def("engine_gemv_int8_path", &E::active_gemv_int8,
         "The int8 decode GEMV kernel the active ISA selects.");
+  m.def(
+      "engine_sample",
+      [](const py::handle& logits_obj, double temperature, int64_t top_k, double top_p,
+         double repetition_penalty, uint64_t rng_state, const std::vector<int32_t>& history) {
+        auto logits = checked<float>(logits_obj, "logits", 1);
+        E::Sampling s;
+        s.temperature = temperature;
+        s.top_k = top_k;
+        s.top_p = top_p;
+        s.repetition_penalty = repetition_penalty;
+        E::SampleScratch scratch;
+        const int32_t next = E::sample(logits.data(), logits.shape(0), s, &rng_state,
+                                       history.data(), int64_t(history.size()), scratch);
+        return py::make_tuple(next, rng_state);
+      },
+      py::arg("logits"), py::arg("temperature"), py::arg("top_k"), py::arg("top_p"),
+      py::arg("repetition_penalty"), py::arg("rng_state"), py::arg("history"),
+      "The native sampler alone on float32 logits: (token, new rng_state) (tests).");
   m.def("engine_seed_state", &E::seed_state, py::arg("seed"), "splitmix64 seeding (tests).");
   m.def(
       "engine_rng_next",

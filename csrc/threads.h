@@ -20,6 +20,14 @@ void set_num_threads(int n);
 // all are done. Ranges are at least `grain` long (except the last). The split never
 // changes which element a range holds, so results do not depend on the thread count as
 // long as fn writes each element's output from that element alone.
-void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn);
+void parallel_for_fn(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn);
+
+// The same for any callable, passed on by reference: a std::function made from a
+// lambda that captures more than two references allocates, one malloc and free per
+// call, which a decode step makes dozens of (made from a reference_wrapper it does not).
+template <class Fn>
+void parallel_for(int64_t n, int64_t grain, Fn&& fn) {
+  parallel_for_fn(n, grain, std::ref(fn));
+}
 
 }  // namespace tinylm

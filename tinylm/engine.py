@@ -12,9 +12,11 @@ the model's context, `[n_layer, n_kv_head, context, head_dim]` for each of k and
 
 - **Prefill**: the prompt goes through the model in one batched pass (matrix-matrix
   products: numpy's BLAS for fp32, the int8 GEMM for int8), filling the cache.
-- **Decode**: then one token at a time. `NativeEngine` runs the whole step (every layer,
-  the tied head and the sampling) in one call into C++ (csrc/engine/); `ReferenceEngine`
-  does the same arithmetic in numpy and is what the tests hold the native engine to.
+- **Decode**: then one token at a time, each picked token fed back in. `NativeEngine`
+  runs whole steps (every layer, the tied head and the sampling) in C++ (csrc/engine/),
+  several tokens per call (`decode`), so that Python's share of a token's time stays
+  small; `ReferenceEngine` does the same arithmetic in numpy and is what the tests hold
+  the native engine to.
 
 The prompt starts with the end-of-text token, which is what separates documents in
 training, so the model reads the prompt as the start of a document (and an empty
@@ -29,6 +31,7 @@ window: it keeps the most recent `context // 2` tokens, re-prefills them at posi
 and carries on. Generation therefore never stops because of the context, at the cost of
 one batched prefill every `context // 2` tokens.
 """
+import codecs
 import os
 import resource
 import sys
@@ -145,8 +148,21 @@ class Engine:
         raise NotImplementedError
 
     def step_sample(self, token, sampler, history):
-        """Appends `token` and picks the next one (the native engine does both in C++)."""
+        """Appends `token` (history ends with it) and picks the next token."""
         return sampler(self.step(token), history)
+
+    def decode(self, token, n, sampler, history, stop_token=-1):
+        """Appends `token` (history ends with it), picks the next token, appends that, and
+        so on: up to n picks, fewer when a pick equals stop_token (it is included) or
+        fills the cache. Returns the picks; `history` is not changed. The native engine
+        does it all in one call into C++."""
+        history, picks = list(history[-REPETITION_WINDOW:]), []
+        while True:
+            token = self.step_sample(token, sampler, history)
+            picks.append(token)
+            if len(picks) == n or token == stop_token or self.length == self.cfg.context:
+                return picks
+            history.append(token)
 
 
 class ReferenceEngine(Engine):
@@ -180,12 +196,20 @@ class NativeEngine(Engine):
         return logits
 
     def step_sample(self, token, sampler, history):
+        return self.decode(token, 1, sampler, history)[0]
+
+    def decode(self, token, n, sampler, history, stop_token=-1):
         recent = history[-REPETITION_WINDOW:] if sampler.repetition_penalty != 1 else ()
-        nxt, sampler.rng.state = self._native.step_sample(
-            int(token), self.length, sampler.temperature, sampler.top_k, sampler.top_p,
-            sampler.repetition_penalty, sampler.rng.state, recent)
-        self.length += 1
-        return nxt
+        picks, sampler.rng.state = self._native.decode(
+            int(token), self.length, n, sampler.temperature, sampler.top_k, sampler.top_p,
+            sampler.repetition_penalty, sampler.rng.state, recent, stop_token)
+        self.length += len(picks)
+        return picks
+
+    @property
+    def native_seconds(self):
+        """Seconds spent in C++ decode steps so far (the benchmark's Python share)."""
+        return self._native.native_seconds
 
 
 def _native_weight(w):
@@ -198,42 +222,34 @@ def _native_weight(w):
 # ---------------------------------------------------------------- streaming text
 
 
-def utf8_split(buf: bytes):
-    """(complete, rest): `rest` is an incomplete UTF-8 sequence at the end of `buf` (at
-    most 3 bytes) that must wait for more bytes; everything before it is `complete`."""
-    n = len(buf)
-    for back in range(1, min(3, n) + 1):
-        b = buf[n - back]
-        if b & 0xC0 == 0x80:  # a continuation byte: look further back for its lead
-            continue
-        need = 2 if b >> 5 == 0b110 else 3 if b >> 4 == 0b1110 else 4 if b >> 3 == 0b11110 else 1
-        return (buf[:n - back], buf[n - back:]) if need > back else (buf, b"")
-    return buf, b""
-
-
 class TextStream:
     """Turns token bytes into text pieces as they arrive: holds back an incomplete UTF-8
-    sequence until it is whole, and any tail that could be the start of a stop string
+    sequence until it is whole (invalid bytes become U+FFFD, as bytes.decode with
+    errors="replace" makes them), and any tail that could be the start of a stop string
     until it is clear that it is not; `stopped` turns true at the first stop string
     (whose text, and everything after it, is never emitted)."""
 
     def __init__(self, stop=()):
         self.stop = [s for s in stop if s]
-        self.pending = b""  # bytes not yet decodable
+        # Python's incremental decoder holds back an incomplete sequence itself, in C: a
+        # random model's tokens are mostly not ASCII, and decoding them in Python took
+        # 2-3 us per token, a tenth of a decode step on the smallest presets
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.held = ""  # text that might begin a stop string
         self.stopped = False
 
     def feed(self, data: bytes) -> str:
-        if not (self.pending or self.held or self.stop) and data.isascii():
-            return "" if self.stopped else data.decode("ascii")  # the common case, per token
-        complete, self.pending = utf8_split(self.pending + data)
-        return self._emit(self.held + complete.decode("utf-8", errors="replace"))
+        if self.stopped:
+            return ""
+        text = self.decoder.decode(data)
+        return self._emit(self.held + text) if self.stop else text
 
     def flush(self) -> str:
         """What is left at the end (an incomplete sequence decodes to U+FFFD)."""
-        text = self.held + self.pending.decode("utf-8", errors="replace")
-        self.held, self.pending = "", b""
-        return "" if self.stopped else self._emit(text, final=True)
+        if self.stopped:
+            return ""
+        text, self.held = self.held + self.decoder.decode(b"", final=True), ""
+        return self._emit(text, final=True) if self.stop else text
 
     def _emit(self, text, final=False):
         if self.stopped:
@@ -267,13 +283,19 @@ class Stats:
     prefill_seconds: float = 0.0  # all batched passes, including re-prefills on a slide
     first_token_seconds: float = 0.0  # from the call to the first token
     decode_seconds: float = 0.0  # the one-token steps
+    native_seconds: float = 0.0  # the part of decode_seconds spent in C++ (native engine)
     total_seconds: float = 0.0
     slides: int = 0  # times the context window slid
 
     @property
+    def decode_steps(self):
+        """Tokens that came from a one-token step (the first token and the first after
+        each slide come from a batched pass)."""
+        return max(self.generated_tokens - 1 - self.slides, 0)
+
+    @property
     def decode_tokens_per_second(self):
-        steps = max(self.generated_tokens - 1, 0)
-        return steps / self.decode_seconds if self.decode_seconds else 0.0
+        return self.decode_steps / self.decode_seconds if self.decode_seconds else 0.0
 
     def summary(self):
         return (f"{self.prompt_tokens} prompt tokens, {self.generated_tokens} generated; "
@@ -333,9 +355,10 @@ class Model:
         return self.engine.prefill(ids, all_logits=True)
 
     def generate(self, prompt="", max_tokens=256, temperature=0.8, top_k=0, top_p=0.95,
-                 repetition_penalty=1.0, seed=None, stop=()):
+                 repetition_penalty=1.0, seed=None, stop=(), stop_at_eot=True):
         """Yields the text as it is produced, for `prompt` (str or bytes). Stops after
-        max_tokens tokens, at the end-of-text token, or before the first stop string.
+        max_tokens tokens, at the end-of-text token (unless stop_at_eot is false, as for
+        a benchmark that wants exactly max_tokens), or before the first stop string.
         Timings of the last call are in `self.stats`."""
         check_sampling(temperature, top_k, top_p, repetition_penalty)
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, (int, np.integer)) or max_tokens < 0:
@@ -346,7 +369,8 @@ class Model:
                           seed if seed is not None else int.from_bytes(os.urandom(8), "little"))
         tok = self.tokenizer
         ids = tok.encode_bytes(prompt) if isinstance(prompt, (bytes, bytearray)) else tok.encode(prompt)
-        return self._generate([tok.eot_id, *ids.tolist()], int(max_tokens), sampler, TextStream(stop))
+        return self._generate([tok.eot_id, *ids.tolist()], int(max_tokens), sampler, TextStream(stop),
+                              bool(stop_at_eot))
 
     def _token_bytes(self, token):
         """The bytes of one token, memoized (decode_bytes goes through numpy)."""
@@ -355,42 +379,66 @@ class Model:
             b = self._bytes_of[token] = self.tokenizer.decode_bytes([token])
         return b
 
-    def _generate(self, history, max_tokens, sampler, stream):
+    def _generate(self, history, max_tokens, sampler, stream, stop_at_eot=True):
         tok, eng, ctx = self.tokenizer, self.engine, self.cfg.context
+        eot = tok.eot_id if stop_at_eot else -1
         st = self.stats = Stats(prompt_tokens=len(history))
         t0 = time.perf_counter()
         if max_tokens == 0:
             return
         history = history[-ctx:]
         eng.reset()
-        token = sampler(eng.prefill(history), history)
+        picks = [sampler(eng.prefill(history), history)]
         st.prefill_seconds = st.first_token_seconds = time.perf_counter() - t0
         t_decode = time.perf_counter()
+        native_start = getattr(eng, "native_seconds", 0.0)
+        chunk = 1  # tokens per decode call: grows while a call stays short (see below)
         while True:
-            st.generated_tokens += 1
-            if token == tok.eot_id:
-                break
-            history.append(token)
-            text = stream.feed(self._token_bytes(token))
-            if text:
-                yield text
-            if stream.stopped or st.generated_tokens >= max_tokens:
+            done = False
+            for token in picks:
+                st.generated_tokens += 1
+                if token == eot:
+                    done = True
+                    break
+                history.append(token)
+                text = stream.feed(self._token_bytes(token))
+                if text:
+                    yield text
+                if stream.stopped or st.generated_tokens >= max_tokens:
+                    done = True
+                    break
+            if done:
                 break
             if eng.length == ctx:  # full: slide the window (see the module docstring)
                 t = time.perf_counter()
                 keep = history[-(ctx // 2):]
                 eng.reset()
-                token = sampler(eng.prefill(keep), history)
+                picks = [sampler(eng.prefill(keep), history)]
                 st.slides += 1
                 st.prefill_seconds += time.perf_counter() - t
                 t_decode += time.perf_counter() - t
                 continue
-            token = eng.step_sample(token, sampler, history)
+            # The next tokens in one call (one C++ call for the native engine), so that
+            # Python's share of a token's time stays small on fast models. The text of a
+            # call's tokens appears when the call returns: calls are kept under
+            # CHUNK_SECONDS, so the stream still looks smooth on a slow machine.
+            t = time.perf_counter()
+            picks = eng.decode(token, min(chunk, max_tokens - st.generated_tokens), sampler,
+                               history, eot)
+            seconds_per_token = (time.perf_counter() - t) / len(picks)
+            chunk = max(1, min(2 * chunk, MAX_CHUNK, int(CHUNK_SECONDS / seconds_per_token)))
         st.decode_seconds = time.perf_counter() - t_decode
+        st.native_seconds = getattr(eng, "native_seconds", 0.0) - native_start
         tail = stream.flush()
         if tail:
             yield tail
         st.total_seconds = time.perf_counter() - t0
+
+
+# Tokens decoded per call during generation: at most MAX_CHUNK, and no more than fit in
+# CHUNK_SECONDS at the speed measured so far.
+MAX_CHUNK = 64
+CHUNK_SECONDS = 0.02
 
 
 def load(path, engine="native"):

@@ -16,7 +16,9 @@ One sampling step, in this order (the native engine does exactly the same):
    the tokens sorted by logit (highest first, ties by id) cut to the k best; their
    weights are exp((logit - max) / temperature), in float64;
 4. top-p keeps the shortest prefix of the sorted candidates whose weight reaches p of
-   the total (always at least one token);
+   the total (always at least one token); the prefix's running weight is summed best
+   first, the total in id order (so the native sampler can leave out, unsorted, the
+   tokens too light ever to be inside the nucleus: see csrc/engine/sampling.cpp);
 5. one uniform number u in [0, 1) from the generator picks the first candidate whose
    running weight exceeds u times the kept total.
 """
@@ -111,7 +113,8 @@ class Sampler:
         ids, weights = self.candidates(logits)
         cum = np.cumsum(weights)  # sequential sums: the same order as the C++ loop
         if self.top_p < 1:
-            keep = int(np.searchsorted(cum, self.top_p * cum[-1], side="left")) + 1
+            total = np.cumsum(weights[np.argsort(ids)])[-1]  # in id order
+            keep = int(np.searchsorted(cum, self.top_p * total, side="left")) + 1
             ids, cum = ids[:keep], cum[:keep]
         u = self.rng.uniform() * cum[-1]
         pick = int(np.searchsorted(cum, u, side="right"))  # first running weight > u

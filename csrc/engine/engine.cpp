@@ -7,6 +7,8 @@
 //   logits = rmsnorm(x) E^T
 //
 // Every product is a GEMV (gemv.cpp); attention is the attention family's decode kernel.
+#include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <stdexcept>
@@ -29,10 +31,14 @@ void check_matrix(const Matrix& m, const std::string& name, int64_t rows, int64_
 }
 
 void rmsnorm(const float* x, const float* w, float eps, int64_t n, float* out) {
-  double ss = 0;
-  for (int64_t i = 0; i < n; ++i) ss += double(x[i]) * x[i];
-  const float rstd = float(1.0 / std::sqrt(ss / double(n) + double(eps)));
-  for (int64_t i = 0; i < n; ++i) out[i] = x[i] * rstd * w[i];
+  double ss[4] = {0, 0, 0, 0};  // four partial sums, so that the compiler can vectorize
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4)
+    for (int j = 0; j < 4; ++j) ss[j] += double(x[i + j]) * x[i + j];
+  for (; i < n; ++i) ss[0] += double(x[i]) * x[i];
+  const double sum = (ss[0] + ss[1]) + (ss[2] + ss[3]);
+  const float rstd = float(1.0 / std::sqrt(sum / double(n) + double(eps)));
+  for (i = 0; i < n; ++i) out[i] = x[i] * rstd * w[i];
 }
 
 // Rotate-half rotary embedding of `heads` vectors of length D at one position.
@@ -121,13 +127,55 @@ void Engine::mlp_block(const Layer& L) {
   float *g = gu_.data(), *u = g + ff;
   const Product gu[2] = {{&L.gate, g}, {&L.up, u}};
   gemv(h_.data(), gu, 2);
-  for (int64_t i = 0; i < ff; ++i) g[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+  silu_mul(g, u, ff);
   const Product down[1] = {{&L.down, h_.data()}};
   gemv(g, down, 1);
   for (int64_t i = 0; i < d; ++i) x_[size_t(i)] += h_[size_t(i)];
 }
 
+namespace {
+
+// Adds the time from its construction to its destruction to `total` (seconds).
+class Stopwatch {
+ public:
+  explicit Stopwatch(double& total) : total_(total), start_(std::chrono::steady_clock::now()) {}
+  ~Stopwatch() {
+    total_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+  }
+
+ private:
+  double& total_;
+  std::chrono::steady_clock::time_point start_;
+};
+
+}  // namespace
+
 void Engine::step(int32_t token, int64_t pos, float* logits) {
+  Stopwatch watch(native_seconds_);
+  forward(token, pos, logits);
+}
+
+int64_t Engine::decode(int32_t token, int64_t pos, int64_t max_tokens, const Sampling& s,
+                       uint64_t* rng_state, const int32_t* history, int64_t n_history,
+                       int32_t stop_token, int32_t* out) {
+  Stopwatch watch(native_seconds_);
+  // the recent tokens, oldest first, trimmed to the window when grown to twice that
+  const int64_t keep = std::min(n_history, kRepetitionWindow);
+  recent_.assign(history + n_history - keep, history + n_history);
+  int64_t n = 0;
+  for (;;) {
+    forward(token, pos, logits_.data());
+    token = sample(logits_.data(), cfg_.vocab_size, s, rng_state, recent_.data(),
+                   int64_t(recent_.size()), sample_scratch_);
+    out[n++] = token;
+    if (n == max_tokens || token == stop_token || ++pos == cfg_.context) return n;
+    if (int64_t(recent_.size()) >= 2 * kRepetitionWindow)
+      recent_.erase(recent_.begin(), recent_.end() - kRepetitionWindow);
+    recent_.push_back(token);
+  }
+}
+
+void Engine::forward(int32_t token, int64_t pos, float* logits) {
   if (token < 0 || token >= cfg_.vocab_size)
     invalid("token " + std::to_string(token) + " outside [0, " + std::to_string(cfg_.vocab_size) + ")");
   if (pos < 0 || pos >= cfg_.context)
@@ -149,13 +197,6 @@ void Engine::step(int32_t token, int64_t pos, float* logits) {
   rmsnorm(x_.data(), w_.final_norm, cfg_.norm_eps, d, h_.data());
   const Product head[1] = {{&E, logits}};
   gemv(h_.data(), head, 1);
-}
-
-int32_t Engine::step_sample(int32_t token, int64_t pos, const Sampling& s, uint64_t* rng_state,
-                            const int32_t* history, int64_t n_history) {
-  step(token, pos, logits_.data());
-  return sample(logits_.data(), cfg_.vocab_size, s, rng_state, history, n_history,
-                sample_scratch_, order_);
 }
 
 }  // namespace tinylm::engine

@@ -60,6 +60,12 @@ struct Sampling {
   int64_t top_k = 0;
 };
 
+struct SampleScratch {  // the sampler's working memory, kept between calls
+  std::vector<double> logits, all_weights, weights, cum;
+  std::vector<int32_t> ids, ids_out;
+  std::vector<uint64_t> keys, keys_out;
+};
+
 // Throws std::invalid_argument describing the first inconsistency between config and
 // weights (shapes, a mix of float and int8 in one matrix, head counts).
 void validate(const Config& cfg, const Weights& w);
@@ -72,15 +78,25 @@ class Engine {
   // keys and values into the cache and its logits [vocab_size] into `logits`.
   void step(int32_t token, int64_t pos, float* logits);
 
-  // step(), then picks the next token from the logits with the sampling rules of
-  // tinylm/sampling.py; `rng_state` is the xorshift64* state, advanced in place.
-  // history holds the recent tokens the repetition penalty looks at.
-  int32_t step_sample(int32_t token, int64_t pos, const Sampling& s, uint64_t* rng_state,
-                      const int32_t* history, int64_t n_history);
+  // Decodes up to max_tokens tokens in one call: step(token, pos), pick the next token
+  // from the logits with the sampling rules of tinylm/sampling.py, step it at pos + 1,
+  // and so on. Writes the picks to out and returns how many there are: max_tokens, or
+  // fewer when a pick equals stop_token (it is included) or fills the cache (the last
+  // pick has no position left to run at). rng_state is the xorshift64* state, advanced
+  // in place; history holds the tokens so far, ending with `token`, for the repetition
+  // penalty (each step sees the last kRepetitionWindow of history and the picks).
+  int64_t decode(int32_t token, int64_t pos, int64_t max_tokens, const Sampling& s,
+                 uint64_t* rng_state, const int32_t* history, int64_t n_history,
+                 int32_t stop_token, int32_t* out);
 
   const Config& config() const { return cfg_; }
 
+  // Seconds spent inside step() and decode() since the engine was made: with a clock
+  // read around a generation, the share of its time spent outside native code.
+  double native_seconds() const { return native_seconds_; }
+
  private:
+  void forward(int32_t token, int64_t pos, float* logits);  // step() without the clock
   void attention_block(const Layer& L, int64_t layer, int64_t pos);
   void mlp_block(const Layer& L);
 
@@ -88,8 +104,9 @@ class Engine {
   Weights w_;
   State st_;
   std::vector<float> x_, h_, qkv_, att_, gu_, logits_;
-  std::vector<double> sample_scratch_;
-  std::vector<int32_t> order_;
+  SampleScratch sample_scratch_;
+  std::vector<int32_t> recent_;  // decode()'s history
+  double native_seconds_ = 0;
 };
 
 // ---- pieces, exposed for the tests and the benchmark ---------------------------------
@@ -102,25 +119,31 @@ struct Product {
 };
 void gemv(const float* x, const Product* products, int n_products);
 
-// The float32 GEMV kernels: rows [n0, n1) of y = W x (W [N, K] row-major).
+// The float32 kernels of one instruction-set level: the GEMV, rows [n0, n1) of y = W x
+// (W [N, K] row-major), and the MLP's g = silu(g) * u (silu.h).
 using GemvKernel = void (*)(const float* W, const float* x, float* y, int64_t K, int64_t n0,
                             int64_t n1);
+using SiluKernel = void (*)(float* g, const float* u, int64_t n);
 struct GemvInfo {
   const char* name;
   uint32_t features;
   GemvKernel fn;
+  SiluKernel silu;
 };
 const std::vector<GemvInfo>& gemv_kernels();  // best first; the last is the scalar reference
 const char* active_gemv();
 std::string active_gemv_int8();  // the int8 decode kernel the active level selects
+
+// g[i] = silu(g[i]) * u[i] = g[i] / (1 + e^-g[i]) * u[i] with the active level's kernel
+// (silu.h: within 2 ulp of expf's; g below -87 gives about -g e^-87 * u instead of ~0).
+void silu_mul(float* g, const float* u, int64_t n);
 
 // The random generator and sampler of tinylm/sampling.py.
 uint64_t seed_state(uint64_t seed);
 uint64_t rng_next(uint64_t* state);
 double rng_uniform(uint64_t* state);
 int32_t sample(const float* logits, int64_t vocab, const Sampling& s, uint64_t* rng_state,
-               const int32_t* history, int64_t n_history, std::vector<double>& scratch,
-               std::vector<int32_t>& order);
+               const int32_t* history, int64_t n_history, SampleScratch& scratch);
 
 constexpr int64_t kRepetitionWindow = 64;
 

@@ -28,14 +28,18 @@ void gemv_i8_avx512vnni(const GemvI8& g, int64_t n0, int64_t n1);
 #endif
 
 void gemv_ref(const float* W, const float* x, float* y, int64_t K, int64_t n0, int64_t n1);
+void silu_mul_ref(float* g, const float* u, int64_t n);
 
 #if defined(__x86_64__) || defined(_M_X64)
 void gemv_avx2(const float* W, const float* x, float* y, int64_t K, int64_t n0, int64_t n1);
+void silu_mul_avx2(float* g, const float* u, int64_t n);
 void gemv_avx512(const float* W, const float* x, float* y, int64_t K, int64_t n0, int64_t n1);
+void silu_mul_avx512(float* g, const float* u, int64_t n);
 #endif
 
 #if defined(__aarch64__) || defined(__arm__)
 void gemv_neon(const float* W, const float* x, float* y, int64_t K, int64_t n0, int64_t n1);
+void silu_mul_neon(float* g, const float* u, int64_t n);
 #endif
 
 }  // namespace tinylm::engine

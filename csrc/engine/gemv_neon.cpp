@@ -3,6 +3,7 @@
 #include <arm_neon.h>
 
 #include "gemv_kernels.h"
+#include "silu.h"
 
 namespace tinylm::engine {
 namespace {
@@ -50,5 +51,7 @@ void gemv_neon(const float* W, const float* x, float* y, int64_t K, int64_t n0, 
   for (; n + 4 <= n1; n += 4) rows<4>(W, x, y, K, n);
   for (; n < n1; ++n) rows<1>(W, x, y, K, n);
 }
+
+void silu_mul_neon(float* g, const float* u, int64_t n) { silu_mul_loop(g, u, n); }
 
 }  // namespace tinylm::engine

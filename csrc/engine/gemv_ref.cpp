@@ -2,6 +2,7 @@
 // without one. Four partial sums (as a 4-wide SIMD lane set would keep) so that the
 // compiler may pipeline it without reassociating.
 #include "gemv_kernels.h"
+#include "silu.h"
 
 namespace tinylm::engine {
 
@@ -17,5 +18,7 @@ void gemv_ref(const float* W, const float* x, float* y, int64_t K, int64_t n0, i
     y[n] = ((s[0] + s[1]) + (s[2] + s[3])) + tail;
   }
 }
+
+void silu_mul_ref(float* g, const float* u, int64_t n) { silu_mul_loop(g, u, n); }
 
 }  // namespace tinylm::engine

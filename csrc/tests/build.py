@@ -63,7 +63,7 @@ host_arch, isa_of, kernel_sources = _isa.host_arch, _isa.isa_of, _isa.kernel_sou
 TESTS_DIR = CSRC / "tests"
 OUT_DIR = TESTS_DIR / "out"
 
-COMMON_FLAGS = ["-O3", "-std=c++17", "-Wall", "-Wextra", "-Wno-unused-parameter",
+COMMON_FLAGS = ["-O3", "-std=c++17", "-fno-trapping-math", "-Wall", "-Wextra", "-Wno-unused-parameter",
                 "-DTINYLM_TEST_BUILD", f"-I{CSRC}"]
 
 # The instruction sets SIMDe emulates with AVX2 code in the x86-simde build.

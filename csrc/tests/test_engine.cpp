@@ -3,6 +3,7 @@
 // pinned numbers of the sampler's generator (the same as tests/test_sampling.py), the
 // sampler's greedy/top-k rules, and a whole decode step that must not depend on the
 // thread count. Compiles on x86-64, AArch64 and ARMv7.
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <stdexcept>
@@ -93,14 +94,18 @@ TEST(engine_int8_gemv_kernels_exact) {
   kernels.push_back({"avx2", kAVX2, engine::gemv_i8_avx2});
 #endif
   kernels.push_back({"scalar", 0, engine::gemv_i8_ref});
+  // Rows go four at a time from the quarters of the range given, the rest one by one:
+  // row counts around multiples of 4 and ranges that start and end anywhere.
   const int64_t Ks[] = {1, 5, 31, 32, 33, 63, 64, 65, 100, 128, 255, 288, 1376};
+  const int64_t Ns[] = {1, 3, 4, 7, 9, 16, 17, 33};
   for (const auto& k : kernels) {
     if (!simde_build() && (k.features & ~cpu_features()) != 0) continue;
     std::printf("  int8 gemv kernel %s\n", k.name);
     Gen g(11);
     for (int64_t K : Ks)
+      for (int64_t N : Ns)
       for (int extreme = 0; extreme < 2; ++extreme) {
-        const int64_t N = 7, stride = (K + 63) / 64 * 64;
+        const int64_t stride = (K + 63) / 64 * 64;
         std::vector<int8_t> W(size_t(N * K)), x(size_t(stride), 0);
         for (auto& v : W) v = extreme ? int8_t(127) : int8_t(std::lround(g.f32() * 127));
         for (int64_t i = 0; i < K; ++i) x[size_t(i)] = extreme ? int8_t(i % 2 ? 127 : -127) : int8_t(std::lround(g.f32() * 127));
@@ -108,12 +113,39 @@ TEST(engine_int8_gemv_kernels_exact) {
         for (int64_t i = 0; i < K; ++i) x_sum += x[size_t(i)];
         std::vector<int32_t> got(static_cast<size_t>(N), 12345), want(static_cast<size_t>(N));
         engine::gemv_i8_ref({W.data(), N, K, x.data(), x_sum, want.data()}, 0, N);
-        k.fn({W.data(), N, K, x.data(), x_sum, got.data()}, 0, 4);
-        k.fn({W.data(), N, K, x.data(), x_sum, got.data()}, 4, N);
+        const int64_t split = N / 3 + extreme;  // [0, split) and [split, N)
+        k.fn({W.data(), N, K, x.data(), x_sum, got.data()}, 0, std::min(split, N));
+        k.fn({W.data(), N, K, x.data(), x_sum, got.data()}, std::min(split, N), N);
         for (int64_t n = 0; n < N; ++n)
-          CHECK(got[size_t(n)] == want[size_t(n)], "%s K=%lld extreme=%d row %lld: %d, want %d",
-                k.name, (long long)K, extreme, (long long)n, got[size_t(n)], want[size_t(n)]);
+          CHECK(got[size_t(n)] == want[size_t(n)], "%s K=%lld N=%lld extreme=%d row %lld: %d, want %d",
+                k.name, (long long)K, (long long)N, extreme, (long long)n, got[size_t(n)], want[size_t(n)]);
       }
+  }
+}
+
+// Every level's SiLU (its polynomial exponential) against double precision, over the
+// range where neither e^g nor e^-g saturates, and at the extremes.
+TEST(engine_silu_accuracy) {
+  std::vector<float> g, u;
+  for (float x = -80.0f; x <= 80.0f; x += 0.01953125f) g.push_back(x);  // 2^-9 steps: exact
+  for (float x : {1e-30f, -1e-30f, 0.0f, 1e30f, 90.0f, -90.0f, -1e30f}) g.push_back(x);
+  u.assign(g.size(), 1.0f);
+  u[u.size() - 2] = -2.0f;
+  for (const auto& k : runnable_gemv()) {
+    std::printf("  silu kernel %s\n", k.name);
+    std::vector<float> out = g;
+    k.silu(out.data(), u.data(), int64_t(out.size()));
+    double worst = 0;
+    for (size_t i = 0; i < g.size(); ++i) {
+      const double x = g[i], want = x / (1.0 + std::exp(-x)) * u[i];
+      const double err = std::fabs(out[i] - want);
+      if (std::fabs(want) > 1e-30)
+        worst = std::max(worst, err / std::fabs(want));
+      else  // g below -87: about -g e^-87 * u
+        CHECK(err <= std::fabs(x) * 2e-38 * 2 + 1e-37, "%s: silu(%g) = %g, want %g", k.name, x,
+              double(out[i]), want);
+    }
+    CHECK(worst < 4e-7, "%s: silu relative error %g", k.name, worst);
   }
 }
 
@@ -127,29 +159,28 @@ TEST(engine_rng_pinned) {  // the same numbers as tests/test_sampling.py
 
 TEST(engine_sampling_rules) {
   const float logits[6] = {0.5f, 3.0f, -1.0f, 3.0f, 2.9f, 0.0f};
-  std::vector<double> scratch;
-  std::vector<int32_t> order;
+  engine::SampleScratch scratch;
   uint64_t s = engine::seed_state(1);
   engine::Sampling greedy;
-  CHECK(engine::sample(logits, 6, greedy, &s, nullptr, 0, scratch, order) == 1,
+  CHECK(engine::sample(logits, 6, greedy, &s, nullptr, 0, scratch) == 1,
         "greedy picks the first of equal maxima");
   engine::Sampling top1;
   top1.temperature = 2.0;
   top1.top_k = 1;
   for (int i = 0; i < 20; ++i)
-    CHECK(engine::sample(logits, 6, top1, &s, nullptr, 0, scratch, order) == 1, "top-k 1");
+    CHECK(engine::sample(logits, 6, top1, &s, nullptr, 0, scratch) == 1, "top-k 1");
   engine::Sampling top3;
   top3.temperature = 5.0;
   top3.top_k = 3;
   int counts[6] = {0, 0, 0, 0, 0, 0};
-  for (int i = 0; i < 600; ++i) ++counts[engine::sample(logits, 6, top3, &s, nullptr, 0, scratch, order)];
+  for (int i = 0; i < 600; ++i) ++counts[engine::sample(logits, 6, top3, &s, nullptr, 0, scratch)];
   CHECK(counts[0] + counts[2] + counts[5] == 0 && counts[1] > 0 && counts[3] > 0 && counts[4] > 0,
         "top-k 3 keeps ids 1, 3, 4 only (%d %d %d %d %d %d)", counts[0], counts[1], counts[2],
         counts[3], counts[4], counts[5]);
   engine::Sampling penalized;
   penalized.repetition_penalty = 2.0;
   const int32_t history[2] = {1, 3};
-  CHECK(engine::sample(logits, 6, penalized, &s, history, 2, scratch, order) == 4,
+  CHECK(engine::sample(logits, 6, penalized, &s, history, 2, scratch) == 4,
         "the repetition penalty moves greedy off the repeated tokens");
 }
 

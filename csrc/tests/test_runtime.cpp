@@ -378,6 +378,39 @@ TEST(runtime_parallel_for_uses_several_threads) {
         int(timed_out));
 }
 
+// Workers wait awake for a while after a job (the pool's kSpin), then sleep: a job
+// that comes back-to-back and one that comes after the workers fell asleep both get
+// every thread, and many jobs in a row each cover their range exactly once.
+TEST(runtime_parallel_for_awake_and_after_sleeping) {
+  KeepThreads keep;
+  tinylm::set_num_threads(3);
+  for (int pause_ms : {0, 0, 200, 0, 200}) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(pause_ms));
+    std::atomic<int> arrived{0};
+    std::atomic<bool> timed_out{false};
+    tinylm::parallel_for(3, 1, [&](int64_t, int64_t) {  // three chunks that wait for each other
+      arrived.fetch_add(1);
+      const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+      while (arrived.load() < 3) {
+        if (std::chrono::steady_clock::now() > deadline) {
+          timed_out = true;
+          return;
+        }
+        std::this_thread::yield();
+      }
+    });
+    CHECK(!timed_out.load(), "after a %d ms pause, the three chunks did not run at once", pause_ms);
+  }
+  std::vector<std::atomic<int>> hits(64);
+  for (int job = 0; job < 20000; ++job)
+    tinylm::parallel_for(64, 1, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) hits[size_t(i)].fetch_add(1);
+    });
+  int bad = 0;
+  for (auto& h : hits) bad += h.load() != 20000;
+  CHECK(bad == 0, "%d of 64 indices not visited once per job in 20000 jobs", bad);
+}
+
 TEST(runtime_nested_parallel_for_runs_inline) {
   KeepThreads keep;
   tinylm::set_num_threads(3);
