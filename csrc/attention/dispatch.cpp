@@ -12,6 +12,7 @@
 //   decode    one item per (kv head, range of cache positions), combined like the
 //             partial softmaxes of flash-decoding.
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <initializer_list>
 #include <cmath>
@@ -87,21 +88,23 @@ int choose_tile(int64_t T, int lanes) {
 class Scratch {
  public:
   explicit Scratch(std::initializer_list<int64_t> sizes) {
+    if (sizes.size() > 8) throw std::logic_error("Scratch holds at most 8 buffers");
     int64_t total = 0;
     for (int64_t n : sizes) total += round_up(n, 16);  // 64-byte aligned starts
     thread_local std::vector<float> arena;
     if (int64_t(arena.size()) < total + 16) arena = std::vector<float>(size_t(total + 16));
     float* p = arena.data();
     p += (16 - (reinterpret_cast<std::uintptr_t>(p) / sizeof(float)) % 16) % 16;
+    size_t i = 0;
     for (int64_t n : sizes) {
-      parts_.push_back(p);
+      parts_[i++] = p;
       p += round_up(n, 16);
     }
   }
   float* operator[](size_t i) const { return parts_[i]; }
 
  private:
-  std::vector<float*> parts_;
+  std::array<float*, 8> parts_{};  // no allocation per call: decode runs once per token
 };
 
 // The calling thread's kWorkFloats of kernel working memory, 64-byte aligned.
@@ -267,7 +270,7 @@ void decode_with(const TileKernels* kern, const DecodeDims& d, const float* q,
                       float(1.0 / std::sqrt(double(D)))};
   const int64_t items = Hkv * splits;
   // Waking the pool costs more than a short cache takes: stay on this thread then.
-  const int64_t grain = L * H * D < (int64_t(1) << 16) ? items : 1;
+  const int64_t grain = L * H * D < (int64_t(1) << 15) ? items : 1;
   parallel_for(items, grain, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const int64_t hk = i / splits, s = i % splits, row = s * H + hk * group;
