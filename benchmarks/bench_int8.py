@@ -45,6 +45,10 @@ def llc_bytes() -> int:
 
 
 def best(fn, rounds, min_time):
+    # First let the worker threads of whatever ran before go idle: OpenBLAS's spin for
+    # about 0.1 s after a call, and on 2 cores they would take the cores from the next
+    # contender's threads (measured: int8 at 2 threads 1.8x slower right after numpy).
+    time.sleep(0.2)
     return _common.best_time(fn, repeat=rounds, min_time=min_time)
 
 
