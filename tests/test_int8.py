@@ -52,9 +52,21 @@ def test_every_path_matches_int32_reference(path, M, N, K, ka, kb, seed):
 
 
 @pytest.mark.parametrize("path", ISAS)
+@given(M=st.integers(8, 40), N=st.integers(1, 100), K=DIMS, ka=st.sampled_from(KINDS),
+       kb=st.sampled_from(KINDS), seed=st.integers(0, 2**32 - 1))
+def test_packed_weight_form_matches_int32_reference(path, M, N, K, ka, kb, seed):
+    # from 8 rows of x the VNNI and dotprod kernels repack w into panels (csrc/int8/panels.h)
+    rng = np.random.default_rng(seed)
+    a, b = int8_values((M, K), ka, rng), int8_values((N, K), kb, rng)
+    with isa(path):
+        got = _C.int8_gemm_i32(a, b)
+    np.testing.assert_array_equal(got, quant.matmul_i32_reference(a, b))
+
+
+@pytest.mark.parametrize("path", ISAS)
 def test_paths_at_the_largest_k(path):
     # 127*127*65536 fits int32; the VNNI kernels' biased raw sums wrap and must still be exact
-    a = np.full((2, 65536), 127, np.int8)
+    a = np.full((9, 65536), 127, np.int8)  # 9 rows: the packed form too
     a[1] = -127
     b = np.full((3, 65536), 127, np.int8)
     with isa(path):

@@ -14,6 +14,7 @@
 #endif
 #include "../simd_x86.h"
 #include "kernels.h"
+#include "panels.h"
 #include "tiles.h"
 #include "x86_reduce.h"
 
@@ -42,10 +43,36 @@ struct Avx512Vnni {
   static void reduce(const Acc* acc, int32_t* out) { reduce4<NR>(acc, out); }
 };
 
+// The packed form (panels.h): 16 output rows per vector, x broadcast four bytes at a time.
+struct Avx512VnniPanels {
+  static constexpr int kLanes = 16;
+  static constexpr int kMR = 6, kNR = 4;  // 24 accumulators + 4 w + x: 29 of 32 zmm
+  static constexpr uint32_t kFlip = 0x80808080u;
+  static constexpr int32_t kBias = 128;
+  using Acc = __m512i;
+  using W = __m512i;
+  using X = __m512i;
+
+  static Acc zero() { return _mm512_setzero_si512(); }
+  static W load_w(const uint32_t* p) { return _mm512_loadu_si512((const void*)p); }
+  static X broadcast_x(const int8_t* p) {
+    int32_t v;
+    std::memcpy(&v, p, 4);
+    return _mm512_set1_epi32(v);
+  }
+  static Acc dot(Acc acc, W w, X x) { return _mm512_dpbusd_epi32(acc, w, x); }
+  static void store(int32_t* out, Acc acc, int32_t bias) {
+    _mm512_storeu_si512((void*)out, _mm512_sub_epi32(acc, _mm512_set1_epi32(bias)));
+  }
+};
+
 }  // namespace
 
 void gemm_avx512vnni(const Problem& p, int64_t n_begin, int64_t n_end) {
-  tiles::gemm<Avx512Vnni>(p, n_begin, n_end);
+  if (p.M >= panels::kMinRows)
+    panels::gemm<Avx512VnniPanels>(p, n_begin, n_end);
+  else
+    tiles::gemm<Avx512Vnni>(p, n_begin, n_end);
 }
 
 }  // namespace tinylm::int8

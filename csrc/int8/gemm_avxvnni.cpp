@@ -3,7 +3,10 @@
 // sum x), on 32-byte vectors. Under SIMDe (TINYLM_SIMDE) the AVX-512VL form of the
 // same instruction stands in, which computes the identical result.
 #include "../simd_x86.h"
+#include <cstring>
+
 #include "kernels.h"
+#include "panels.h"
 #include "tiles.h"
 #include "x86_reduce.h"
 
@@ -38,10 +41,36 @@ struct AvxVnni {
   static void reduce(const Acc* acc, int32_t* out) { reduce4<NR>(acc, out); }
 };
 
+// The packed form (panels.h): 8 output rows per vector, x broadcast four bytes at a time.
+struct AvxVnniPanels {
+  static constexpr int kLanes = 8;
+  static constexpr int kMR = 6, kNR = 2;  // 12 accumulators + 2 w + x: 15 of 16 ymm
+  static constexpr uint32_t kFlip = 0x80808080u;
+  static constexpr int32_t kBias = 128;
+  using Acc = __m256i;
+  using W = __m256i;
+  using X = __m256i;
+
+  static Acc zero() { return _mm256_setzero_si256(); }
+  static W load_w(const uint32_t* p) { return _mm256_loadu_si256((const __m256i*)p); }
+  static X broadcast_x(const int8_t* p) {
+    int32_t v;
+    std::memcpy(&v, p, 4);
+    return _mm256_set1_epi32(v);
+  }
+  static Acc dot(Acc acc, W w, X x) { return TINYLM_DPBUSD256(acc, w, x); }
+  static void store(int32_t* out, Acc acc, int32_t bias) {
+    _mm256_storeu_si256((__m256i*)out, _mm256_sub_epi32(acc, _mm256_set1_epi32(bias)));
+  }
+};
+
 }  // namespace
 
 void gemm_avxvnni(const Problem& p, int64_t n_begin, int64_t n_end) {
-  tiles::gemm<AvxVnni>(p, n_begin, n_end);
+  if (p.M >= panels::kMinRows)
+    panels::gemm<AvxVnniPanels>(p, n_begin, n_end);
+  else
+    tiles::gemm<AvxVnni>(p, n_begin, n_end);
 }
 
 }  // namespace tinylm::int8

@@ -3,7 +3,10 @@
 // Also builds for AArch32 with -march=armv8.2-a+dotprod.
 #include <arm_neon.h>
 
+#include <cstring>
+
 #include "kernels.h"
+#include "panels.h"
 #include "tiles.h"
 
 namespace tinylm::int8 {
@@ -39,10 +42,41 @@ struct NeonDot {
   }
 };
 
+// The packed form (panels.h): 4 output rows per vector, x broadcast four bytes at a time.
+// sdot is signed x signed, so w needs no bias.
+struct NeonDotPanels {
+  static constexpr int kLanes = 4;
+#if defined(__aarch64__)
+  static constexpr int kMR = 6, kNR = 4;  // 24 accumulators + 4 w + x: 29 of 32 q registers
+#else
+  static constexpr int kMR = 3, kNR = 3;  // 9 + 3 + 1 of 16
+#endif
+  static constexpr uint32_t kFlip = 0;
+  static constexpr int32_t kBias = 0;
+  using Acc = int32x4_t;
+  using W = int8x16_t;
+  using X = int8x16_t;
+
+  static Acc zero() { return vdupq_n_s32(0); }
+  static W load_w(const uint32_t* p) { return vreinterpretq_s8_u32(vld1q_u32(p)); }
+  static X broadcast_x(const int8_t* p) {
+    int32_t v;
+    std::memcpy(&v, p, 4);
+    return vreinterpretq_s8_s32(vdupq_n_s32(v));
+  }
+  static Acc dot(Acc acc, W w, X x) { return vdotq_s32(acc, w, x); }
+  static void store(int32_t* out, Acc acc, int32_t bias) {
+    vst1q_s32(out, vsubq_s32(acc, vdupq_n_s32(bias)));
+  }
+};
+
 }  // namespace
 
 void gemm_neon_dotprod(const Problem& p, int64_t n_begin, int64_t n_end) {
-  tiles::gemm<NeonDot>(p, n_begin, n_end);
+  if (p.M >= panels::kMinRows)
+    panels::gemm<NeonDotPanels>(p, n_begin, n_end);
+  else
+    tiles::gemm<NeonDot>(p, n_begin, n_end);
 }
 
 }  // namespace tinylm::int8

@@ -6,9 +6,10 @@
 // this header must therefore contain nothing that is not a template on Ops (a plain
 // inline function here would be shared between files built with different flags).
 //
-// Layout: both operands are row-major along K ("dot-product" form), so no weight
-// repacking is needed: an MR x NR tile keeps MR*NR vector accumulators, streams K in
-// vector-width steps, and reduces each accumulator horizontally at the end.
+// Layout: both operands are row-major along K ("dot-product" form), so the weights are
+// read in place: an MR x NR tile keeps MR*NR vector accumulators, streams K in
+// vector-width steps, and reduces each accumulator horizontally at the end. This is the
+// GEMV of every kernel and the GEMM of those without a packed form (panels.h).
 // Ops must provide:
 //   kWidth                  bytes of K per step (x rows are zero-padded to it)
 //   kMR, kNR                largest tile (fits the register file)

@@ -123,6 +123,21 @@ TEST(int8_kernels_extremes) {
   }
 }
 
+TEST(int8_kernels_packed_panels) {  // M >= panels::kMinRows: the packed-weight form
+  const int64_t Ms[] = {8, 13, 31};
+  const int64_t Ns[] = {1, 4, 15, 16, 17, 47, 64, 65, 100};
+  const int64_t Ks[] = {1, 3, 4, 5, 64, 127, 200};
+  for (const auto& kernel : runnable_kernels()) {
+    Rng rng(4);
+    for (int64_t M : Ms)
+      for (int64_t N : Ns)
+        for (int64_t K : Ks)
+          if (!check_shape(kernel, M, N, K, Fill::kRandom, Fill::kRandom, rng)) goto next;
+    check_shape(kernel, 9, 5, 65536, Fill::kMin, Fill::kMax, rng);  // biased sums wrap
+  next:;
+  }
+}
+
 TEST(int8_kernels_large_tiles) {  // many full tiles plus edges, and a threaded split
   for (const auto& kernel : runnable_kernels()) {
     Rng rng(3);
