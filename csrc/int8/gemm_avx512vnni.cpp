@@ -64,6 +64,36 @@ struct Avx512VnniPanels {
   static void store(int32_t* out, Acc acc, int32_t bias) {
     _mm512_storeu_si512((void*)out, _mm512_sub_epi32(acc, _mm512_set1_epi32(bias)));
   }
+
+  // 16 rows x 64 bytes -> 16 groups of 16 words: a 16 x 16 transpose of 32-bit words.
+  static constexpr int kPackGroups = 16;
+  static void pack_groups(const int8_t* const* rows, int64_t k, uint32_t* out) {
+    __m512i r[16], t[16];
+    for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_si512((const void*)(rows[i] + k));
+    for (int i = 0; i < 16; i += 2) {  // per 128-bit lane: pairs of rows interleaved
+      t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+      t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {  // lane q of r[i + j]: column 4q + j of rows i..i+3
+      r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+      r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+      r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+      r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+    }
+    const __m512i flip = _mm512_set1_epi32(int32_t(kFlip));
+    for (int j = 0; j < 4; ++j) {  // gather lane q of r[j], r[4+j], r[8+j], r[12+j]
+      const __m512i ab_lo = _mm512_shuffle_i32x4(r[j], r[4 + j], _MM_SHUFFLE(1, 0, 1, 0));
+      const __m512i ab_hi = _mm512_shuffle_i32x4(r[j], r[4 + j], _MM_SHUFFLE(3, 2, 3, 2));
+      const __m512i cd_lo = _mm512_shuffle_i32x4(r[8 + j], r[12 + j], _MM_SHUFFLE(1, 0, 1, 0));
+      const __m512i cd_hi = _mm512_shuffle_i32x4(r[8 + j], r[12 + j], _MM_SHUFFLE(3, 2, 3, 2));
+      const __m512i col[4] = {_mm512_shuffle_i32x4(ab_lo, cd_lo, _MM_SHUFFLE(2, 0, 2, 0)),
+                              _mm512_shuffle_i32x4(ab_lo, cd_lo, _MM_SHUFFLE(3, 1, 3, 1)),
+                              _mm512_shuffle_i32x4(ab_hi, cd_hi, _MM_SHUFFLE(2, 0, 2, 0)),
+                              _mm512_shuffle_i32x4(ab_hi, cd_hi, _MM_SHUFFLE(3, 1, 3, 1))};
+      for (int q = 0; q < 4; ++q)
+        _mm512_storeu_si512((void*)(out + (4 * q + j) * 16), _mm512_xor_si512(col[q], flip));
+    }
+  }
 };
 
 }  // namespace

@@ -45,6 +45,7 @@ struct AvxVnni {
 struct AvxVnniPanels {
   static constexpr int kLanes = 8;
   static constexpr int kMR = 6, kNR = 2;  // 12 accumulators + 2 w + x: 15 of 16 ymm
+  static constexpr int kPackGroups = 0;  // packed word by word
   static constexpr uint32_t kFlip = 0x80808080u;
   static constexpr int32_t kBias = 128;
   using Acc = __m256i;

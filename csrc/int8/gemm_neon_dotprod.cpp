@@ -51,6 +51,7 @@ struct NeonDotPanels {
 #else
   static constexpr int kMR = 3, kNR = 3;  // 9 + 3 + 1 of 16
 #endif
+  static constexpr int kPackGroups = 0;  // packed word by word
   static constexpr uint32_t kFlip = 0;
   static constexpr int32_t kBias = 0;
   using Acc = int32x4_t;

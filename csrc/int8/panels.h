@@ -19,6 +19,8 @@
 // Ops must provide:
 //   kLanes, kMR, kNR        lanes (rows per panel); tile of kMR x rows by kNR panels
 //   kFlip, kBias            w word XOR mask; c = raw - kBias * x_sum[m]
+//   kPackGroups             0, or the groups pack_groups(rows[kLanes], k, out) packs:
+//                           bytes k .. k + 4*kPackGroups of every row, flipped, to `out`
 //   Acc, W, X               vector types
 //   zero(), load_w(const uint32_t*), broadcast_x(const int8_t*) (4 bytes to every lane),
 //   dot(acc, W, X), store(int32_t* out, Acc, int32_t bias)  out[l] = acc[l] - bias
@@ -38,21 +40,32 @@ constexpr int64_t kMinRows = 8;
 
 inline int64_t groups_of(int64_t K) { return (K + 3) / 4; }
 
-// Packs w rows [0, rows) (row-major, K bytes each) into `out`.
+// Packs w rows [0, rows) (row-major, K bytes each) into `out`. Full panels go through
+// Ops::pack_groups, kPackGroups groups at a time, if the kernel has a vector transpose;
+// the rest word by word.
 template <class Ops>
 void pack(const int8_t* w, int64_t K, int64_t rows, uint32_t* out) {
   constexpr int L = Ops::kLanes;
   const int64_t groups = groups_of(K), full = K / 4;
   for (int64_t r0 = 0; r0 < rows; r0 += L) {
     uint32_t* panel = out + (r0 / L) * groups * L;
+    int64_t g0 = 0;
+    if constexpr (Ops::kPackGroups > 0) {
+      if (r0 + L <= rows) {
+        const int8_t* src[L];
+        for (int l = 0; l < L; ++l) src[l] = w + (r0 + l) * K;
+        for (; g0 + Ops::kPackGroups <= full; g0 += Ops::kPackGroups)
+          Ops::pack_groups(src, 4 * g0, panel + g0 * L);
+      }
+    }
     for (int l = 0; l < L; ++l) {
       uint32_t* dst = panel + l;
       if (r0 + l >= rows) {
-        for (int64_t g = 0; g < groups; ++g) dst[g * L] = Ops::kFlip;
+        for (int64_t g = g0; g < groups; ++g) dst[g * L] = Ops::kFlip;
         continue;
       }
       const int8_t* src = w + (r0 + l) * K;
-      for (int64_t g = 0; g < full; ++g) {
+      for (int64_t g = g0; g < full; ++g) {
         uint32_t v;
         std::memcpy(&v, src + 4 * g, 4);
         dst[g * L] = v ^ Ops::kFlip;
