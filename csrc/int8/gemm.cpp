@@ -28,7 +28,7 @@ inline float round_even(float v) {
 // Reusable per-thread buffers, so a decode step allocates nothing.
 struct Scratch {
   std::vector<int8_t> xq;
-  std::vector<int32_t> x_sum, c;
+  std::vector<int32_t> x_sum;
   std::vector<float> x_scale;
 };
 Scratch& scratch() {
@@ -156,7 +156,6 @@ void linear(const float* x, int64_t M, int64_t K, const int8_t* wq, const float*
   s.xq.assign(size_t(M * stride), 0);
   s.x_scale.resize(size_t(M));
   s.x_sum.resize(size_t(M));
-  s.c.resize(size_t(M * N));
   int8_t* xq = s.xq.data();
   float* x_scale = s.x_scale.data();
   int32_t* x_sum = s.x_sum.data();
@@ -165,15 +164,9 @@ void linear(const float* x, int64_t M, int64_t K, const int8_t* wq, const float*
     quantize_rows(x + m0 * K, m1 - m0, K, xq + m0 * stride, stride, x_scale + m0);
     row_sums(xq + m0 * stride, m1 - m0, stride, x_sum + m0);
   });
-  const Problem p{xq, stride, x_sum, M, wq, N, K, s.c.data(), N};
-  for_row_blocks(M, N, K, [&](int64_t n0, int64_t n1) {
-    kernel.fn(p, n0, n1);
-    for (int64_t m = 0; m < M; ++m) {  // rescale this chunk while it is in cache
-      const int32_t* c = p.c + m * N;
-      float* out = y + m * N;
-      for (int64_t n = n0; n < n1; ++n) out[n] = float(c[n]) * (x_scale[m] * w_scale[n]);
-    }
-  });
+  Problem p{xq, stride, x_sum, M, wq, N, K, nullptr, N};
+  p.x_scale = x_scale, p.w_scale = w_scale, p.y = y;  // dequantized in the kernels
+  for_row_blocks(M, N, K, [&](int64_t n0, int64_t n1) { kernel.fn(p, n0, n1); });
 }
 
 uint64_t read_checksum(const uint64_t* data, int64_t n_words) {

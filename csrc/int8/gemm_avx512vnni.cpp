@@ -61,9 +61,7 @@ struct Avx512VnniPanels {
     return _mm512_set1_epi32(v);
   }
   static Acc dot(Acc acc, W w, X x) { return _mm512_dpbusd_epi32(acc, w, x); }
-  static void store(int32_t* out, Acc acc, int32_t bias) {
-    _mm512_storeu_si512((void*)out, _mm512_sub_epi32(acc, _mm512_set1_epi32(bias)));
-  }
+  static void store(int32_t* out, Acc acc) { _mm512_storeu_si512((void*)out, acc); }
 
   // 16 rows x 64 bytes -> 16 groups of 16 words: a 16 x 16 transpose of 32-bit words.
   static constexpr int kPackGroups = 16;

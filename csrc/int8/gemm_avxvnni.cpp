@@ -60,9 +60,7 @@ struct AvxVnniPanels {
     return _mm256_set1_epi32(v);
   }
   static Acc dot(Acc acc, W w, X x) { return TINYLM_DPBUSD256(acc, w, x); }
-  static void store(int32_t* out, Acc acc, int32_t bias) {
-    _mm256_storeu_si256((__m256i*)out, _mm256_sub_epi32(acc, _mm256_set1_epi32(bias)));
-  }
+  static void store(int32_t* out, Acc acc) { _mm256_storeu_si256((__m256i*)out, acc); }
 };
 
 }  // namespace

@@ -66,9 +66,7 @@ struct NeonDotPanels {
     return vreinterpretq_s8_s32(vdupq_n_s32(v));
   }
   static Acc dot(Acc acc, W w, X x) { return vdotq_s32(acc, w, x); }
-  static void store(int32_t* out, Acc acc, int32_t bias) {
-    vst1q_s32(out, vsubq_s32(acc, vdupq_n_s32(bias)));
-  }
+  static void store(int32_t* out, Acc acc) { vst1q_s32(out, acc); }
 };
 
 }  // namespace

@@ -50,7 +50,7 @@ void tile4x4(const Problem& p, int64_t m0, int mr, int64_t n0, int nr) {
       for (int r = 0; r < 2; ++r)
         for (int c = 0; c < 2; ++c) {
           const int i = 2 * xi + r, j = 2 * wj + c;
-          if (i < mr && j < nr) p.c[(m0 + i) * p.c_stride + n0 + j] = v[2 * r + c];
+          if (i < mr && j < nr) write_row(p, m0 + i, n0 + j, &v[2 * r + c], 1, 0);
         }
     }
 }

@@ -11,7 +11,7 @@ void gemm_ref(const Problem& p, int64_t n_begin, int64_t n_end) {
       const int8_t* w = p.w + n * p.K;
       int32_t sum = 0;
       for (int64_t k = 0; k < p.K; ++k) sum += int32_t(x[k]) * int32_t(w[k]);
-      p.c[m * p.c_stride + n] = sum;
+      write_row(p, m, n, &sum, 1, 0);
     }
   }
 }

@@ -58,7 +58,32 @@ struct Problem {
   int64_t N, K;
   int32_t* c;
   int64_t c_stride;
+  // With y set, kernels write y[m * c_stride + n] = float(c[m, n]) * (x_scale[m] *
+  // w_scale[n]) instead of c: linear() dequantizes while a tile's sums are in registers.
+  const float* x_scale = nullptr;
+  const float* w_scale = nullptr;
+  float* y = nullptr;
 };
+
+namespace {  // internal linkage: each kernel file compiles this with its own flags
+
+// Writes the results for row m, columns n0 .. n0+count, from raw sums less `bias`
+// (unsigned arithmetic: a biased kernel's raw sum may wrap around; the difference is
+// still exact modulo 2^32, and the true result fits in int32), as c or as y.
+inline void write_row(const Problem& p, int64_t m, int64_t n0, const int32_t* raw, int count,
+                      uint32_t bias) {
+  if (p.y != nullptr) {
+    const float xs = p.x_scale[m];
+    const float* ws = p.w_scale + n0;
+    float* y = p.y + m * p.c_stride + n0;
+    for (int j = 0; j < count; ++j) y[j] = float(int32_t(uint32_t(raw[j]) - bias)) * (xs * ws[j]);
+  } else {
+    int32_t* c = p.c + m * p.c_stride + n0;
+    for (int j = 0; j < count; ++j) c[j] = int32_t(uint32_t(raw[j]) - bias);
+  }
+}
+
+}  // namespace
 
 // Computes c[m, n] for every m and for n in [n_begin, n_end).
 using Kernel = void (*)(const Problem& p, int64_t n_begin, int64_t n_end);

@@ -23,7 +23,7 @@
 //                           bytes k .. k + 4*kPackGroups of every row, flipped, to `out`
 //   Acc, W, X               vector types
 //   zero(), load_w(const uint32_t*), broadcast_x(const int8_t*) (4 bytes to every lane),
-//   dot(acc, W, X), store(int32_t* out, Acc, int32_t bias)  out[l] = acc[l] - bias
+//   dot(acc, W, X), store(int32_t* out, Acc)
 #pragma once
 
 #include <algorithm>
@@ -106,19 +106,13 @@ void tile(const Problem& p, const uint32_t* w, int64_t groups, int64_t m0, int64
   }
 #pragma GCC unroll 8
   for (int i = 0; i < MR; ++i) {
-    // Unsigned arithmetic: the biased raw sum may wrap; the difference is exact mod 2^32.
-    const int32_t bias = int32_t(uint32_t(Ops::kBias) * uint32_t(p.x_sum[m0 + i]));
-    int32_t* c = p.c + (m0 + i) * p.c_stride + n0;
+    const uint32_t bias = uint32_t(Ops::kBias) * uint32_t(p.x_sum[m0 + i]);
 #pragma GCC unroll 4
     for (int j = 0; j < NR; ++j) {
+      alignas(64) int32_t raw[L];
+      Ops::store(raw, acc[i][j]);
       const int64_t lanes = std::min<int64_t>(L, n_valid - j * L);
-      if (lanes == L) {
-        Ops::store(c + j * L, acc[i][j], bias);
-      } else if (lanes > 0) {
-        int32_t tmp[L];
-        Ops::store(tmp, acc[i][j], bias);
-        std::memcpy(c + j * L, tmp, size_t(lanes) * sizeof(int32_t));
-      }
+      if (lanes > 0) write_row(p, m0 + i, n0 + j * L, raw, int(lanes), bias);
     }
   }
 }

@@ -66,11 +66,7 @@ void tile(const Problem& p, int64_t m0, int64_t n0) {
   for (int i = 0; i < MR; ++i) {
     int32_t out[NR];
     Ops::template reduce<NR>(acc[i], out);
-    int32_t* c = p.c + (m0 + i) * p.c_stride + n0;
-    // Unsigned arithmetic: a biased kernel's raw sum may wrap around; the difference
-    // is still exact modulo 2^32, and the true result fits in int32.
-    const uint32_t bias = uint32_t(Ops::kBias) * uint32_t(p.x_sum[m0 + i]);
-    for (int j = 0; j < NR; ++j) c[j] = int32_t(uint32_t(out[j]) - bias);
+    write_row(p, m0 + i, n0, out, NR, uint32_t(Ops::kBias) * uint32_t(p.x_sum[m0 + i]));
   }
 }
 
