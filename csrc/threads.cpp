@@ -38,8 +38,8 @@ bool spin_until(Done&& done) {
 
 class Pool {
  public:
-  explicit Pool(int threads) {
-    for (int i = 1; i < threads; ++i) workers_.emplace_back([this] { work(); });
+  explicit Pool(int threads) : ranges_(size_t(threads)) {
+    for (int i = 1; i < threads; ++i) workers_.emplace_back([this, i] { work(i); });
   }
 
   ~Pool() {
@@ -55,11 +55,13 @@ class Pool {
 
   void run(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) {
     std::lock_guard<std::mutex> one_job_at_a_time(job_mutex_);
-    const int64_t chunks_wanted = int64_t(size()) * 4;
+    const int64_t threads = size(), chunks_wanted = threads * 4;
     fn_ = &fn;
     n_ = n;
     chunk_ = std::max<int64_t>(grain, (n + chunks_wanted - 1) / chunks_wanted);
-    next_.store(0);
+    const int64_t chunks = (n + chunk_ - 1) / chunk_;
+    for (int64_t t = 0; t < threads; ++t)
+      ranges_[size_t(t)].set(chunks * t / threads, chunks * (t + 1) / threads);
     pending_.store(int(workers_.size()));
     {
       // under the mutex, so that a worker on its way to sleep sees the new job
@@ -68,7 +70,7 @@ class Pool {
     }
     wake_.notify_all();
     in_worker = true;
-    drain();
+    drain(0);
     in_worker = false;
     if (!spin_until([this] { return pending_.load() == 0; })) {
       std::unique_lock<std::mutex> lock(mutex_);
@@ -78,15 +80,41 @@ class Pool {
   }
 
  private:
-  void drain() {
-    for (;;) {
-      const int64_t begin = next_.fetch_add(chunk_);
-      if (begin >= n_) return;
-      (*fn_)(begin, std::min(n_, begin + chunk_));
+  // Chunk indices [front, back) not yet taken, in one word so that the owner (from the
+  // front) and helpers (from the back) never take the same chunk.
+  struct alignas(64) Range {
+    std::atomic<uint64_t> front_back{0};
+    void set(int64_t front, int64_t back) { front_back.store(uint64_t(back) << 32 | uint64_t(front)); }
+    bool take(bool from_front, int64_t* chunk) {
+      uint64_t v = front_back.load();
+      for (;;) {
+        const uint64_t front = v & 0xffffffffu, back = v >> 32;
+        if (front >= back) return false;
+        const uint64_t next = from_front ? (back << 32 | (front + 1)) : ((back - 1) << 32 | front);
+        if (front_back.compare_exchange_weak(v, next)) {
+          *chunk = int64_t(from_front ? front : back - 1);
+          return true;
+        }
+      }
+    }
+  };
+
+  // Thread `self` runs its own contiguous share of the chunks in order, then helps the
+  // others from the far ends of theirs. Contiguous shares matter: when two threads
+  // write interleaved stretches of the same output rows, the cache lines at every
+  // boundary (and their prefetched neighbours) bounce between the cores (measured: an
+  // int8 GEMM writing 64 rows split in 8 interleaved chunks ran 1.3x faster on 2
+  // threads than on 1; in 2 contiguous halves, 1.9x).
+  void drain(int self) {
+    const int threads = size();
+    int64_t chunk;
+    for (int k = 0; k < threads; ++k) {
+      Range& r = ranges_[size_t((self + k) % threads)];
+      while (r.take(k == 0, &chunk)) (*fn_)(chunk * chunk_, std::min(n_, (chunk + 1) * chunk_));
     }
   }
 
-  void work() {
+  void work(int self) {
     in_worker = true;
     uint64_t seen = 0;
     for (;;) {
@@ -97,7 +125,7 @@ class Pool {
       }
       if (stop_.load()) return;
       seen = generation_.load();
-      drain();
+      drain(self);
       if (pending_.fetch_sub(1) == 1) {
         std::lock_guard<std::mutex> lock(mutex_);
         done_.notify_one();
@@ -111,7 +139,7 @@ class Pool {
   // the job: written by run() before it bumps generation_, read by workers after
   const std::function<void(int64_t, int64_t)>* fn_ = nullptr;
   int64_t n_ = 0, chunk_ = 1;
-  std::atomic<int64_t> next_{0};
+  std::vector<Range> ranges_;  // one per thread, index 0 the caller's
   std::atomic<int> pending_{0};  // workers that have not finished the current job
   std::atomic<uint64_t> generation_{0};
   std::atomic<bool> stop_{false};

@@ -17,7 +17,9 @@ int num_threads();
 void set_num_threads(int n);
 
 // Calls fn(begin, end) on disjoint ranges covering [0, n), in parallel, and returns when
-// all are done. Ranges are at least `grain` long (except the last). The split never
+// all are done. Ranges are at least `grain` long (except the last). Each thread first
+// runs a contiguous share of the ranges, in order, then helps the others from the far
+// ends of theirs, so threads write neighbouring outputs only at a few places. The split never
 // changes which element a range holds, so results do not depend on the thread count as
 // long as fn writes each element's output from that element alone.
 void parallel_for_fn(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn);

@@ -378,6 +378,27 @@ TEST(runtime_parallel_for_uses_several_threads) {
         int(timed_out));
 }
 
+// Each thread starts on its own contiguous share of the chunks and helps others from the
+// far end of theirs, so along the index order the owner changes at most twice with 2
+// threads (caller [0, a) + [b, n), worker [a, b)), whatever the timing. Chunks handed
+// out in turn would switch owner at almost every chunk.
+TEST(runtime_parallel_for_gives_threads_contiguous_shares) {
+  KeepThreads keep;
+  tinylm::set_num_threads(2);
+  for (int job = 0; job < 200; ++job) {
+    std::vector<std::thread::id> owner(64);
+    tinylm::parallel_for(64, 1, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) owner[size_t(i)] = std::this_thread::get_id();
+      const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(20);
+      while (std::chrono::steady_clock::now() < until) {}  // equal work per chunk
+    });
+    int switches = 0;
+    for (size_t i = 1; i < owner.size(); ++i) switches += owner[i] != owner[i - 1];
+    CHECK(switches <= 2, "job %d: the owner changes %d times along the indices", job, switches);
+    if (switches > 2) return;
+  }
+}
+
 // Workers wait awake for a while after a job (the pool's kSpin), then sleep: a job
 // that comes back-to-back and one that comes after the workers fell asleep both get
 // every thread, and many jobs in a row each cover their range exactly once.
