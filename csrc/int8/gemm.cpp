@@ -37,9 +37,9 @@ Scratch& scratch() {
 }
 
 // Output rows are handed to threads in blocks of 16 (a packed panel of the VNNI kernels,
-// a multiple of every other kernel's tile), and a
-// chunk carries at least ~2M multiply-adds (~10 us): waking a pool thread costs tens
-// of microseconds on a busy machine, so small layers stay on the calling thread.
+// a multiple of every other kernel's tile), and a chunk carries at least ~2M
+// multiply-adds (~10 us): waking a pool thread costs tens of microseconds on a busy
+// machine, so small layers stay on the calling thread.
 constexpr int64_t kRowBlock = 16;
 constexpr int64_t kMinChunkWork = int64_t(1) << 21;
 
