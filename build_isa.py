@@ -33,8 +33,11 @@ ISA_FLAGS = {
 # exact product instead of the float one, and 5e-31 * (127 / 1e-30) = 63.5 became 63, not
 # 64 (tests/test_int8.py::test_quantize_tiny_rows under qemu-aarch64). Off, so that one
 # model gives the same numbers on a Pi as on a laptop; NEON code asks for FMA explicitly.
+# -mfp16-format=ieee: 32-bit ARM's half-to-float intrinsics (the int8 models' half KV
+# cache) exist only with it.
 ARCH_FLAGS = {"aarch64": ["-ffp-contract=off"],
-              "armv7": ["-mfpu=neon-vfpv4", "-mfloat-abi=hard", "-ffp-contract=off"]}
+              "armv7": ["-mfpu=neon-vfpv4", "-mfloat-abi=hard", "-ffp-contract=off",
+                        "-mfp16-format=ieee"]}
 
 # Flags for one instruction set on one architecture, after the two above (the last
 # -mfpu wins): 32-bit dotprod code needs the ARMv8 FPU description.

@@ -17,6 +17,7 @@
 #include "attention/attention.h"
 #include "cpu.h"
 #include "engine/engine.h"
+#include "half.h"
 #include "int8/int8.h"
 #include "threads.h"
 
@@ -166,6 +167,30 @@ py::array_t<float> attention_arg(const py::handle& obj, const char* name, int nd
   return a;
 }
 
+// A key/value cache: float32 or float16 (IEEE halves, which pybind11 has no C++ type
+// for: passed on as uint16_t), C-contiguous, non-empty, `ndim` dimensions.
+py::array cache_arg(const py::handle& obj, const char* name, int ndim) {
+  if (!py::isinstance<py::array>(obj)) bad_arg(name, "expected a numpy array");
+  auto a = py::reinterpret_borrow<py::array>(obj);
+  const bool half = a.dtype().kind() == 'f' && a.itemsize() == 2;
+  if (!half) return checked<float>(obj, name, ndim);
+  if (a.ndim() != ndim)
+    bad_arg(name, "expected " + std::to_string(ndim) + " dimensions, got shape " + shape_str(a));
+  if (!(a.flags() & py::array::c_style))
+    bad_arg(name, "array is not C-contiguous (use numpy.ascontiguousarray)");
+  if (a.size() == 0) bad_arg(name, "array is empty, shape " + shape_str(a));
+  return a;
+}
+
+bool is_half(const py::array& a) { return a.itemsize() == 2; }
+
+void require_same_dtype(const py::array& a, const char* name, const py::array& like,
+                        const char* like_name) {
+  if (!a.dtype().is(like.dtype()))
+    bad_arg(name, "dtype " + std::string(py::str(a.dtype())) + " must equal the dtype of '" +
+                      like_name + "' (" + std::string(py::str(like.dtype())) + ")");
+}
+
 void require_same_shape(const py::array& a, const char* name, const py::array& like,
                         const char* like_name) {
   bool same = a.ndim() == like.ndim();
@@ -246,10 +271,11 @@ void bind_attention(py::module_& m) {
   m.def(
       "attention_decode",
       [](py::object q_, py::object k_, py::object v_, int64_t length) {
-        auto q = attention_arg(q_, "q", 2), kc = attention_arg(k_, "k_cache", 3),
-             vc = attention_arg(v_, "v_cache", 3);
+        auto q = attention_arg(q_, "q", 2);
+        auto kc = cache_arg(k_, "k_cache", 3), vc = cache_arg(v_, "v_cache", 3);
         require_dim(kc, "k_cache", 2, q.shape(1), "head_dim of q");
         require_same_shape(vc, "v_cache", kc, "k_cache");
+        require_same_dtype(vc, "v_cache", kc, "k_cache");
         if (q.shape(0) % kc.shape(0) != 0)
           bad_arg("k_cache", "shape " + shape_str(kc) + ": its " + std::to_string(kc.shape(0)) +
                                  " kv heads must divide the " + std::to_string(q.shape(0)) +
@@ -264,12 +290,19 @@ void bind_attention(py::module_& m) {
                                               q.shape(1)};
         auto out = new_output({d.heads, d.head_dim});
         float* o = out.mutable_data();
-        run_kernel([&] { tinylm::attention::decode(d, q.data(), kc.data(), vc.data(), o); });
+        run_kernel([&] {
+          if (is_half(kc))
+            tinylm::attention::decode(d, q.data(), static_cast<const uint16_t*>(kc.data()),
+                                      static_cast<const uint16_t*>(vc.data()), o);
+          else
+            tinylm::attention::decode(d, q.data(), static_cast<const float*>(kc.data()),
+                                      static_cast<const float*>(vc.data()), o);
+        });
         return out;
       },
       py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("length"),
-      "One query per head against cache positions [0, length). q [H,D], k_cache and "
-      "v_cache [Hkv, capacity, D] -> out [H,D].");
+      "One query per head against cache positions [0, length). q [H,D] float32, k_cache and "
+      "v_cache [Hkv, capacity, D], both float32 or both float16 -> out [H,D].");
   m.def("attention_path", &tinylm::attention::active_path,
         "The attention implementation the active ISA level selects.");
 }
@@ -473,14 +506,15 @@ std::unique_ptr<EngineHandle> make_engine(const py::dict& cfg_d, const py::handl
     w.layers.push_back(L);
   }
   const int64_t D = c.d_model / c.n_head;
-  auto kc = checked<float>(k_obj, "k_cache", 4), vc = checked<float>(v_obj, "v_cache", 4);
+  auto kc = cache_arg(k_obj, "k_cache", 4), vc = cache_arg(v_obj, "v_cache", 4);
+  require_same_dtype(vc, "v_cache", kc, "k_cache");
   const int64_t cache_shape[4] = {c.n_layer, c.n_kv_head, c.context, D};
   for (int axis = 0; axis < 4; ++axis) {
     require_dim(kc, "k_cache", axis, cache_shape[axis], "[n_layer, n_kv_head, context, head_dim]");
     require_dim(vc, "v_cache", axis, cache_shape[axis], "[n_layer, n_kv_head, context, head_dim]");
   }
-  require_writeable(kc, "k_cache");
-  require_writeable(vc, "v_cache");
+  for (const auto* a : {&kc, &vc})
+    if (!a->writeable()) bad_arg(a == &kc ? "k_cache" : "v_cache", "array is read-only");
   auto cs = checked<float>(cos_obj, "cos", 2), sn = checked<float>(sin_obj, "sin", 2);
   for (auto* t : {&cs, &sn}) {
     const char* name = t == &cs ? "cos" : "sin";
@@ -490,7 +524,12 @@ std::unique_ptr<EngineHandle> make_engine(const py::dict& cfg_d, const py::handl
   for (py::object o : {py::object(kc), py::object(vc), py::object(cs), py::object(sn)}) keep.push_back(o);
   try {
     h->engine = std::make_unique<E::Engine>(
-        c, std::move(w), E::State{kc.mutable_data(), vc.mutable_data(), cs.data(), sn.data()});
+        c, std::move(w),
+        is_half(kc) ? E::State{nullptr, nullptr, cs.data(), sn.data(),
+                               static_cast<uint16_t*>(kc.mutable_data()),
+                               static_cast<uint16_t*>(vc.mutable_data())}
+                    : E::State{static_cast<float*>(kc.mutable_data()),
+                               static_cast<float*>(vc.mutable_data()), cs.data(), sn.data()});
   } catch (const std::invalid_argument& e) {
     throw py::value_error(e.what());
   }
@@ -597,6 +636,16 @@ void bind_engine(py::module_& m) {
       py::arg("repetition_penalty"), py::arg("rng_state"), py::arg("history"),
       "The native sampler alone on float32 logits: (token, new rng_state) (tests).");
   m.def("engine_seed_state", &E::seed_state, py::arg("seed"), "splitmix64 seeding (tests).");
+  m.def(
+      "float_to_half",
+      [](py::object x_) {
+        auto x = checked<float>(x_, "x", 1);
+        py::array_t<uint16_t> out(x.shape(0));
+        uint16_t* o = out.mutable_data();
+        for (py::ssize_t i = 0; i < x.shape(0); ++i) o[i] = tinylm::float_to_half(x.data()[i]);
+        return out;
+      },
+      py::arg("x"), "The engine's rounding of float32 [n] to IEEE halves, as uint16 bits (tests).");
   m.def(
       "engine_rng_next",
       [](uint64_t state, int n) {

@@ -88,6 +88,29 @@ def test_native_matches_int8_reference_at_every_step(params):
     assert 0 < err < 0.05 * np.abs(fp32).max()  # int8, yet close to fp32
 
 
+def test_cache_is_float16_for_int8_models_float32_otherwise(params):
+    assert NativeEngine(CFG, params).k_cache.dtype == np.float32
+    q = quantize_params(params)
+    for engine in (NativeEngine(CFG, q), ReferenceEngine(CFG, q, int8_impl="numpy")):
+        assert engine.k_cache.dtype == engine.v_cache.dtype == np.float16
+
+
+@given(st.lists(st.floats(width=32, allow_nan=False), min_size=1, max_size=200))
+def test_engine_rounds_halves_as_numpy(values):
+    """The native engine writes the half cache in decode, numpy in prefill: one rounding.
+    Also every half's neighbourhood: the midpoints (ties to even), just above and below,
+    the subnormals, and past the largest half (to infinity)."""
+    halves = np.arange(1 << 16, dtype=np.uint16).view(np.float16)
+    finite = halves[np.isfinite(halves)].astype(np.float32)
+    bits = finite.view(np.uint32)
+    near = np.concatenate([finite, (bits + 0x1000).view(np.float32), (bits + 0xFFF).view(np.float32),
+                           (bits + 0x1001).view(np.float32), np.float32([65519.99, 65520, 1e38, 2**-25, 2**-26])])
+    x = np.concatenate([np.asarray(values, np.float32), near, -near])
+    with np.errstate(over="ignore"):
+        expected = x.astype(np.float16).view(np.uint16)
+    np.testing.assert_array_equal(_C.float_to_half(x), expected)
+
+
 def greedy_ids(engine, prompt, n):
     engine.reset()
     sampler = Sampler(temperature=0)
@@ -404,6 +427,10 @@ def test_native_engine_refuses_bad_arrays(params):
         _C.Engine(args, params["model.embed_tokens.weight"], params["model.norm.weight"],
                   [params[layer_param(i, n)] for i in range(2) for n, _ in LAYER_PARAMS],
                   eng.k_cache[:1], eng.v_cache, eng.cos, eng.sin)
+    with pytest.raises(ValueError, match="v_cache.*dtype"):
+        _C.Engine(args, params["model.embed_tokens.weight"], params["model.norm.weight"],
+                  [params[layer_param(i, n)] for i in range(2) for n, _ in LAYER_PARAMS],
+                  eng.k_cache.astype(np.float16), eng.v_cache, eng.cos, eng.sin)
 
 
 # ---------------------------------------------------------------- the fused GEMV

@@ -145,12 +145,15 @@ def backward(q, k, v, out, lse, dout, impl=None):
 
 
 def decode(q, k_cache, v_cache, length, impl=None):
-    """out [H, D] for q [H, D] against k_cache, v_cache [Hkv, capacity, D], positions < length."""
+    """out [H, D] for q [H, D] against k_cache, v_cache [Hkv, capacity, D], positions < length.
+    The caches are float32, or both float16."""
     length = int(length)
     if _check_impl(impl or _default_impl) == "numpy":
         capacity = np.shape(k_cache)[1]
         if not 1 <= length <= capacity:
             raise ValueError(f"argument 'length': {length} is outside [1, {capacity}] (the cache capacity)")
         return attention_decode(q, k_cache, v_cache, length)
-    args = _native_args(q=q, k_cache=k_cache, v_cache=v_cache)
-    return _native_module().attention_decode(*args, length)
+    # the caches may also be float16 (the int8 models' cache), which the kernel reads as is
+    halves = [np.ascontiguousarray(c) for c in (k_cache, v_cache) if np.asarray(c).dtype == np.float16]
+    caches = halves if len(halves) == 2 else _native_args(k_cache=k_cache, v_cache=v_cache)
+    return _native_module().attention_decode(*_native_args(q=q), *caches, length)

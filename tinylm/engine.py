@@ -8,7 +8,13 @@
 How a generation runs
 ---------------------
 The engine keeps the keys and values of every position it has seen in a cache sized to
-the model's context, `[n_layer, n_kv_head, context, head_dim]` for each of k and v.
+the model's context, `[n_layer, n_kv_head, context, head_dim]` for each of k and v:
+float32 for a float32 model, whose logits then match the training forward pass; float16
+for an int8 model, which already trades exactness for speed. Halves halve the cache's
+memory and the bytes a decode step reads from it (a `small` model's cache at position
+190 is 2.6 MB in float32, 43% of its int8 weights; a long context makes it larger than
+them). Both engines store the same halves (numpy rounds them in prefill, the native
+engine the same way in decode) and compute with them widened to float32.
 
 - **Prefill**: the prompt goes through the model in one batched pass (matrix-matrix
   products: numpy's BLAS for fp32, the int8 GEMM for int8), filling the cache.
@@ -51,21 +57,21 @@ def _is_int8(w):
     return type(w).__name__ == "Int8Weight"
 
 
-def _cache_array(shape):
-    """A zeroed float32 array whose memory becomes resident only where it is written.
+def _cache_array(shape, dtype):
+    """A zeroed array whose memory becomes resident only where it is written.
 
     Each cache head keeps its positions contiguous, so a short generation writes a few
     pages of every head. With transparent huge pages each such write would make a whole
     2 MB page resident, i.e. the full cache at once; an anonymous map marked "no huge
     pages" keeps the footprint at what is used."""
     import mmap
-    nbytes = int(np.prod(shape)) * 4
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
     advice = getattr(mmap, "MADV_NOHUGEPAGE", None)
     if advice is None or nbytes < (1 << 21):
-        return np.zeros(shape, np.float32)
+        return np.zeros(shape, dtype)
     buf = mmap.mmap(-1, nbytes)
     buf.madvise(advice)
-    return np.frombuffer(buf, np.float32).reshape(shape)
+    return np.frombuffer(buf, dtype).reshape(shape)
 
 
 class Engine:
@@ -81,8 +87,9 @@ class Engine:
         self.int8 = _is_int8(params[M.EMBED])
         self.int8_impl = int8_impl  # "numpy": the exact int32 reference; "native": the kernel
         shape = (cfg.n_layer, cfg.n_kv_head, cfg.context, cfg.head_dim)
-        self.k_cache = _cache_array(shape)
-        self.v_cache = _cache_array(shape)
+        cache_dtype = np.float16 if self.int8 else np.float32
+        self.k_cache = _cache_array(shape, cache_dtype)
+        self.v_cache = _cache_array(shape, cache_dtype)
         self.cos, self.sin = M.rope_tables(cfg.context, cfg.head_dim, cfg.rope_theta, np.float32)
         self.length = 0
 
@@ -135,8 +142,8 @@ class Engine:
         the cached keys and values of positions [0, end)."""
         H, T, D = q.shape
         group = H // self.cfg.n_kv_head
-        k = np.repeat(self.k_cache[layer, :, :end], group, axis=0)  # [H, end, D]
-        v = np.repeat(self.v_cache[layer, :, :end], group, axis=0)
+        k = np.repeat(self.k_cache[layer, :, :end].astype(np.float32), group, axis=0)  # [H, end, D]
+        v = np.repeat(self.v_cache[layer, :, :end].astype(np.float32), group, axis=0)
         scores = (q @ k.transpose(0, 2, 1)) / np.float32(np.sqrt(D))  # [H, T, end]
         # query j sits at position end - T + j and sees keys up to that position
         future = np.arange(end)[None, :] > (end - T + np.arange(T))[:, None]

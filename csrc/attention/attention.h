@@ -45,9 +45,12 @@ void forward(const Dims& d, const float* q, const float* k, const float* v, floa
 void backward(const Dims& d, const float* q, const float* k, const float* v, const float* out,
               const float* lse, const float* dout, float* dq, float* dk, float* dv);
 
-// out [H, D].
+// out [H, D]. The caches hold float32, or IEEE halves (numpy's float16; the int8
+// models' cache, tinylm/engine.py), widened to float as they are read.
 void decode(const DecodeDims& d, const float* q, const float* k_cache, const float* v_cache,
             float* out);
+void decode(const DecodeDims& d, const float* q, const uint16_t* k_cache,
+            const uint16_t* v_cache, float* out);
 
 // Name of the implementation the calls above use now: "avx512", "avx2", "neon", "scalar".
 const char* active_path();
@@ -60,6 +63,8 @@ void backward(const Dims& d, const float* q, const float* k, const float* v, con
               const float* lse, const float* dout, float* dq, float* dk, float* dv);
 void decode(const DecodeDims& d, const float* q, const float* k_cache, const float* v_cache,
             float* out);
+void decode(const DecodeDims& d, const float* q, const uint16_t* k_cache,
+            const uint16_t* v_cache, float* out);
 }  // namespace reference
 
 }  // namespace tinylm::attention

@@ -20,6 +20,15 @@ struct Avx512 {
   static V zero() { return _mm512_setzero_ps(); }
   static V set1(float x) { return _mm512_set1_ps(x); }
   static V load(const float* p) { return _mm512_loadu_ps(p); }
+  static V load_half(const uint16_t* p) {
+    const __m256i h = _mm256_loadu_si256((const __m256i*)p);
+#if defined(TINYLM_SIMDE)  // SIMDe has no _mm512_cvtph_ps: two F16C conversions
+    return _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_cvtph_ps(_mm256_castsi256_si128(h))),
+                              _mm256_cvtph_ps(_mm256_extracti128_si256(h, 1)), 1);
+#else
+    return _mm512_cvtph_ps(h);
+#endif
+  }
   static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
   static V add(V a, V b) { return _mm512_add_ps(a, b); }
   static V sub(V a, V b) { return _mm512_sub_ps(a, b); }

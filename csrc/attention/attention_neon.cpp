@@ -20,6 +20,8 @@ struct Neon {
   static V zero() { return vdupq_n_f32(0.f); }
   static V set1(float x) { return vdupq_n_f32(x); }
   static V load(const float* p) { return vld1q_f32(p); }
+  // 32-bit ARM: needs -mfp16-format=ieee (build_isa.py) and VFPv4's half conversions
+  static V load_half(const uint16_t* p) { return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p))); }
   static void store(float* p, V v) { vst1q_f32(p, v); }
   static V add(V a, V b) { return vaddq_f32(a, b); }
   static V sub(V a, V b) { return vsubq_f32(a, b); }

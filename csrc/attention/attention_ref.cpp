@@ -7,6 +7,7 @@
 #include <limits>
 #include <vector>
 
+#include "../half.h"
 #include "../threads.h"
 #include "attention.h"
 
@@ -90,27 +91,49 @@ void backward(const Dims& d, const float* q, const float* k, const float* v, con
   });
 }
 
-void decode(const DecodeDims& d, const float* q, const float* k_cache, const float* v_cache,
-            float* out) {
+namespace {
+
+inline double value(float x) { return x; }
+inline double value(uint16_t x) { return half_to_float(x); }
+
+template <class E>
+void decode_cache(const DecodeDims& d, const float* q, const E* k_cache, const E* v_cache,
+                  float* out) {
   validate(d);
   const int64_t D = d.head_dim, L = d.length, group = d.heads / d.kv_heads;
   const double scale = 1.0 / std::sqrt(double(D));
   parallel_for(d.heads, 1, [&](int64_t begin, int64_t end) {
     std::vector<double> s(L), o(D);
     for (int64_t h = begin; h < end; ++h) {
-      const float* kh = k_cache + (h / group) * d.capacity * D;
-      const float* vh = v_cache + (h / group) * d.capacity * D;
+      const E* kh = k_cache + (h / group) * d.capacity * D;
+      const E* vh = v_cache + (h / group) * d.capacity * D;
       double mx = -std::numeric_limits<double>::infinity(), sum = 0;
-      for (int64_t j = 0; j < L; ++j) mx = std::max(mx, s[j] = dot(q + h * D, kh + j * D, D) * scale);
+      for (int64_t j = 0; j < L; ++j) {
+        double dot = 0;
+        for (int64_t c = 0; c < D; ++c) dot += double(q[h * D + c]) * value(kh[j * D + c]);
+        mx = std::max(mx, s[j] = dot * scale);
+      }
       std::fill(o.begin(), o.end(), 0.0);
       for (int64_t j = 0; j < L; ++j) {
         const double p = std::exp(s[j] - mx);
         sum += p;
-        for (int64_t c = 0; c < D; ++c) o[c] += p * vh[j * D + c];
+        for (int64_t c = 0; c < D; ++c) o[c] += p * value(vh[j * D + c]);
       }
       for (int64_t c = 0; c < D; ++c) out[h * D + c] = float(o[c] / sum);
     }
   });
+}
+
+}  // namespace
+
+void decode(const DecodeDims& d, const float* q, const float* k_cache, const float* v_cache,
+            float* out) {
+  decode_cache(d, q, k_cache, v_cache, out);
+}
+
+void decode(const DecodeDims& d, const float* q, const uint16_t* k_cache, const uint16_t* v_cache,
+            float* out) {
+  decode_cache(d, q, k_cache, v_cache, out);
 }
 
 }  // namespace tinylm::attention::reference

@@ -5,8 +5,8 @@
 //
 // The vector interface `O` provides: type V holding W floats; register blocking R (rows)
 // and NV (vectors per row) for the matrix-product block; and zero, set1, load, store
-// (unaligned), add, sub, mul, max, fma(a, b, c) = a*b + c, hsum, hmax,
-// round (to nearest integer), pow2(n) = 2^n for integral n in [-126, 127],
+// (unaligned), load_half (W IEEE halves widened to floats), add, sub, mul, max,
+// fma(a, b, c) = a*b + c, hsum, hmax, round (to nearest integer), pow2(n) = 2^n for integral n in [-126, 127],
 // zero_below(v, x, lo) = (x >= lo ? v : 0) lane by lane, and transpose_block, which
 // transposes a TB x TB block of floats through registers.
 //
@@ -21,6 +21,7 @@
 
 #include <cstdint>
 
+#include "../half.h"
 #include "kernels.h"
 
 namespace tinylm::attention::detail {
@@ -338,38 +339,48 @@ struct Tiled {
   }
 
   // ------------------------------------------------------------------ decode
+  //
+  // The cache holds float32 or IEEE halves (E = uint16_t, kernels.h's DecodeJob): the
+  // same code reads either, widening halves to float as it loads them.
 
-  static inline float dot(const float* a, const float* b, int64_t D) {
+  static inline V load(const float* p) { return O::load(p); }
+  static inline V load(const uint16_t* p) { return O::load_half(p); }
+  static inline float scalar(float x) { return x; }
+  static inline float scalar(uint16_t x) { return half_to_float(x); }
+
+  template <class E>
+  static inline float dot(const float* a, const E* b, int64_t D) {
     V s = O::zero();
     int64_t d = 0;
-    for (; d + W <= D; d += W) s = O::fma(O::load(a + d), O::load(b + d), s);
+    for (; d + W <= D; d += W) s = O::fma(O::load(a + d), load(b + d), s);
     float t = O::hsum(s);
-    for (; d < D; ++d) t += a[d] * b[d];
+    for (; d < D; ++d) t += a[d] * scalar(b[d]);
     return t;
   }
 
   // acc[0:D] += p * x[0:D] (acc has room for Dp floats; x only for D).
-  static inline void axpy(float* acc, float p, const float* x, int64_t D) {
+  template <class E>
+  static inline void axpy(float* acc, float p, const E* x, int64_t D) {
     const V vp = O::set1(p);
     int64_t d = 0;
-    for (; d + W <= D; d += W) O::store(acc + d, O::fma(vp, O::load(x + d), O::load(acc + d)));
-    for (; d < D; ++d) acc[d] += p * x[d];
+    for (; d + W <= D; d += W) O::store(acc + d, O::fma(vp, load(x + d), O::load(acc + d)));
+    for (; d < D; ++d) acc[d] += p * scalar(x[d]);
   }
 
   // s[t] = q . k_t for n keys (D a multiple of W), four keys at a time so that four
   // independent chains of FMAs overlap.
-  static void scores4(const float* q, const float* K, int64_t D, int64_t n, float scale,
-                      float* s) {
+  template <class E>
+  static void scores4(const float* q, const E* K, int64_t D, int64_t n, float scale, float* s) {
     int64_t t = 0;
     for (; t + 4 <= n; t += 4) {
-      const float* k = K + t * D;
+      const E* k = K + t * D;
       V a0 = O::zero(), a1 = O::zero(), a2 = O::zero(), a3 = O::zero();
       for (int64_t d = 0; d < D; d += W) {
         const V qv = O::load(q + d);
-        a0 = O::fma(qv, O::load(k + d), a0);
-        a1 = O::fma(qv, O::load(k + D + d), a1);
-        a2 = O::fma(qv, O::load(k + 2 * D + d), a2);
-        a3 = O::fma(qv, O::load(k + 3 * D + d), a3);
+        a0 = O::fma(qv, load(k + d), a0);
+        a1 = O::fma(qv, load(k + D + d), a1);
+        a2 = O::fma(qv, load(k + 2 * D + d), a2);
+        a3 = O::fma(qv, load(k + 3 * D + d), a3);
       }
       s[t] = O::hsum(a0) * scale;
       s[t + 1] = O::hsum(a1) * scale;
@@ -380,8 +391,8 @@ struct Tiled {
   }
 
   // acc[d0 : d0 + NVt*W] += sum_t p[t] * Vrows[t][same], accumulated in registers.
-  template <int NVt>
-  static inline void weighted_rows(float* acc, const float* p, const float* Vrows, int64_t D,
+  template <int NVt, class E>
+  static inline void weighted_rows(float* acc, const float* p, const E* Vrows, int64_t D,
                                    int64_t n) {
     V r[NVt];
 #pragma GCC unroll 8
@@ -389,14 +400,15 @@ struct Tiled {
     for (int64_t t = 0; t < n; ++t) {
       const V pt = O::set1(p[t]);
 #pragma GCC unroll 8
-      for (int v = 0; v < NVt; ++v) r[v] = O::fma(pt, O::load(Vrows + t * D + v * W), r[v]);
+      for (int v = 0; v < NVt; ++v) r[v] = O::fma(pt, load(Vrows + t * D + v * W), r[v]);
     }
 #pragma GCC unroll 8
     for (int v = 0; v < NVt; ++v) O::store(acc + v * W, r[v]);
   }
 
   // acc[0:D] += sum_t p[t] * Vrows[t] (D a multiple of W), in column blocks of 4 vectors.
-  static void weighted_sum(float* acc, const float* p, const float* Vrows, int64_t D, int64_t n) {
+  template <class E>
+  static void weighted_sum(float* acc, const float* p, const E* Vrows, int64_t D, int64_t n) {
     int64_t d = 0;
     for (; d + 4 * W <= D; d += 4 * W) weighted_rows<4>(acc + d, p, Vrows + d, D, n);
     switch ((D - d) / W) {
@@ -407,13 +419,14 @@ struct Tiled {
     }
   }
 
-  static void decode_part(const DecodeJob& j, int64_t hk, int64_t begin, int64_t end, float* m,
-                          float* l, float* acc) {
+  template <class E>
+  static void decode_cache(const DecodeJob& j, const E* k_cache, const E* v_cache, int64_t hk,
+                           int64_t begin, int64_t end, float* m, float* l, float* acc) {
     constexpr int kChunk = 64;  // keys per online-softmax step, read once for the whole group
     const int64_t group = j.H / j.Hkv, D = j.D, Dp = j.Dp;
     const bool fast = D % W == 0;  // whole vectors per cache row
-    const float* K = j.k_cache + hk * j.capacity * D;
-    const float* Vc = j.v_cache + hk * j.capacity * D;
+    const E* K = k_cache + hk * j.capacity * D;
+    const E* Vc = v_cache + hk * j.capacity * D;
     for (int64_t g = 0; g < group; ++g) {
       m[g] = kNegInf, l[g] = 0.f;
       for (int64_t d = 0; d < Dp; d += W) O::store(acc + g * Dp + d, O::zero());
@@ -454,6 +467,12 @@ struct Tiled {
         }
       }
     }
+  }
+
+  static void decode_part(const DecodeJob& j, int64_t hk, int64_t begin, int64_t end, float* m,
+                          float* l, float* acc) {
+    if (j.k_half != nullptr) return decode_cache(j, j.k_half, j.v_half, hk, begin, end, m, l, acc);
+    decode_cache(j, j.k_cache, j.v_cache, hk, begin, end, m, l, acc);
   }
 
   static const TileKernels* table(const char* name) {

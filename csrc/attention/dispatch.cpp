@@ -19,6 +19,7 @@
 #include <limits>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "../cpu.h"
@@ -255,8 +256,12 @@ void backward_with(const TileKernels* kern, const Dims& d, const float* q, const
   });
 }
 
-void decode_with(const TileKernels* kern, const DecodeDims& d, const float* q,
-                 const float* k_cache, const float* v_cache, float* out) {
+namespace {
+
+// Either cache type: E is float or uint16_t (halves); the job carries the pointers.
+template <class E>
+void decode_cache(const TileKernels* kern, const DecodeDims& d, const float* q,
+                  const E* k_cache, const E* v_cache, float* out) {
   validate(d);
   if (kern == nullptr) return reference::decode(d, q, k_cache, v_cache, out);
   const int64_t H = d.heads, Hkv = d.kv_heads, D = d.head_dim, L = d.length, group = H / Hkv;
@@ -266,8 +271,13 @@ void decode_with(const TileKernels* kern, const DecodeDims& d, const float* q,
   const Scratch scratch{splits * H, splits * H, splits * H * Dp};
   float *m = scratch[0], *l = scratch[1], *acc = scratch[2];
 
-  const DecodeJob job{q, k_cache, v_cache, H, Hkv, d.capacity, D, Dp,
-                      float(1.0 / std::sqrt(double(D)))};
+  DecodeJob job{q, nullptr, nullptr, nullptr, nullptr, H, Hkv, d.capacity, D, Dp,
+                float(1.0 / std::sqrt(double(D)))};
+  if constexpr (std::is_same_v<E, float>) {
+    job.k_cache = k_cache, job.v_cache = v_cache;
+  } else {
+    job.k_half = k_cache, job.v_half = v_cache;
+  }
   const int64_t items = Hkv * splits;
   // Waking the pool costs more than a short cache takes: stay on this thread then.
   const int64_t grain = L * H * D < (int64_t(1) << 15) ? items : 1;
@@ -293,6 +303,18 @@ void decode_with(const TileKernels* kern, const DecodeDims& d, const float* q,
   }
 }
 
+}  // namespace
+
+void decode_with(const TileKernels* kern, const DecodeDims& d, const float* q,
+                 const float* k_cache, const float* v_cache, float* out) {
+  decode_cache(kern, d, q, k_cache, v_cache, out);
+}
+
+void decode_with(const TileKernels* kern, const DecodeDims& d, const float* q,
+                 const uint16_t* k_cache, const uint16_t* v_cache, float* out) {
+  decode_cache(kern, d, q, k_cache, v_cache, out);
+}
+
 }  // namespace detail
 
 void forward(const Dims& d, const float* q, const float* k, const float* v, float* out,
@@ -307,6 +329,11 @@ void backward(const Dims& d, const float* q, const float* k, const float* v, con
 
 void decode(const DecodeDims& d, const float* q, const float* k_cache, const float* v_cache,
             float* out) {
+  detail::decode_with(detail::select_kernels(), d, q, k_cache, v_cache, out);
+}
+
+void decode(const DecodeDims& d, const float* q, const uint16_t* k_cache,
+            const uint16_t* v_cache, float* out) {
   detail::decode_with(detail::select_kernels(), d, q, k_cache, v_cache, out);
 }
 

@@ -53,8 +53,10 @@ struct BackwardJob {
 
 struct DecodeJob {
   const float* q;        // [H, D]
-  const float* k_cache;  // [Hkv, capacity, D]
-  const float* v_cache;  // [Hkv, capacity, D]
+  const float* k_cache;  // [Hkv, capacity, D], float32; or
+  const float* v_cache;
+  const uint16_t* k_half;  // the same in IEEE halves (then k_cache, v_cache are null)
+  const uint16_t* v_half;
   int64_t H, Hkv, capacity, D, Dp;
   float scale;
 };
@@ -97,5 +99,7 @@ void backward_with(const TileKernels* kernels, const Dims& d, const float* q, co
                    float* dq, float* dk, float* dv);
 void decode_with(const TileKernels* kernels, const DecodeDims& d, const float* q,
                  const float* k_cache, const float* v_cache, float* out);
+void decode_with(const TileKernels* kernels, const DecodeDims& d, const float* q,
+                 const uint16_t* k_cache, const uint16_t* v_cache, float* out);
 
 }  // namespace tinylm::attention::detail

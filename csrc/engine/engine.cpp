@@ -15,6 +15,7 @@
 #include <string>
 
 #include "../attention/attention.h"
+#include "../half.h"
 #include "engine.h"
 
 namespace tinylm::engine {
@@ -110,12 +111,23 @@ void Engine::attention_block(const Layer& L, int64_t layer, int64_t pos) {
   rope(q, cfg_.n_head, D, cos, sin);
   rope(k, Hkv, D, cos, sin);
   const int64_t layer_off = layer * Hkv * C * D;
-  for (int64_t h = 0; h < Hkv; ++h) {  // the cache is [Hkv, C, D] per layer
-    std::memcpy(st_.k_cache + layer_off + (h * C + pos) * D, k + h * D, size_t(D) * sizeof(float));
-    std::memcpy(st_.v_cache + layer_off + (h * C + pos) * D, v + h * D, size_t(D) * sizeof(float));
-  }
   const attention::DecodeDims dims{cfg_.n_head, Hkv, C, pos + 1, D};
-  attention::decode(dims, q, st_.k_cache + layer_off, st_.v_cache + layer_off, att_.data());
+  for (int64_t h = 0; h < Hkv; ++h) {  // the cache is [Hkv, C, D] per layer
+    const int64_t row = layer_off + (h * C + pos) * D;
+    if (st_.k_half != nullptr) {  // rounded as numpy's astype(float16) rounds in prefill
+      for (int64_t i = 0; i < D; ++i) {
+        st_.k_half[row + i] = float_to_half(k[h * D + i]);
+        st_.v_half[row + i] = float_to_half(v[h * D + i]);
+      }
+    } else {
+      std::memcpy(st_.k_cache + row, k + h * D, size_t(D) * sizeof(float));
+      std::memcpy(st_.v_cache + row, v + h * D, size_t(D) * sizeof(float));
+    }
+  }
+  if (st_.k_half != nullptr)
+    attention::decode(dims, q, st_.k_half + layer_off, st_.v_half + layer_off, att_.data());
+  else
+    attention::decode(dims, q, st_.k_cache + layer_off, st_.v_cache + layer_off, att_.data());
   const Product o[1] = {{&L.o, h_.data()}};
   gemv(att_.data(), o, 1);
   for (int64_t i = 0; i < d; ++i) x_[size_t(i)] += h_[size_t(i)];

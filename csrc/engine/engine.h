@@ -46,13 +46,16 @@ struct Weights {
   std::vector<Layer> layers;
 };
 
-// The key/value cache: k and v [n_layer, n_kv_head, context, head_dim]; the rotary
-// tables cos and sin [context, head_dim / 2] (the same arrays the numpy engine uses).
+// The key/value cache: k and v [n_layer, n_kv_head, context, head_dim], float32 or IEEE
+// halves (one pair set, the other null); the rotary tables cos and sin [context,
+// head_dim / 2] (the same arrays the numpy engine uses).
 struct State {
   float* k_cache;
   float* v_cache;
   const float* cos;
   const float* sin;
+  uint16_t* k_half = nullptr;
+  uint16_t* v_half = nullptr;
 };
 
 struct Sampling {

@@ -10,6 +10,7 @@
 #include "../attention/attention.h"
 #include "../attention/kernels.h"
 #include "../cpu.h"
+#include "../half.h"
 #include "check.h"
 
 namespace {
@@ -108,6 +109,19 @@ void check_decode(const char* label, const detail::TileKernels* kernels, bool di
           "%s: decode differs from the reference by %.3g (H=%lld Hkv=%lld length=%lld D=%lld)",
           label, err, (long long)d.heads, (long long)d.kv_heads, (long long)d.length,
           (long long)d.head_dim);
+    // the same cache in IEEE halves (the int8 models' cache)
+    std::vector<uint16_t> kh(k.size()), vh(v.size());
+    for (size_t i = 0; i < k.size(); ++i)
+      kh[i] = tinylm::float_to_half(k[i]), vh[i] = tinylm::float_to_half(v[i]);
+    ref::decode(d, q.data(), kh.data(), vh.data(), out_r.data());
+    if (dispatch)
+      tinylm::attention::decode(d, q.data(), kh.data(), vh.data(), out.data());
+    else
+      detail::decode_with(kernels, d, q.data(), kh.data(), vh.data(), out.data());
+    CHECK(close(out, out_r, 5e-5f, &err),
+          "%s: decode of a half cache differs from the reference by %.3g (H=%lld Hkv=%lld "
+          "length=%lld D=%lld)", label, err, (long long)d.heads, (long long)d.kv_heads,
+          (long long)d.length, (long long)d.head_dim);
   }
 }
 
