@@ -10,25 +10,29 @@
 
 namespace tinylm {
 
+// Without branches, so that a loop over it vectorizes (the decode step converts every
+// layer's new keys and values).
 inline uint16_t float_to_half(float f) {
   uint32_t x;
   std::memcpy(&x, &f, 4);
-  const uint16_t sign = uint16_t(x >> 16 & 0x8000);
+  const uint32_t sign = x >> 16 & 0x8000;
   x &= 0x7fffffff;
-  if (x > 0x7f800000) return sign | 0x7e00;       // NaN (quiet)
-  if (x >= 0x477ff000) return sign | 0x7c00;      // >= 65520 rounds to infinity
-  uint32_t h, rest, half_ulp;                      // h: the result truncated
-  if (x >= 0x38800000) {                           // >= 2^-14: a normal half
-    h = (x - 0x38000000) >> 13;                    // exponent rebiased from 127 to 15
-    rest = x & 0x1fff, half_ulp = 0x1000;
-  } else {                                         // a subnormal half: units of 2^-24
-    const uint32_t shift = 126 - (x >> 23);        // >= 14
-    if (shift > 24) return sign;                   // below 2^-25 (or exactly): zero
-    const uint32_t mant = (x & 0x7fffff) | 0x800000;
-    h = mant >> shift;
-    rest = mant & ((1u << shift) - 1), half_ulp = 1u << (shift - 1);
-  }
-  if (rest > half_ulp || (rest == half_ulp && (h & 1))) ++h;  // may carry into the exponent
+  // >= 2^-14, a normal half: rebias the exponent from 127 to 15 and round the 13 bits
+  // shifted out to nearest, ties to even (adding 0xfff and the kept lowest bit carries
+  // exactly when the rest is above half, or half with an odd result; a carry out of the
+  // mantissa steps the exponent up, as rounding should)
+  const uint32_t normal = (x - 0x38000000 + 0xfff + (x >> 13 & 1)) >> 13;
+  // below 2^-14, a subnormal half counts units of 2^-24: adding 0.5f, whose last bit is
+  // worth 2^-24, leaves the value rounded (by the FPU: to nearest, ties to even) in the
+  // low bits of the sum
+  float sum = 0;
+  std::memcpy(&sum, &x, 4);
+  sum += 0.5f;
+  uint32_t sum_bits;
+  std::memcpy(&sum_bits, &sum, 4);
+  const uint32_t subnormal = sum_bits - 0x3f000000;
+  uint32_t h = x < 0x38800000 ? subnormal : normal;
+  if (x >= 0x477ff000) h = x > 0x7f800000 ? 0x7e00 : 0x7c00;  // >= 65520: infinity; NaN
   return uint16_t(sign | h);
 }
 
