@@ -57,6 +57,11 @@ def _is_int8(w):
     return type(w).__name__ == "Int8Weight"
 
 
+def cache_dtype(int8):
+    """The KV cache's element type: float16 for an int8 model, float32 otherwise."""
+    return np.float16 if int8 else np.float32
+
+
 def _cache_array(shape, dtype):
     """A zeroed array whose memory becomes resident only where it is written.
 
@@ -87,9 +92,8 @@ class Engine:
         self.int8 = _is_int8(params[M.EMBED])
         self.int8_impl = int8_impl  # "numpy": the exact int32 reference; "native": the kernel
         shape = (cfg.n_layer, cfg.n_kv_head, cfg.context, cfg.head_dim)
-        cache_dtype = np.float16 if self.int8 else np.float32
-        self.k_cache = _cache_array(shape, cache_dtype)
-        self.v_cache = _cache_array(shape, cache_dtype)
+        self.k_cache = _cache_array(shape, cache_dtype(self.int8))
+        self.v_cache = _cache_array(shape, cache_dtype(self.int8))
         self.cos, self.sin = M.rope_tables(cfg.context, cfg.head_dim, cfg.rope_theta, np.float32)
         self.length = 0
 
