@@ -3,10 +3,12 @@ scaled_dot_product_attention (when torch is installed), side by side in one run.
 
 Measures forward and forward+backward for (batch, heads, T, head_dim) in the issue's
 shapes at 1 and 2 threads, and decode-attention time per token (one query per head
-against a KV cache) for cache lengths 256..4096. Prints a markdown table and writes JSON.
+against a KV cache, float32 and float16 as int8 models keep it) for cache lengths
+256..4096. Prints a markdown table and writes JSON.
 
-    python benchmarks/bench_attention.py            # full run (a few minutes)
-    python benchmarks/bench_attention.py --quick    # seconds: small shapes, 1 thread
+    python benchmarks/bench_attention.py                 # full run (a few minutes)
+    python benchmarks/bench_attention.py --quick         # seconds: small shapes, 1 thread
+    python benchmarks/bench_attention.py --decode-only   # the decode rows alone (own JSON)
 
 Thread counts are set with tinylm._C.set_num_threads and torch.set_num_threads; numpy's
 BLAS reads its thread count only when it loads, so the numpy reference is timed in a
@@ -168,12 +170,14 @@ def bench_decode(lengths, thread_counts, repeat):
     q = rng.standard_normal((H, D), dtype=np.float32)
     k_cache = rng.standard_normal((Hkv, capacity, D), dtype=np.float32)
     v_cache = rng.standard_normal((Hkv, capacity, D), dtype=np.float32)
+    k_half, v_half = k_cache.astype(np.float16), v_cache.astype(np.float16)  # int8 models' cache
     for threads in thread_counts:
         set_threads(threads)
         for length in lengths:
             row = {"length": length, "threads": threads, "heads": H, "kv_heads": Hkv, "head_dim": D}
             fns = {
                 "native": lambda: attn.decode(q, k_cache, v_cache, length),
+                "native_f16": lambda: attn.decode(q, k_half, v_half, length),
                 "numpy": lambda: attn.decode(q, k_cache, v_cache, length, impl="numpy"),
             }
             if torch is not None:
@@ -219,12 +223,15 @@ def print_tables(result):
         print_training_row(row)
     print(f"\ndecode, one token: {DECODE_HEADS} heads, {DECODE_KV_HEADS} kv heads, "
           f"head_dim {DECODE_DIM}\n")
-    print("| cache length | threads | native us | torch us | numpy us | torch/native | numpy/native |")
-    print("|---|---|---|---|---|---|---|")
+    print("| cache length | threads | native us | native float16 cache us | torch us | numpy us | "
+          "native/float16 | torch/native | numpy/native |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for row in result["decode"]:
         t = row.get("torch")
         print(f"| {row['length']} | {row['threads']} | {row['native'] * 1e6:.1f} | "
+              f"{row['native_f16'] * 1e6:.1f} | "
               f"{t * 1e6 if t else float('nan'):.1f} | {row['numpy'] * 1e6:.1f} | "
+              f"{ratio(row['native'], row['native_f16'])} | "
               f"{ratio(t, row['native'])} | {ratio(row['numpy'], row['native'])} |")
 
 
@@ -234,6 +241,7 @@ def main(argv=None):
     parser.add_argument("--out", default=None, help="JSON output path")
     parser.add_argument("--repeat", type=int, default=None, help="timings per case (best kept)")
     parser.add_argument("--threads", default=None, help="comma-separated thread counts")
+    parser.add_argument("--decode-only", action="store_true", help="only the decode rows")
     parser.add_argument("--numpy-worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.numpy_worker:  # child process: time the numpy reference, print JSON
@@ -257,10 +265,11 @@ def main(argv=None):
         "quick": args.quick,
         "times_in": "seconds (best of repeats)",
     }
-    result["training"] = bench_training(shapes, threads, repeat)
+    result["training"] = [] if args.decode_only else bench_training(shapes, threads, repeat)
     result["decode"] = bench_decode(lengths, threads, repeat)
 
-    out = Path(args.out or Path(__file__).resolve().parent / "results" / "bench_attention.json")
+    name = "bench_attention_decode.json" if args.decode_only else "bench_attention.json"
+    out = Path(args.out or Path(__file__).resolve().parent / "results" / name)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print_tables(result)
