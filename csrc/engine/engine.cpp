@@ -90,6 +90,9 @@ void validate(const Config& c, const Weights& w) {
 Engine::Engine(const Config& cfg, Weights weights, State state)
     : cfg_(cfg), w_(std::move(weights)), st_(state) {
   validate(cfg_, w_);
+  const bool f32 = st_.k_cache != nullptr && st_.v_cache != nullptr;
+  const bool half = st_.k_half != nullptr && st_.v_half != nullptr;
+  if (f32 == half) invalid("engine: the k and v caches must both be float32 or both halves");
   const int64_t d = cfg_.d_model, kv = cfg_.n_kv_head * cfg_.head_dim();
   x_.resize(size_t(d));
   h_.resize(size_t(std::max(d, cfg_.d_ff)));

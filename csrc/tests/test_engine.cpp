@@ -220,23 +220,31 @@ TEST(engine_step_independent_of_threads) {
   const std::string saved = active_isa();
   for (const auto& isa : available_isas()) {
     set_isa(isa);
-    std::vector<std::vector<float>> runs;
-    for (int threads = 1; threads <= 3; ++threads) {
-      set_num_threads(threads);
-      const size_t cache = size_t(c.n_layer * c.n_kv_head * c.context * D);
-      std::vector<float> kc(cache), vc(cache), logits(size_t(c.vocab_size)), all;
-      engine::Engine e(c, w, {kc.data(), vc.data(), cos.data(), sin.data()});
-      for (int64_t pos = 0; pos < c.context; ++pos) {
-        e.step(int32_t((pos * 7) % c.vocab_size), pos, logits.data());
-        all.insert(all.end(), logits.begin(), logits.end());
+    for (const bool half : {false, true}) {  // a float32 cache, and halves (int8 models')
+      std::vector<std::vector<float>> runs;
+      for (int threads = 1; threads <= 3; ++threads) {
+        set_num_threads(threads);
+        const size_t cache = size_t(c.n_layer * c.n_kv_head * c.context * D);
+        std::vector<float> kc(cache), vc(cache), logits(size_t(c.vocab_size)), all;
+        std::vector<uint16_t> kh(cache), vh(cache);
+        engine::State state{kc.data(), vc.data(), cos.data(), sin.data()};
+        if (half) state = {nullptr, nullptr, cos.data(), sin.data(), kh.data(), vh.data()};
+        engine::Engine e(c, w, state);
+        for (int64_t pos = 0; pos < c.context; ++pos) {
+          e.step(int32_t((pos * 7) % c.vocab_size), pos, logits.data());
+          all.insert(all.end(), logits.begin(), logits.end());
+        }
+        bool written = false;  // the engine wrote the cache it was given
+        for (size_t i = 0; i < cache; ++i) written |= half ? kh[i] != 0 : kc[i] != 0.f;
+        CHECK(written, "isa %s, half cache %d: the cache was not written", isa.c_str(), int(half));
+        runs.push_back(all);
       }
-      runs.push_back(all);
+      bool finite = true;
+      for (float v : runs[0]) finite &= std::isfinite(v);
+      CHECK(finite, "isa %s, half cache %d: logits not finite", isa.c_str(), int(half));
+      CHECK(runs[0] == runs[1] && runs[0] == runs[2],
+            "isa %s, half cache %d: logits depend on the thread count", isa.c_str(), int(half));
     }
-    bool finite = true;
-    for (float v : runs[0]) finite &= std::isfinite(v);
-    CHECK(finite, "isa %s: logits not finite", isa.c_str());
-    CHECK(runs[0] == runs[1] && runs[0] == runs[2], "isa %s: logits depend on the thread count",
-          isa.c_str());
   }
   set_isa(saved);
   set_num_threads(0);
