@@ -12,6 +12,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "attention/attention.h"
@@ -183,6 +184,29 @@ py::array cache_arg(const py::handle& obj, const char* name, int ndim) {
 }
 
 bool is_half(const py::array& a) { return a.itemsize() == 2; }
+
+// src and dst of a float16 <-> float32 conversion: the given kinds and sizes,
+// C-contiguous, the same number of elements, dst writeable.
+std::pair<py::array, py::array> conversion_args(const py::object& src_, char src_kind,
+                                                int src_size, const py::object& dst_,
+                                                char dst_kind, int dst_size) {
+  auto arg = [](const py::object& o, const char* name, char kind, int size) {
+    if (!py::isinstance<py::array>(o)) bad_arg(name, "expected a numpy array");
+    auto a = py::reinterpret_borrow<py::array>(o);
+    if (a.dtype().kind() != kind || a.itemsize() != size)
+      bad_arg(name, std::string("expected dtype ") + (size == 2 ? "float16" : "float32") +
+                        ", got " + std::string(py::str(a.dtype())));
+    if (!(a.flags() & py::array::c_style))
+      bad_arg(name, "array is not C-contiguous (use numpy.ascontiguousarray)");
+    return a;
+  };
+  auto src = arg(src_, "src", src_kind, src_size), dst = arg(dst_, "dst", dst_kind, dst_size);
+  if (src.size() != dst.size())
+    bad_arg("dst", "has " + std::to_string(dst.size()) + " elements, src " +
+                       std::to_string(src.size()));
+  if (!dst.writeable()) bad_arg("dst", "array is read-only");
+  return {src, dst};
+}
 
 void require_same_dtype(const py::array& a, const char* name, const py::array& like,
                         const char* like_name) {
@@ -637,15 +661,25 @@ void bind_engine(py::module_& m) {
       "The native sampler alone on float32 logits: (token, new rng_state) (tests).");
   m.def("engine_seed_state", &E::seed_state, py::arg("seed"), "splitmix64 seeding (tests).");
   m.def(
-      "float_to_half",
-      [](py::object x_) {
-        auto x = checked<float>(x_, "x", 1);
-        py::array_t<uint16_t> out(x.shape(0));
-        uint16_t* o = out.mutable_data();
-        for (py::ssize_t i = 0; i < x.shape(0); ++i) o[i] = tinylm::float_to_half(x.data()[i]);
-        return out;
+      "floats_to_halves",
+      [](py::object src_, py::object dst_) {
+        auto [src, dst] = conversion_args(src_, 'f', 4, dst_, 'f', 2);
+        tinylm::floats_to_halves(static_cast<const float*>(src.data()),
+                                 static_cast<uint16_t*>(dst.mutable_data()), src.size());
       },
-      py::arg("x"), "The engine's rounding of float32 [n] to IEEE halves, as uint16 bits (tests).");
+      py::arg("src"), py::arg("dst"),
+      "dst[...] = src rounded to float16 as the decode engine rounds (as numpy's astype); "
+      "src float32 and dst float16, C-contiguous, the same size.");
+  m.def(
+      "halves_to_floats",
+      [](py::object src_, py::object dst_) {
+        auto [src, dst] = conversion_args(src_, 'f', 2, dst_, 'f', 4);
+        tinylm::halves_to_floats(static_cast<const uint16_t*>(src.data()),
+                                 static_cast<float*>(dst.mutable_data()), src.size());
+      },
+      py::arg("src"), py::arg("dst"),
+      "dst[...] = src widened to float32; src float16 and dst float32, C-contiguous, the "
+      "same size.");
   m.def(
       "engine_rng_next",
       [](uint64_t state, int n) {

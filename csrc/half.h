@@ -36,16 +36,29 @@ inline uint16_t float_to_half(float f) {
   return uint16_t(sign | h);
 }
 
+// Also without branches. The half's exponent and mantissa, shifted into a float's
+// places, read as a float 2^112 times too small (a subnormal half as a subnormal float):
+// one exact multiplication rebiases it. Only infinity and NaN need their exponent set.
 inline float half_to_float(uint16_t h) {
-  const uint32_t sign = uint32_t(h & 0x8000) << 16, e = h >> 10 & 0x1f, m = h & 0x3ff;
-  if (e == 0) {  // zero or subnormal: m * 2^-24, exact in float
-    const float v = float(m) * (1.f / 16777216.f);
-    return sign ? -v : v;
-  }
-  const uint32_t x = sign | (e == 0x1f ? 0x7f800000 | m << 13 : (e + 112) << 23 | m << 13);
+  const uint32_t shifted = uint32_t(h & 0x7fff) << 13;
   float f;
+  std::memcpy(&f, &shifted, 4);
+  f *= 0x1p112f;
+  uint32_t x;
+  std::memcpy(&x, &f, 4);
+  if (shifted >= 0x0f800000) x = shifted | 0x7f800000;  // exponent 31: infinity, NaN
+  x |= uint32_t(h & 0x8000) << 16;
   std::memcpy(&f, &x, 4);
   return f;
+}
+
+// Arrays of them: loops the compiler vectorizes.
+inline void floats_to_halves(const float* src, uint16_t* dst, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = float_to_half(src[i]);
+}
+
+inline void halves_to_floats(const uint16_t* src, float* dst, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = half_to_float(src[i]);
 }
 
 }  // namespace tinylm

@@ -107,8 +107,23 @@ def test_engine_rounds_halves_as_numpy(values):
                            (bits + 0x1001).view(np.float32), np.float32([65519.99, 65520, 1e38, 2**-25, 2**-26])])
     x = np.concatenate([np.asarray(values, np.float32), near, -near])
     with np.errstate(over="ignore"):
-        expected = x.astype(np.float16).view(np.uint16)
-    np.testing.assert_array_equal(_C.float_to_half(x), expected)
+        expected = x.astype(np.float16)
+    got = np.zeros(len(x), np.float16)
+    _C.floats_to_halves(x, got)
+    np.testing.assert_array_equal(got.view(np.uint16), expected.view(np.uint16))
+
+
+def test_engine_widens_every_half_as_numpy():
+    halves = np.arange(1 << 16, dtype=np.uint16).view(np.float16)
+    got = np.zeros(len(halves), np.float32)
+    _C.halves_to_floats(halves, got)
+    nan = np.isnan(halves)  # NaN payloads: numpy's widening may quiet them (hardware does)
+    np.testing.assert_array_equal(np.isnan(got), nan)
+    np.testing.assert_array_equal(got[~nan].view(np.uint32), halves[~nan].astype(np.float32).view(np.uint32))
+    with pytest.raises(ValueError, match="dst.*float32"):
+        _C.halves_to_floats(halves, np.zeros(len(halves), np.float64))
+    with pytest.raises(ValueError, match="dst.*elements"):
+        _C.halves_to_floats(halves, np.zeros(3, np.float32))
 
 
 def greedy_ids(engine, prompt, n):

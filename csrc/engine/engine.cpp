@@ -118,10 +118,8 @@ void Engine::attention_block(const Layer& L, int64_t layer, int64_t pos) {
   for (int64_t h = 0; h < Hkv; ++h) {  // the cache is [Hkv, C, D] per layer
     const int64_t row = layer_off + (h * C + pos) * D;
     if (st_.k_half != nullptr) {  // rounded as numpy's astype(float16) rounds in prefill
-      for (int64_t i = 0; i < D; ++i) {
-        st_.k_half[row + i] = float_to_half(k[h * D + i]);
-        st_.v_half[row + i] = float_to_half(v[h * D + i]);
-      }
+      floats_to_halves(k + h * D, st_.k_half + row, D);
+      floats_to_halves(v + h * D, st_.v_half + row, D);
     } else {
       std::memcpy(st_.k_cache + row, k + h * D, size_t(D) * sizeof(float));
       std::memcpy(st_.v_cache + row, v + h * D, size_t(D) * sizeof(float));
