@@ -168,39 +168,56 @@ py::array_t<float> attention_arg(const py::handle& obj, const char* name, int nd
   return a;
 }
 
-// A key/value cache: float32 or float16 (IEEE halves, which pybind11 has no C++ type
-// for: passed on as uint16_t), C-contiguous, non-empty, `ndim` dimensions.
-py::array cache_arg(const py::handle& obj, const char* name, int ndim) {
+// numpy's float16 in this machine's byte order: pybind11 has no C++ half type, so the
+// kernels take such arrays as uint16_t.
+bool is_half(const py::array& a) {
+  constexpr int kNpyHalf = 23;  // NPY_HALF
+  const uint16_t probe = 1;
+  const char native = *reinterpret_cast<const char*>(&probe) == 1 ? '<' : '>';
+  const char order = a.dtype().byteorder();
+  return a.dtype().num() == kNpyHalf && (order == '=' || order == native);
+}
+
+// A float16 array with `ndim` dimensions, C-contiguous, aligned, non-empty.
+py::array checked_half(const py::handle& obj, const char* name, int ndim) {
   if (!py::isinstance<py::array>(obj)) bad_arg(name, "expected a numpy array");
   auto a = py::reinterpret_borrow<py::array>(obj);
-  const bool half = a.dtype().kind() == 'f' && a.itemsize() == 2;
-  if (!half) return checked<float>(obj, name, ndim);
+  if (!is_half(a))
+    bad_arg(name, "expected dtype float16 in this machine's byte order, got " +
+                      std::string(py::str(a.dtype())) + " (convert with .astype(numpy.float16))");
   if (a.ndim() != ndim)
     bad_arg(name, "expected " + std::to_string(ndim) + " dimensions, got shape " + shape_str(a));
   if (!(a.flags() & py::array::c_style))
     bad_arg(name, "array is not C-contiguous (use numpy.ascontiguousarray)");
   if (a.size() == 0) bad_arg(name, "array is empty, shape " + shape_str(a));
+  if (reinterpret_cast<std::uintptr_t>(a.data()) % alignof(uint16_t) != 0)
+    bad_arg(name, "data is not aligned to its element size (copy it with numpy.array)");
   return a;
 }
 
-bool is_half(const py::array& a) { return a.itemsize() == 2; }
+// A key/value cache: float32 or float16, with `ndim` dimensions, as checked above.
+py::array cache_arg(const py::handle& obj, const char* name, int ndim) {
+  if (!py::isinstance<py::array>(obj)) bad_arg(name, "expected a numpy array");
+  const auto a = py::reinterpret_borrow<py::array>(obj);
+  if (a.dtype().kind() == 'f' && a.itemsize() == 2) return checked_half(obj, name, ndim);
+  auto f = checked<float>(obj, name, ndim);
+  require_aligned(f, name);
+  return f;
+}
 
-// src and dst of a float16 <-> float32 conversion: the given kinds and sizes,
-// C-contiguous, the same number of elements, dst writeable.
-std::pair<py::array, py::array> conversion_args(const py::object& src_, char src_kind,
-                                                int src_size, const py::object& dst_,
-                                                char dst_kind, int dst_size) {
-  auto arg = [](const py::object& o, const char* name, char kind, int size) {
+// src and dst of a float16 <-> float32 conversion: checked as above (any shape, the same
+// number of elements), dst writeable.
+std::pair<py::array, py::array> conversion_args(const py::object& src_, bool src_half,
+                                                const py::object& dst_, bool dst_half) {
+  auto arg = [](const py::object& o, const char* name, bool half) -> py::array {
     if (!py::isinstance<py::array>(o)) bad_arg(name, "expected a numpy array");
-    auto a = py::reinterpret_borrow<py::array>(o);
-    if (a.dtype().kind() != kind || a.itemsize() != size)
-      bad_arg(name, std::string("expected dtype ") + (size == 2 ? "float16" : "float32") +
-                        ", got " + std::string(py::str(a.dtype())));
-    if (!(a.flags() & py::array::c_style))
-      bad_arg(name, "array is not C-contiguous (use numpy.ascontiguousarray)");
-    return a;
+    const int ndim = int(py::reinterpret_borrow<py::array>(o).ndim());
+    if (half) return checked_half(o, name, ndim);
+    auto f = checked<float>(o, name, ndim);
+    require_aligned(f, name);
+    return f;
   };
-  auto src = arg(src_, "src", src_kind, src_size), dst = arg(dst_, "dst", dst_kind, dst_size);
+  auto src = arg(src_, "src", src_half), dst = arg(dst_, "dst", dst_half);
   if (src.size() != dst.size())
     bad_arg("dst", "has " + std::to_string(dst.size()) + " elements, src " +
                        std::to_string(src.size()));
@@ -210,7 +227,7 @@ std::pair<py::array, py::array> conversion_args(const py::object& src_, char src
 
 void require_same_dtype(const py::array& a, const char* name, const py::array& like,
                         const char* like_name) {
-  if (!a.dtype().is(like.dtype()))
+  if (is_half(a) != is_half(like))
     bad_arg(name, "dtype " + std::string(py::str(a.dtype())) + " must equal the dtype of '" +
                       like_name + "' (" + std::string(py::str(like.dtype())) + ")");
 }
@@ -663,7 +680,7 @@ void bind_engine(py::module_& m) {
   m.def(
       "floats_to_halves",
       [](py::object src_, py::object dst_) {
-        auto [src, dst] = conversion_args(src_, 'f', 4, dst_, 'f', 2);
+        auto [src, dst] = conversion_args(src_, false, dst_, true);
         tinylm::floats_to_halves(static_cast<const float*>(src.data()),
                                  static_cast<uint16_t*>(dst.mutable_data()), src.size());
       },
@@ -673,7 +690,7 @@ void bind_engine(py::module_& m) {
   m.def(
       "halves_to_floats",
       [](py::object src_, py::object dst_) {
-        auto [src, dst] = conversion_args(src_, 'f', 2, dst_, 'f', 4);
+        auto [src, dst] = conversion_args(src_, true, dst_, false);
         tinylm::halves_to_floats(static_cast<const uint16_t*>(src.data()),
                                  static_cast<float*>(dst.mutable_data()), src.size());
       },

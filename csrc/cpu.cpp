@@ -72,7 +72,9 @@ uint32_t detect() {
 #else  // 32-bit ARM
 #if defined(__linux__)
   const unsigned long hwcap = getauxval(AT_HWCAP);
-  if (hwcap & (1ul << 12)) f |= kNEON;  // HWCAP_NEON
+  // HWCAP_NEON and HWCAP_VFPv4: the NEON kernels use VFPv4's fused multiply-add and half
+  // conversions, which a Cortex-A8/A9's NEON lacks
+  if ((hwcap & (1ul << 12)) && (hwcap & (1ul << 16))) f |= kNEON;
   // 32-bit Linux reports dotprod as HWCAP_ASIMDDP (bit 24) on kernels that know it.
   if ((f & kNEON) && (hwcap & (1ul << 24))) f |= kDotProd;
 #endif

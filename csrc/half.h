@@ -1,8 +1,9 @@
 // IEEE 754 half precision (binary16, numpy's float16) to and from float, in portable
 // C++: the key/value cache of int8 models is stored as halves (tinylm/engine.py), written
-// by numpy in prefill and by the native engine in decode, so the two must round alike.
-// float_to_half rounds to nearest, ties to even, as numpy's astype(np.float16) does:
-// above the largest half (65504) to infinity, below the smallest subnormal to zero.
+// by numpy's astype in the reference engine and by these functions in the native one, so
+// the two must round alike. float_to_half rounds to nearest, ties to even, as numpy does:
+// from 65520 up to infinity, at or below 2^-25 to zero (NaN payloads aside: any NaN
+// becomes the quiet NaN 0x7e00, with its sign).
 #pragma once
 
 #include <cstdint>
@@ -36,18 +37,20 @@ inline uint16_t float_to_half(float f) {
   return uint16_t(sign | h);
 }
 
-// Also without branches. The half's exponent and mantissa, shifted into a float's
-// places, read as a float 2^112 times too small (a subnormal half as a subnormal float):
-// one exact multiplication rebiases it. Only infinity and NaN need their exponent set.
+// Also without branches, and with no subnormal float anywhere, so that the result does
+// not depend on the FPU flushing them (DAZ/FTZ, -ffast-math, 32-bit NEON): a normal
+// half moves into a float's places with its exponent rebiased by 112; a subnormal one
+// counts units of 2^-24 (an exact product of normal floats); exponent 31 is infinity/NaN.
 inline float half_to_float(uint16_t h) {
+  const uint32_t m = h & 0x3ff, e = h >> 10 & 0x1f;
   const uint32_t shifted = uint32_t(h & 0x7fff) << 13;
-  float f;
-  std::memcpy(&f, &shifted, 4);
-  f *= 0x1p112f;
-  uint32_t x;
-  std::memcpy(&x, &f, 4);
-  if (shifted >= 0x0f800000) x = shifted | 0x7f800000;  // exponent 31: infinity, NaN
+  uint32_t x = e == 0x1f ? shifted | 0x7f800000 : shifted + (112u << 23);
+  const float sub = float(m) * 0x1p-24f;
+  uint32_t sub_bits;
+  std::memcpy(&sub_bits, &sub, 4);
+  if (e == 0) x = sub_bits;
   x |= uint32_t(h & 0x8000) << 16;
+  float f;
   std::memcpy(&f, &x, 4);
   return f;
 }

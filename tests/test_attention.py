@@ -342,5 +342,15 @@ def test_bad_decode_arguments_raise_value_error():
         _C.attention_decode(q, k[:, ::2], v[:, ::2], 4)
     with pytest.raises(ValueError, match="empty"):
         _C.attention_decode(q, k[:, :0], v[:, :0], 1)
+    # float16 caches: both or neither, in this machine's byte order, aligned
+    k16, v16 = k.astype(np.float16), v.astype(np.float16)
+    with pytest.raises(ValueError, match="v_cache.*dtype"):
+        _C.attention_decode(q, k16, v, 4)
+    swapped = np.dtype(np.float16).newbyteorder("S")
+    with pytest.raises(ValueError, match="byte order"):
+        _C.attention_decode(q, k16.astype(swapped), v16.astype(swapped), 4)
+    shifted = np.frombuffer(bytes(k16.nbytes + 1), np.uint8)[1:].view(np.float16).reshape(k16.shape)
+    with pytest.raises(ValueError, match="not aligned"):
+        _C.attention_decode(q, shifted, v16, 4)
     with pytest.raises(ValueError, match="q"):
         _C.attention_decode(q[None], k, v, 4)

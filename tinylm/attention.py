@@ -82,7 +82,8 @@ def attention_decode(q, k_cache, v_cache, length):
 
 
 # ---------------------------------------------------------------------------------------
-# Dispatch between the native kernels (tinylm._C, float32 only) and the numpy reference.
+# Dispatch between the native kernels (tinylm._C: float32; decode also takes float16
+# caches) and the numpy reference.
 
 IMPLS = ("native", "numpy")
 _default_impl = "native"

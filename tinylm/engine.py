@@ -13,8 +13,9 @@ float32 for a float32 model, whose logits then match the training forward pass; 
 for an int8 model, which already trades exactness for speed. Halves halve the cache's
 memory and the bytes a decode step reads from it (a `small` model's cache at position
 190 is 2.6 MB in float32, 43% of its int8 weights; a long context makes it larger than
-them). Both engines store the same halves (numpy rounds them in prefill, the native
-engine the same way in decode) and compute with them widened to float32.
+them). Both engines store the same halves (the reference engine rounds with numpy's
+astype, the native engine with csrc/half.h, which rounds exactly as numpy does) and
+compute with them widened to float32.
 
 - **Prefill**: the prompt goes through the model in one batched pass (matrix-matrix
   products: numpy's BLAS for fp32, the int8 GEMM for int8), filling the cache.
@@ -195,7 +196,8 @@ class ReferenceEngine(Engine):
 
 class NativeEngine(Engine):
     """Decode in one C++ call per token (csrc/engine/); prefill stays batched in numpy /
-    the int8 GEMM and writes the same cache arrays the native code reads."""
+    the int8 GEMM (converting a float16 cache in C++) and writes the same cache arrays the
+    native code reads."""
 
     def __init__(self, cfg, params):
         super().__init__(cfg, params, int8_impl="native")

@@ -90,9 +90,9 @@ void validate(const Config& c, const Weights& w) {
 Engine::Engine(const Config& cfg, Weights weights, State state)
     : cfg_(cfg), w_(std::move(weights)), st_(state) {
   validate(cfg_, w_);
-  const bool f32 = st_.k_cache != nullptr && st_.v_cache != nullptr;
-  const bool half = st_.k_half != nullptr && st_.v_half != nullptr;
-  if (f32 == half) invalid("engine: the k and v caches must both be float32 or both halves");
+  const bool f32 = st_.k_cache && st_.v_cache && !st_.k_half && !st_.v_half;
+  const bool half = !st_.k_cache && !st_.v_cache && st_.k_half && st_.v_half;
+  if (!f32 && !half) invalid("engine: the k and v caches must both be float32 or both halves");
   const int64_t d = cfg_.d_model, kv = cfg_.n_kv_head * cfg_.head_dim();
   x_.resize(size_t(d));
   h_.resize(size_t(std::max(d, cfg_.d_ff)));
@@ -117,7 +117,7 @@ void Engine::attention_block(const Layer& L, int64_t layer, int64_t pos) {
   const attention::DecodeDims dims{cfg_.n_head, Hkv, C, pos + 1, D};
   for (int64_t h = 0; h < Hkv; ++h) {  // the cache is [Hkv, C, D] per layer
     const int64_t row = layer_off + (h * C + pos) * D;
-    if (st_.k_half != nullptr) {  // rounded as numpy's astype(float16) rounds in prefill
+    if (st_.k_half != nullptr) {  // rounded as numpy's astype(float16) rounds
       floats_to_halves(k + h * D, st_.k_half + row, D);
       floats_to_halves(v + h * D, st_.v_half + row, D);
     } else {

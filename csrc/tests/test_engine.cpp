@@ -13,6 +13,7 @@
 #include "../cpu.h"
 #include "../engine/engine.h"
 #include "../engine/gemv_kernels.h"
+#include "../half.h"
 #include "../threads.h"
 #include "check.h"
 
@@ -220,6 +221,7 @@ TEST(engine_step_independent_of_threads) {
   const std::string saved = active_isa();
   for (const auto& isa : available_isas()) {
     set_isa(isa);
+    std::vector<float> f32_logits, f32_k;  // the float32 cache's run, for the halves'
     for (const bool half : {false, true}) {  // a float32 cache, and halves (int8 models')
       std::vector<std::vector<float>> runs;
       for (int threads = 1; threads <= 3; ++threads) {
@@ -237,6 +239,24 @@ TEST(engine_step_independent_of_threads) {
         bool written = false;  // the engine wrote the cache it was given
         for (size_t i = 0; i < cache; ++i) written |= half ? kh[i] != 0 : kc[i] != 0.f;
         CHECK(written, "isa %s, half cache %d: the cache was not written", isa.c_str(), int(half));
+        if (!half && threads == 1) f32_logits = all, f32_k = kc;
+        if (half && threads == 1) {
+          // position 0 of layer 0 depends on the embedding alone: the same keys, rounded
+          for (int64_t h = 0; h < c.n_kv_head; ++h)
+            for (int64_t i = 0; i < D; ++i) {
+              const size_t at = size_t(h * c.context * D + i);
+              CHECK(kh[at] == float_to_half(f32_k[at]), "isa %s: layer 0 head %lld key %lld",
+                    isa.c_str(), (long long)h, (long long)i);
+            }
+          double worst = 0, scale = 0;  // and logits close to the float32 cache's
+          for (size_t i = 0; i < all.size(); ++i) {
+            worst = std::max(worst, double(std::fabs(all[i] - f32_logits[i])));
+            scale = std::max(scale, double(std::fabs(f32_logits[i])));
+          }
+          CHECK(worst > 0 && worst < 0.02 * scale,
+                "isa %s: half cache logits differ from float32 cache's by %g (max logit %g)",
+                isa.c_str(), worst, scale);
+        }
         runs.push_back(all);
       }
       bool finite = true;
