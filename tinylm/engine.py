@@ -12,8 +12,8 @@ the model's context, `[n_layer, n_kv_head, context, head_dim]` for each of k and
 float32 for a float32 model, whose logits then match the training forward pass; float16
 for an int8 model, which already trades exactness for speed. Halves halve the cache's
 memory and the bytes a decode step reads from it (a `small` model's cache at position
-190 is 2.6 MB in float32, 43% of its int8 weights; a long context makes it larger than
-them). Both engines store the same halves (the reference engine rounds with numpy's
+190 is 2.6 MB in float32, 43% of its int8 weights; `medium`'s at its full context of
+1024, 33.5 MB, more than its 25.6 MB of int8 weights). Both engines store the same halves (the reference engine rounds with numpy's
 astype, the native engine with csrc/half.h, which rounds exactly as numpy does) and
 compute with them widened to float32.
 
