@@ -40,6 +40,15 @@ std::string shape_str(const py::array& a) {
   throw py::value_error("argument '" + name + "': " + problem);
 }
 
+// `ndim` dimensions, C-contiguous, at least one element.
+void require_layout(const py::array& a, const char* name, int ndim) {
+  if (a.ndim() != ndim)
+    bad_arg(name, "expected " + std::to_string(ndim) + " dimensions, got shape " + shape_str(a));
+  if (!(a.flags() & py::array::c_style))
+    bad_arg(name, "array is not C-contiguous (use numpy.ascontiguousarray)");
+  if (a.size() == 0) bad_arg(name, "array is empty, shape " + shape_str(a));
+}
+
 // Checks that `obj` is a C-contiguous numpy array of dtype T with `ndim` dimensions and
 // at least one element, and returns it without copying.
 template <typename T>
@@ -49,16 +58,11 @@ py::array_t<T> checked(const py::handle& obj, const char* name, int ndim) {
   if (!a.dtype().is(py::dtype::of<T>()))
     bad_arg(name, "expected dtype " + std::string(py::str(py::dtype::of<T>())) + ", got " +
                       std::string(py::str(a.dtype())) + " (convert with .astype)");
-  if (a.ndim() != ndim)
-    bad_arg(name, "expected " + std::to_string(ndim) + " dimensions, got shape " + shape_str(a));
-  if (!(a.flags() & py::array::c_style))
-    bad_arg(name, "array is not C-contiguous (use numpy.ascontiguousarray)");
-  if (a.size() == 0) bad_arg(name, "array is empty, shape " + shape_str(a));
+  require_layout(a, name, ndim);
   return py::reinterpret_borrow<py::array_t<T>>(a);
 }
 
-template <typename T>
-void require_writeable(const py::array_t<T>& a, const char* name) {
+void require_writeable(const py::array& a, const char* name) {
   if (!a.writeable()) bad_arg(name, "array is read-only");
 }
 
@@ -161,7 +165,8 @@ py::array_t<float> new_output(std::vector<py::ssize_t> shape) {
   return py::array_t<float>(shape, data, owner);
 }
 
-// A float32, C-contiguous, aligned, non-empty array with `ndim` dimensions.
+// A float32, C-contiguous, aligned, non-empty array with `ndim` dimensions (also the
+// float32 form of a cache or a conversion's array).
 py::array_t<float> attention_arg(const py::handle& obj, const char* name, int ndim) {
   auto a = checked<float>(obj, name, ndim);
   require_aligned(a, name);
@@ -185,11 +190,7 @@ py::array checked_half(const py::handle& obj, const char* name, int ndim) {
   if (!is_half(a))
     bad_arg(name, "expected dtype float16 in this machine's byte order, got " +
                       std::string(py::str(a.dtype())) + " (convert with .astype(numpy.float16))");
-  if (a.ndim() != ndim)
-    bad_arg(name, "expected " + std::to_string(ndim) + " dimensions, got shape " + shape_str(a));
-  if (!(a.flags() & py::array::c_style))
-    bad_arg(name, "array is not C-contiguous (use numpy.ascontiguousarray)");
-  if (a.size() == 0) bad_arg(name, "array is empty, shape " + shape_str(a));
+  require_layout(a, name, ndim);
   if (reinterpret_cast<std::uintptr_t>(a.data()) % alignof(uint16_t) != 0)
     bad_arg(name, "data is not aligned to its element size (copy it with numpy.array)");
   return a;
@@ -200,9 +201,7 @@ py::array cache_arg(const py::handle& obj, const char* name, int ndim) {
   if (!py::isinstance<py::array>(obj)) bad_arg(name, "expected a numpy array");
   const auto a = py::reinterpret_borrow<py::array>(obj);
   if (a.dtype().kind() == 'f' && a.itemsize() == 2) return checked_half(obj, name, ndim);
-  auto f = checked<float>(obj, name, ndim);
-  require_aligned(f, name);
-  return f;
+  return attention_arg(obj, name, ndim);
 }
 
 // src and dst of a float16 <-> float32 conversion: checked as above (any shape, the same
@@ -212,16 +211,13 @@ std::pair<py::array, py::array> conversion_args(const py::object& src_, bool src
   auto arg = [](const py::object& o, const char* name, bool half) -> py::array {
     if (!py::isinstance<py::array>(o)) bad_arg(name, "expected a numpy array");
     const int ndim = int(py::reinterpret_borrow<py::array>(o).ndim());
-    if (half) return checked_half(o, name, ndim);
-    auto f = checked<float>(o, name, ndim);
-    require_aligned(f, name);
-    return f;
+    return half ? checked_half(o, name, ndim) : py::array(attention_arg(o, name, ndim));
   };
   auto src = arg(src_, "src", src_half), dst = arg(dst_, "dst", dst_half);
   if (src.size() != dst.size())
     bad_arg("dst", "has " + std::to_string(dst.size()) + " elements, src " +
                        std::to_string(src.size()));
-  if (!dst.writeable()) bad_arg("dst", "array is read-only");
+  require_writeable(dst, "dst");
   return {src, dst};
 }
 
@@ -554,8 +550,8 @@ std::unique_ptr<EngineHandle> make_engine(const py::dict& cfg_d, const py::handl
     require_dim(kc, "k_cache", axis, cache_shape[axis], "[n_layer, n_kv_head, context, head_dim]");
     require_dim(vc, "v_cache", axis, cache_shape[axis], "[n_layer, n_kv_head, context, head_dim]");
   }
-  for (const auto* a : {&kc, &vc})
-    if (!a->writeable()) bad_arg(a == &kc ? "k_cache" : "v_cache", "array is read-only");
+  require_writeable(kc, "k_cache");
+  require_writeable(vc, "v_cache");
   auto cs = checked<float>(cos_obj, "cos", 2), sn = checked<float>(sin_obj, "sin", 2);
   for (auto* t : {&cs, &sn}) {
     const char* name = t == &cs ? "cos" : "sin";

@@ -154,7 +154,8 @@ def decode(q, k_cache, v_cache, length, impl=None):
         if not 1 <= length <= capacity:
             raise ValueError(f"argument 'length': {length} is outside [1, {capacity}] (the cache capacity)")
         return attention_decode(q, k_cache, v_cache, length)
-    # the caches may also be float16 (the int8 models' cache), which the kernel reads as is
-    halves = [np.ascontiguousarray(c) for c in (k_cache, v_cache) if np.asarray(c).dtype == np.float16]
-    caches = halves if len(halves) == 2 else _native_args(k_cache=k_cache, v_cache=v_cache)
+    if np.asarray(k_cache).dtype == np.float16:  # the int8 models' cache: read as is
+        caches = [np.ascontiguousarray(c) for c in (k_cache, v_cache)]
+    else:
+        caches = _native_args(k_cache=k_cache, v_cache=v_cache)
     return _native_module().attention_decode(*_native_args(q=q), *caches, length)
