@@ -628,7 +628,12 @@ void bind_engine(py::module_& m) {
           "repetition penalty). Returns (picks, new rng_state).")
       .def_property_readonly(
           "native_seconds", [](const EngineHandle& h) { return h.engine->native_seconds(); },
-          "Seconds spent inside step() and decode() so far.");
+          "Seconds spent inside step() and decode() so far.")
+      .def_property(
+          "max_threads", [](const EngineHandle& h) { return h.engine->max_threads(); },
+          [](EngineHandle& h, int n) { h.engine->set_max_threads(n); },
+          "Threads a step uses at most (the pool's size caps it): one per MB of weights "
+          "unless set.");
   m.def(
       "engine_gemv",
       [](const py::handle& x_obj, const py::list& mats) {

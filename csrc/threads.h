@@ -5,6 +5,7 @@
 // of N threads runs N-1 workers. A parallel_for issued from inside a worker runs inline.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 
@@ -31,5 +32,25 @@ template <class Fn>
 void parallel_for(int64_t n, int64_t grain, Fn&& fn) {
   parallel_for_fn(n, grain, std::ref(fn));
 }
+
+// Where the threads of a run_team wait for each other: wait() returns once all
+// `threads` have called it. Reusable; spins briefly, then yields the core while it waits.
+class Barrier {
+ public:
+  explicit Barrier(int threads) : threads_(threads) {}
+  void wait();
+
+ private:
+  const int threads_;
+  alignas(64) std::atomic<int> arrived_{0};
+  alignas(64) std::atomic<uint32_t> phase_{0};
+};
+
+// Runs fn(thread, threads, barrier) once on each of `threads` threads of the pool (the
+// caller is thread 0; at most the pool's size) and returns when all have returned: for
+// work that moves through phases in step, each thread taking its own share of each phase
+// and meeting the others at the barrier between phases, instead of one parallel_for
+// (one hand-out and wait) a phase. Issued from inside a worker it calls fn(0, 1, b).
+void run_team(int threads, const std::function<void(int, int, Barrier&)>& fn);
 
 }  // namespace tinylm

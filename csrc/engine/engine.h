@@ -9,13 +9,17 @@
 // A matrix is either float32 [rows, cols] or int8 [rows, cols] with one float32 scale
 // per row (tinylm/quant.py's scheme). Products are matrix-vector (GEMV): float32 with the
 // SIMD kernels in gemv_*.cpp, int8 with the int8 family's kernels (csrc/int8/), the
-// activation quantized once per input vector. Work is split over tinylm::parallel_for in
-// a way that depends only on the shapes, so results do not depend on the thread count.
+// activation quantized once per input vector. A step runs on a team of threads
+// (tinylm::run_team), each computing the same rows and heads at every step, split in a
+// way that depends only on the shapes, so results do not depend on the thread count.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
+
+#include "../threads.h"
 
 namespace tinylm::engine {
 
@@ -94,19 +98,41 @@ class Engine {
 
   const Config& config() const { return cfg_; }
 
+  // Threads a step uses at most (the pool's size caps it): by default one per MB of
+  // weights, as fewer bytes a thread do not repay a step's barriers. Settable for tests.
+  int max_threads() const { return team_threads_; }
+  void set_max_threads(int n) { team_threads_ = std::max(1, n); }
+
   // Seconds spent inside step() and decode() since the engine was made: with a clock
   // read around a generation, the share of its time spent outside native code.
   double native_seconds() const { return native_seconds_; }
 
  private:
+  // One thread's working vectors: its own copy of the residual stream x (every thread
+  // adds each block's output to it) and of the normed input h.
+  struct Lane {
+    std::vector<float> x, h;
+  };
+  // Each thread of a step (share `t` of `T`) runs forward_share: the products' rows and
+  // the kv heads are split between the threads, which meet at the barrier whenever a
+  // vector they all read is complete (4 times a layer).
+  struct Share {
+    int t, T;
+    Barrier& barrier;
+  };
   void forward(int32_t token, int64_t pos, float* logits);  // step() without the clock
-  void attention_block(const Layer& L, int64_t layer, int64_t pos);
-  void mlp_block(const Layer& L);
+  void forward_share(int32_t token, int64_t pos, float* logits, const Share& s);
+  void attention_share(const Layer& L, int64_t layer, int64_t pos, Lane& me, const Share& s);
+  void mlp_share(const Layer& L, Lane& me, const Share& s);
 
   Config cfg_;
   Weights w_;
   State st_;
-  std::vector<float> x_, h_, qkv_, att_, gu_, logits_;
+  std::vector<Lane> lanes_;  // one per thread
+  int team_threads_ = 1;  // at most this many threads run a step
+  // shared by the threads, each writing its share: q/k/v of their kv heads, attention's
+  // output, the gate / up products, the o_proj and down_proj products
+  std::vector<float> qkv_, att_, gu_, o_out_, down_out_, logits_;
   SampleScratch sample_scratch_;
   std::vector<int32_t> recent_;  // decode()'s history
   double native_seconds_ = 0;
@@ -120,7 +146,12 @@ struct Product {
   const Matrix* m;
   float* y;
 };
-void gemv(const float* x, const Product* products, int n_products);
+// Which rows a gemv computes: all of them, split over the thread pool (count 0), or the
+// index-th of `count` contiguous shares of them, on the calling thread.
+struct RowShare {
+  int index = 0, count = 0;
+};
+void gemv(const float* x, const Product* products, int n_products, RowShare share = {});
 
 // The float32 kernels of one instruction-set level: the GEMV, rows [n0, n1) of y = W x
 // (W [N, K] row-major), and the MLP's g = silu(g) * u (silu.h).

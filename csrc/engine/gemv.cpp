@@ -24,28 +24,38 @@ constexpr int64_t kRowBlock = 4;  // rows per block: the kernels' tile height
 // `baby` (16-88 KB, all below) unchanged; 64 KB made `baby` 15-40% slower.
 constexpr int64_t kMinChunkBytes = 128 * 1024;
 
-// Calls fn(product index, row begin, row end) over the rows of all products, in blocks
-// of kRowBlock rows; the split depends only on the shapes.
+int64_t blocks_of(const Product& p) { return (p.m->rows + kRowBlock - 1) / kRowBlock; }
+
+// Calls fn(product index, row begin, row end) for the blocks [b0, b1) of kRowBlock rows,
+// counting through the products' rows one product after another.
 template <class Fn>
-void for_rows(const Product* products, int n_products, int64_t bytes_per_row, Fn&& fn) {
-  int64_t blocks[8];
+void for_blocks(const Product* products, int n_products, int64_t b0, int64_t b1, Fn&& fn) {
+  int64_t base = 0;
+  for (int i = 0; i < n_products && b0 < b1; ++i) {
+    const int64_t blocks = blocks_of(products[i]);
+    const int64_t lo = std::max(b0, base), hi = std::min(b1, base + blocks);
+    if (lo < hi) {
+      const int64_t rows = products[i].m->rows;
+      fn(i, (lo - base) * kRowBlock, std::min(rows, (hi - base) * kRowBlock));
+    }
+    base += blocks;
+  }
+}
+
+// Calls fn(product index, row begin, row end) over the rows of all products (split over
+// the pool), or over one share of them (on this thread); the split depends only on the
+// shapes.
+template <class Fn>
+void for_rows(const Product* products, int n_products, int64_t bytes_per_row, RowShare share,
+              Fn&& fn) {
   int64_t total = 0;
-  for (int i = 0; i < n_products; ++i) {
-    blocks[i] = (products[i].m->rows + kRowBlock - 1) / kRowBlock;
-    total += blocks[i];
+  for (int i = 0; i < n_products; ++i) total += blocks_of(products[i]);
+  if (share.count > 0) {
+    const int64_t b0 = total * share.index / share.count, b1 = total * (share.index + 1) / share.count;
+    return for_blocks(products, n_products, b0, b1, fn);
   }
   const int64_t grain = std::max<int64_t>(1, kMinChunkBytes / (bytes_per_row * kRowBlock));
-  parallel_for(total, grain, [&](int64_t b0, int64_t b1) {
-    int64_t base = 0;
-    for (int i = 0; i < n_products && b0 < b1; ++i) {
-      const int64_t lo = std::max(b0, base), hi = std::min(b1, base + blocks[i]);
-      if (lo < hi) {
-        const int64_t rows = products[i].m->rows;
-        fn(i, (lo - base) * kRowBlock, std::min(rows, (hi - base) * kRowBlock));
-      }
-      base += blocks[i];
-    }
-  });
+  parallel_for(total, grain, [&](int64_t b0, int64_t b1) { for_blocks(products, n_products, b0, b1, fn); });
 }
 
 const GemvInfo& select_gemv() {
@@ -108,7 +118,7 @@ int32_t sum_of(const int8_t* v, int64_t n) {
   return sum;
 }
 
-void gemv_int8(const float* x, const Product* products, int n_products) {
+void gemv_int8(const float* x, const Product* products, int n_products, RowShare share) {
   const int64_t K = products[0].m->cols;
   const int64_t stride = (K + int8::kPad - 1) / int8::kPad * int8::kPad;
   Int8Scratch& s = int8_scratch();
@@ -126,7 +136,7 @@ void gemv_int8(const float* x, const Product* products, int n_products) {
   const int8::KernelInfo& family = select_int8();
   const int8_t* xq = s.xq.data();
   int32_t* c_all = s.c.data();
-  for_rows(products, n_products, K, [&](int i, int64_t n0, int64_t n1) {
+  for_rows(products, n_products, K, share, [&](int i, int64_t n0, int64_t n1) {
     const Matrix& m = *products[i].m;
     int32_t* c = c_all + offsets[i];
     if (own != nullptr) {
@@ -166,16 +176,16 @@ std::string active_gemv_int8() {
   return own != nullptr ? std::string(own->name) : "int8 family " + std::string(select_int8().name);
 }
 
-void gemv(const float* x, const Product* products, int n_products) {
+void gemv(const float* x, const Product* products, int n_products, RowShare share) {
   if (n_products < 1 || n_products > 8) throw std::invalid_argument("gemv: 1 to 8 products");
   const bool int8 = products[0].m->is_int8();
   for (int i = 1; i < n_products; ++i)
     if (products[i].m->is_int8() != int8 || products[i].m->cols != products[0].m->cols)
       throw std::invalid_argument("gemv: products must share K and the weight type");
-  if (int8) return gemv_int8(x, products, n_products);
+  if (int8) return gemv_int8(x, products, n_products, share);
   const GemvKernel kernel = select_gemv().fn;
   const int64_t K = products[0].m->cols;
-  for_rows(products, n_products, K * int64_t(sizeof(float)), [&](int i, int64_t n0, int64_t n1) {
+  for_rows(products, n_products, K * int64_t(sizeof(float)), share, [&](int i, int64_t n0, int64_t n1) {
     kernel(products[i].m->f32, x, products[i].y, K, n0, n1);
   });
 }

@@ -490,3 +490,59 @@ TEST(runtime_set_num_threads) {
           n, tinylm::num_threads(), expect_default);
   }
 }
+
+// A team runs fn once on each of its threads, with distinct indices, all at once (every
+// member waits at the barrier for the others), as many as asked up to the pool's size.
+TEST(runtime_run_team_runs_each_member_once) {
+  KeepThreads keep;
+  tinylm::set_num_threads(3);
+  for (int asked : {1, 2, 3, 5}) {
+    const int want = std::min(asked, 3);
+    std::vector<std::atomic<int>> runs(8);
+    std::atomic<int> bad_size{0};
+    std::set<std::thread::id> ids;
+    std::mutex mutex;
+    tinylm::run_team(asked, [&](int t, int threads, tinylm::Barrier& barrier) {
+      if (threads != want) bad_size.fetch_add(1);
+      runs[size_t(t)].fetch_add(1);
+      {
+        std::lock_guard<std::mutex> lock(mutex);
+        ids.insert(std::this_thread::get_id());
+      }
+      barrier.wait();
+    });
+    int bad = 0;
+    for (int t = 0; t < 8; ++t) bad += runs[size_t(t)].load() != (t < want ? 1 : 0);
+    CHECK(bad == 0 && bad_size.load() == 0 && int(ids.size()) == want,
+          "run_team(%d) on 3 threads: %d wrong run counts, %d wrong sizes, %zu threads", asked,
+          bad, bad_size.load(), ids.size());
+  }
+  int nested_threads = 0;  // from inside a worker: one member, inline
+  tinylm::parallel_for(2, 1, [&](int64_t b, int64_t) {
+    if (b == 0) tinylm::run_team(3, [&](int, int threads, tinylm::Barrier&) { nested_threads = threads; });
+  });
+  CHECK(nested_threads == 1, "a team started inside a worker had %d members", nested_threads);
+}
+
+// No member passes a barrier before every member has reached it: each round, members
+// write the round number, meet, and then all must see every member's write.
+TEST(runtime_barrier_waits_for_every_member) {
+  KeepThreads keep;
+  tinylm::set_num_threads(3);
+  constexpr int kRounds = 2000;
+  std::vector<std::atomic<int>> seen(3);
+  std::atomic<int> early{0};
+  tinylm::run_team(3, [&](int t, int threads, tinylm::Barrier& barrier) {
+    for (int round = 1; round <= kRounds; ++round) {
+      if (t == round % threads) {  // one member late each round
+        const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(5);
+        while (std::chrono::steady_clock::now() < until) {}
+      }
+      seen[size_t(t)].store(round);
+      barrier.wait();
+      for (int u = 0; u < threads; ++u) early.fetch_add(seen[size_t(u)].load() < round);
+      barrier.wait();  // nobody writes the next round before all have checked this one
+    }
+  });
+  CHECK(early.load() == 0, "%d reads after a barrier missed a member's write", early.load());
+}
