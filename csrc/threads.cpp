@@ -4,6 +4,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <exception>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -13,10 +14,11 @@ namespace {
 
 thread_local bool in_worker = false;
 
-// How long a thread waits awake before it sleeps. A decode step issues dozens of
-// parallel jobs a few microseconds apart, and waking a sleeping thread costs 5-10 us
-// (more on a busy machine): a worker that stays awake through the gaps takes the next
-// job at once. A thread with nothing to do sleeps after this long.
+// How long a thread waits awake before it sleeps. Kernels issue jobs a few microseconds
+// apart (a prefill's products, a generation's one team job a token), and waking a
+// sleeping thread costs 5-10 us (more on a busy machine): a worker that stays awake
+// through the gaps takes the next job at once. A thread with nothing to do sleeps after
+// this long.
 constexpr auto kSpin = std::chrono::microseconds(50);
 
 // Waits until done() is true or kSpin has passed; returns done(). It yields the core
@@ -193,6 +195,7 @@ void set_num_threads(int n) {
 }
 
 void Barrier::wait() {
+  if (broken_.load(std::memory_order_acquire)) return;
   const uint32_t phase = phase_.load(std::memory_order_acquire);
   if (arrived_.fetch_add(1, std::memory_order_acq_rel) == threads_ - 1) {
     arrived_.store(0, std::memory_order_relaxed);
@@ -202,7 +205,7 @@ void Barrier::wait() {
   // The phases of a decode step are a few microseconds apart: spin (with the CPU's pause
   // hint) for a short while first, as a yield costs about a microsecond in a VM; then
   // yield, in case the thread waited for needs this core.
-  for (int i = 0; phase_.load(std::memory_order_acquire) == phase; ++i) {
+  for (int i = 0; phase_.load(std::memory_order_acquire) == phase && !broken_.load(); ++i) {
     if (i < kPausesBeforeYield)
       cpu_relax();
     else
@@ -215,7 +218,21 @@ void run_team(int threads, const std::function<void(int, int, Barrier&)>& fn) {
   threads = p == nullptr ? 1 : std::min(threads, p->size());
   Barrier barrier(threads);
   if (threads == 1) return fn(0, 1, barrier);
-  p->run(threads, 1, [&](int64_t begin, int64_t) { fn(int(begin), threads, barrier); }, true);
+  // A member that throws (std::bad_alloc growing a scratch buffer) must not leave the
+  // others waiting for it, nor escape a worker thread (std::terminate): the first
+  // exception is kept, the barrier broken, and the exception rethrown here.
+  std::mutex failed_mutex;
+  std::exception_ptr failed;
+  p->run(threads, 1, [&](int64_t begin, int64_t) {
+    try {
+      fn(int(begin), threads, barrier);
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(failed_mutex);
+      if (!failed) failed = std::current_exception();
+      barrier.break_();
+    }
+  }, true);
+  if (failed) std::rethrow_exception(failed);
 }
 
 void parallel_for_fn(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) {

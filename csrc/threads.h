@@ -1,8 +1,9 @@
 // One small persistent thread pool shared by every kernel.
 //
 // Portable C++17 threads instead of OpenMP, because macOS's compiler has no OpenMP.
-// Kernels split their work with parallel_for; the calling thread works too, so a pool
-// of N threads runs N-1 workers. A parallel_for issued from inside a worker runs inline.
+// Kernels split their work with parallel_for, or run as a team (run_team) when their
+// threads must move through phases together; the calling thread works too, so a pool
+// of N threads runs N-1 workers. Either, issued from inside a worker, runs inline.
 #pragma once
 
 #include <atomic>
@@ -35,13 +36,16 @@ void parallel_for(int64_t n, int64_t grain, Fn&& fn) {
 
 // Where the threads of a run_team wait for each other: wait() returns once all
 // `threads` have called it. Reusable; spins briefly, then yields the core while it waits.
+// Once broken (a member failed), wait() returns at once.
 class Barrier {
  public:
   explicit Barrier(int threads) : threads_(threads) {}
   void wait();
+  void break_() { broken_.store(true, std::memory_order_release); }
 
  private:
   const int threads_;
+  std::atomic<bool> broken_{false};
   alignas(64) std::atomic<int> arrived_{0};
   alignas(64) std::atomic<uint32_t> phase_{0};
 };
@@ -51,6 +55,7 @@ class Barrier {
 // work that moves through phases in step, each thread taking its own share of each phase
 // and meeting the others at the barrier between phases, instead of one parallel_for
 // (one hand-out and wait) a phase. Issued from inside a worker it calls fn(0, 1, b).
+// An exception from a member breaks the barrier and is rethrown once all have returned.
 void run_team(int threads, const std::function<void(int, int, Barrier&)>& fn);
 
 }  // namespace tinylm

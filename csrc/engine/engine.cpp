@@ -128,8 +128,9 @@ Engine::Engine(const Config& cfg, Weights weights, State state)
   const int64_t d = cfg_.d_model, kv = cfg_.n_kv_head * cfg_.head_dim();
   // A thread must stream enough of the weights between barriers to be worth them.
   // Measured with 2 threads, one-token steps before and after the steps became teams
-  // (the pool handing out each product): `baby` int8 (0.9 MB) 41 -> 45 us, so it keeps
-  // one thread; `baby` fp32 (3.3 MB) 174 -> 148 us; `small` int8 (6.1 MB) 234 -> 204 us.
+  // (before, the pool handed out each product; `baby` int8's, each below one chunk, all
+  // ran on the calling thread): `baby` int8 (0.9 MB) 41 -> 45 us, so it keeps one
+  // thread; `baby` fp32 (3.3 MB) 174 -> 148 us; `small` int8 (6.1 MB) 234 -> 204 us.
   constexpr int64_t kBytesPerThread = 1 << 20;
   team_threads_ = int(std::clamp<int64_t>(weight_bytes(w_) / kBytesPerThread, 1, 1024));
   o_out_.resize(size_t(d));
@@ -272,12 +273,14 @@ void Engine::forward(int32_t token, int64_t pos, float* logits) {
   if (pos < 0 || pos >= cfg_.context)
     invalid("position " + std::to_string(pos) + " outside [0, " + std::to_string(cfg_.context) +
             ") (the cache is full: re-prefill a shorter window)");
-  while (int(lanes_.size()) < num_threads()) {
+  // run_team uses at most `threads` (fewer if the pool shrinks meanwhile)
+  const int threads = std::min(team_threads_, num_threads());
+  while (int(lanes_.size()) < threads) {
     lanes_.emplace_back();
     lanes_.back().x.resize(size_t(cfg_.d_model));
     lanes_.back().h.resize(size_t(cfg_.d_model));
   }
-  run_team(team_threads_, [&](int t, int T, Barrier& barrier) {
+  run_team(threads, [&](int t, int T, Barrier& barrier) {
     forward_share(token, pos, logits, Share{t, T, barrier});
   });
 }

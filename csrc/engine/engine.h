@@ -10,8 +10,9 @@
 // per row (tinylm/quant.py's scheme). Products are matrix-vector (GEMV): float32 with the
 // SIMD kernels in gemv_*.cpp, int8 with the int8 family's kernels (csrc/int8/), the
 // activation quantized once per input vector. A step runs on a team of threads
-// (tinylm::run_team), each computing the same rows and heads at every step, split in a
-// way that depends only on the shapes, so results do not depend on the thread count.
+// (tinylm::run_team), each computing the same rows and heads at every step; each row's
+// and head's arithmetic is the same whichever thread does it, so results do not depend
+// on the thread count.
 #pragma once
 
 #include <algorithm>

@@ -1,7 +1,8 @@
 // Matrix-vector products for the decode step: chooses the float32 kernel (gemv_*.cpp) or
 // the int8 kernel (csrc/int8/) for the active instruction-set level at each call, and
-// runs several products that share one input (q/k/v, gate/up) in one parallel pass, so
-// a decode step pays for few thread-pool wake-ups. Portable C++ (no ISA flags).
+// runs several products that share one input (q/k/v, gate/up) in one pass: one share of
+// their rows on the calling thread (the decode step's teams), or all of them split over
+// the thread pool. Portable C++ (no ISA flags).
 #include <algorithm>
 #include <stdexcept>
 #include <string>
@@ -17,11 +18,12 @@ namespace tinylm::engine {
 namespace {
 
 constexpr int64_t kRowBlock = 4;  // rows per block: the kernels' tile height
-// A parallel job costs about 0.7 us (the pool's round trip with its workers awake; far
-// more on a busy machine), while 128 KB of cached weights stream in ~1.5 us: smaller
-// chunks would spend more on handing out work than they save. Measured with 2 threads,
-// int8 decode: `small` (matrices of 74-442 KB) 5-20% faster than with 512 KB chunks,
-// `baby` (16-88 KB, all below) unchanged; 64 KB made `baby` 15-40% slower.
+// For products split over the pool: a parallel job costs about 0.7 us (the pool's round
+// trip with its workers awake; far more on a busy machine), while 128 KB of cached
+// weights stream in ~1.5 us, so smaller chunks would spend more on handing out work than
+// they save. (Measured when decode steps still split each product over the pool, 2
+// threads, int8: `small` 5-20% faster than with 512 KB chunks; 64 KB made `baby` 15-40%
+// slower.)
 constexpr int64_t kMinChunkBytes = 128 * 1024;
 
 int64_t blocks_of(const Product& p) { return (p.m->rows + kRowBlock - 1) / kRowBlock; }

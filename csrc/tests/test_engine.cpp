@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -147,6 +148,25 @@ TEST(engine_silu_accuracy) {
               double(out[i]), want);
     }
     CHECK(worst < 4e-7, "%s: silu relative error %g", k.name, worst);
+  }
+}
+
+// A decode step's threads each apply the SiLU to their own share of the rows: a value's
+// result must not depend on where its share starts (vector body or scalar tail, any
+// alignment), or the logits would depend on the thread count.
+TEST(engine_silu_same_in_pieces) {
+  Gen gen(11);
+  const std::vector<float> g = randoms(1001, gen), u = randoms(1001, gen);
+  for (const auto& k : runnable_gemv()) {
+    std::vector<float> whole = g;
+    k.silu(whole.data(), u.data(), int64_t(whole.size()));
+    for (int64_t step : {1, 3, 7, 16, 33, 250}) {
+      std::vector<float> pieces = g;
+      for (int64_t i = 0; i < int64_t(g.size()); i += step)
+        k.silu(pieces.data() + i, u.data() + i, std::min<int64_t>(step, int64_t(g.size()) - i));
+      CHECK(std::memcmp(pieces.data(), whole.data(), whole.size() * sizeof(float)) == 0,
+            "%s: silu in pieces of %lld differs from one call", k.name, (long long)step);
+    }
   }
 }
 

@@ -546,3 +546,31 @@ TEST(runtime_barrier_waits_for_every_member) {
   });
   CHECK(early.load() == 0, "%d reads after a barrier missed a member's write", early.load());
 }
+
+// A member that throws does not leave the others waiting at the barrier or escape its
+// thread: run_team rethrows it on the caller, and the pool works on afterwards.
+TEST(runtime_run_team_rethrows_a_member_exception) {
+  KeepThreads keep;
+  tinylm::set_num_threads(3);
+  for (int thrower : {0, 1, 2}) {
+    std::string message;
+    try {
+      tinylm::run_team(3, [&](int t, int, tinylm::Barrier& barrier) {
+        barrier.wait();
+        if (t == thrower) throw std::runtime_error("member " + std::to_string(t));
+        for (int i = 0; i < 100; ++i) barrier.wait();  // the thrower never comes
+      });
+    } catch (const std::runtime_error& e) {
+      message = e.what();
+    }
+    CHECK(message == "member " + std::to_string(thrower), "thrower %d: caught '%s'", thrower,
+          message.c_str());
+    std::vector<std::atomic<int>> hits(1000);
+    tinylm::parallel_for(1000, 1, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) hits[size_t(i)].fetch_add(1);
+    });
+    int bad = 0;
+    for (auto& h : hits) bad += h.load() != 1;
+    CHECK(bad == 0, "after member %d threw: %d indices not visited once", thrower, bad);
+  }
+}
