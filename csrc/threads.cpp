@@ -9,6 +9,10 @@
 #include <thread>
 #include <vector>
 
+#if defined(__linux__)
+#include <sched.h>
+#endif
+
 namespace tinylm {
 namespace {
 
@@ -168,7 +172,14 @@ class Pool {
   std::atomic<bool> stop_{false};
 };
 
+// One thread per core this process may run on: on Linux the affinity mask (taskset, a
+// container's cpuset), which can be fewer than the machine's cores. More threads than
+// that would wait for each other at every barrier of a decode step.
 int default_threads() {
+#if defined(__linux__)
+  cpu_set_t mask;
+  if (sched_getaffinity(0, sizeof(mask), &mask) == 0 && CPU_COUNT(&mask) > 0) return CPU_COUNT(&mask);
+#endif
   const unsigned cores = std::thread::hardware_concurrency();
   return cores == 0 ? 1 : int(cores);
 }

@@ -3,6 +3,8 @@ across thread counts and instruction sets; sampling reproducibility; streaming t
 stop strings, the context-full policy; bad input."""
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -451,6 +453,16 @@ def test_native_engine_refuses_bad_arrays(params):
 
 
 # ---------------------------------------------------------------- the fused GEMV
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="this OS has no affinity masks")
+def test_default_threads_follow_the_affinity_mask():
+    """One thread per core the process may run on (taskset, a container's cpuset): more
+    would wait for each other at every barrier of a decode step."""
+    code = ("import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+            "from tinylm import _C; print(_C.num_threads())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "1"
 
 
 @given(st.integers(1, 300), st.lists(st.integers(1, 70), min_size=1, max_size=3), st.integers(0, 9))
