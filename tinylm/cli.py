@@ -48,7 +48,7 @@ def add_train_parser(sub):
     io.add_argument("--init", metavar="MODEL", help="fine-tune: start from this model's weights "
                     "and tokenizer (shape flags are then not allowed)")
     io.add_argument("--threads", type=int, metavar="N", help="threads for numpy and the kernels "
-                    "(default: all cores)")
+                    "(default: one per core this process may run on)")
     shape = p.add_argument_group("model shape")
     shape.add_argument("--preset", help="tiny, baby, small or medium (default: tiny)")
     shape.add_argument("--d-model", type=int)
@@ -271,7 +271,8 @@ def add_generate_parser(sub):
     p.add_argument("--seed", type=int, default=None, help="makes the output reproducible (default: random)")
     p.add_argument("--stop", action="append", default=[], metavar="TEXT",
                    help="stop before this text (repeat for several)")
-    p.add_argument("--threads", type=int, default=None, help="threads for the kernels (default: all cores)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads for the kernels (default: one per core this process may run on)")
     p.add_argument("--engine", choices=["native", "numpy"], default="native",
                    help="numpy runs the reference engine (slow; for checking)")
     p.add_argument("--stats", action="store_true",
