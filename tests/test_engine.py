@@ -200,6 +200,25 @@ def test_native_sampler_picks_what_the_reference_picks(values, spread, ties, tem
         assert got == want and state == sampler.rng.state
 
 
+@pytest.mark.parametrize("shape", ["flat", "peaked", "bunched"])
+def test_native_sampler_orders_a_large_vocabulary_as_the_reference(shape):
+    """Thousands of tokens (a sentencepiece vocabulary). The native top-p sort cuts the
+    logits' range into buckets; bunched logits (most within 1e-6 of one another, a few
+    far away) all share one bucket, and its fallback sort must order them the same."""
+    rng = np.random.default_rng(7)
+    V = 5000
+    logits = {"flat": rng.normal(0, 0.1, V), "peaked": rng.normal(0, 4, V),
+              "bunched": 1 + rng.integers(0, 4, V) * 1e-6}[shape].astype(np.float32)
+    logits[[10, 20, 30]] = [9, -40, 6]
+    for top_p, temperature in [(0.95, 1.0), (0.5, 0.7), (0.999, 2.0)]:
+        sampler = Sampler(temperature, 0, top_p, 1.0, seed=3)
+        state = sampler.rng.state
+        for _ in range(20):
+            want = sampler(logits)
+            got, state = _C.engine_sample(logits, temperature, 0, top_p, 1.0, state, ())
+            assert got == want and state == sampler.rng.state
+
+
 @pytest.mark.parametrize("kwargs", [
     dict(temperature=1.0),
     dict(temperature=0.7, top_k=20),

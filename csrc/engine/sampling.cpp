@@ -8,9 +8,10 @@
 //   best-first prefix before it held less than p of the total, it and the at most
 //   vocab - 1 tokens after it, none heavier, would have to hold more than 1 - p). With a
 //   peaked distribution, as a trained model gives, that leaves a handful to sort;
-// - the sort is a radix sort (no comparisons to mispredict): sorting the 257 byte
-//   tokens of a flat distribution with std::sort took 10-15 us, as long as the rest of
-//   a decode step on the `baby` preset.
+// - the sort is a bucket sort: sorting the 257 byte tokens of a flat distribution with
+//   std::sort took 10-15 us, as long as the rest of a decode step on the `baby` preset,
+//   and an LSD radix sort ~8 us (its byte histograms wait on the few counters that
+//   near-equal logits share).
 // Nothing here allocates once the scratch vectors have grown.
 #include <algorithm>
 #include <cmath>
@@ -56,38 +57,62 @@ void penalize(std::vector<double>& l, const int32_t* history, int64_t n, double 
 }
 
 // Sorts ids (ascending on entry) best first: logit descending, equal logits by id
-// ascending, as np.lexsort((ids, -logits)) does. A stable LSD radix sort, one byte per
-// pass, on 64-bit keys that increase as the logit decreases, skipping the bytes that are
-// the same in every key (a float32 logit leaves the low 29 bits of its double alike).
+// ascending, as np.lexsort((ids, -logits)) does. A bucket sort: the range of the logits
+// is cut into two buckets per token, the ids are counted into their buckets in order
+// (so ids stay ascending within one), and the few ids that share a bucket are put in
+// order. Buckets follow the logits' order, so that is the whole order.
+// The final comparisons are on integer keys that order every double (NaN included, which
+// only a broken model gives), so the sort is always well defined.
 void sort_best_first(const std::vector<double>& l, std::vector<int32_t>& ids, SampleScratch& m) {
   const size_t n = ids.size();
-  std::vector<uint64_t>&keys = m.keys, &keys_out = m.keys_out;
-  std::vector<int32_t>& ids_out = m.ids_out;
-  keys.resize(n);
-  keys_out.resize(n);
-  ids_out.resize(n);
-  uint64_t any = 0, all = ~uint64_t(0);
-  for (size_t i = 0; i < n; ++i) {
-    const double v = l[size_t(ids[i])] + 0.0;  // -0.0 becomes 0.0: they are equal
+  std::vector<uint64_t>& key = m.keys;  // by id; increases as the logit decreases
+  key.resize(l.size());
+  double hi = l[size_t(ids[0])], lo = hi;
+  for (int32_t id : ids) {
+    const double v = l[size_t(id)] + 0.0;  // -0.0 becomes 0.0: they are equal
     uint64_t bits;
     std::memcpy(&bits, &v, 8);
-    bits = bits >> 63 ? ~bits : bits | (uint64_t(1) << 63);  // increases with v
-    keys[i] = ~bits;
-    any |= keys[i];
-    all &= keys[i];
+    key[size_t(id)] = bits >> 63 ? bits : ~(bits | (uint64_t(1) << 63));
+    hi = std::max(hi, v);
+    lo = std::min(lo, v);
   }
-  for (int shift = 0; shift < 64; shift += 8) {
-    if (((any ^ all) >> shift & 0xFF) == 0) continue;  // this byte is alike in all keys
-    uint32_t start[257] = {};
-    for (size_t i = 0; i < n; ++i) ++start[(keys[i] >> shift & 0xFF) + 1];
-    for (int d = 0; d < 256; ++d) start[d + 1] += start[d];
-    for (size_t i = 0; i < n; ++i) {
-      const uint32_t to = start[keys[i] >> shift & 0xFF]++;
-      keys_out[to] = keys[i];
-      ids_out[to] = ids[i];
+  auto better = [&key](int32_t a, int32_t b) {
+    return key[size_t(a)] < key[size_t(b)] || (key[size_t(a)] == key[size_t(b)] && a < b);
+  };
+  if (!(hi > lo)) {  // all equal (or not finite): nothing to cut into buckets
+    std::sort(ids.begin(), ids.end(), better);
+    return;
+  }
+  const size_t buckets = 2 * n;
+  const double scale = double(buckets) / (hi - lo);
+  std::vector<uint32_t>& bucket = m.bucket;  // by position in ids
+  std::vector<uint32_t>& start = m.bucket_start;
+  bucket.resize(n);
+  start.assign(buckets + 1, 0);
+  for (size_t i = 0; i < n; ++i) {
+    const double at = (hi - l[size_t(ids[i])]) * scale;  // 0 for the best, `buckets` for the worst
+    bucket[i] = uint32_t(at < double(buckets - 1) ? std::max(at, 0.0) : double(buckets - 1));
+    ++start[bucket[i] + 1];
+  }
+  for (size_t b = 0; b < buckets; ++b) start[b + 1] += start[b];
+  std::vector<int32_t>& sorted = m.ids_out;
+  sorted.resize(n);
+  for (size_t i = 0; i < n; ++i) sorted[start[bucket[i]]++] = ids[i];
+  ids.swap(sorted);
+  // Only ids in one bucket can be out of order, so an insertion sort finishes in about n
+  // steps. Logits bunched into a few buckets would make it quadratic: past 8n moves,
+  // std::sort takes over.
+  size_t moves = 0;
+  for (size_t i = 1; i < n; ++i) {
+    const int32_t id = ids[i];
+    size_t j = i;
+    for (; j > 0 && better(id, ids[j - 1]); --j) ids[j] = ids[j - 1];
+    ids[j] = id;
+    moves += i - j;
+    if (moves > 8 * n) {
+      std::sort(ids.begin(), ids.end(), better);
+      return;
     }
-    keys.swap(keys_out);
-    ids.swap(ids_out);
   }
 }
 
