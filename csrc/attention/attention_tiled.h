@@ -442,10 +442,10 @@ struct Tiled {
         } else {
           for (int64_t t = 0; t < n; ++t) s[t] = dot(q, K + (c0 + t) * D, D) * j.scale;
         }
-        float cmax = kNegInf;
-        for (int64_t t = 0; t < n; ++t) cmax = maxf(cmax, s[t]);
         for (int64_t t = n; t < kChunk; ++t) s[t] = kNegInf;
-        const float m_new = maxf(m[g], cmax);
+        V vmax = O::load(s);  // in vectors: a scalar loop waits on every max in turn
+        for (int t = W; t < kChunk; t += W) vmax = O::max(vmax, O::load(s + t));
+        const float m_new = maxf(m[g], O::hmax(vmax));
         const float alpha = expf(m[g] - m_new);
         const V neg_max = O::set1(-m_new);
         V sum = O::zero();

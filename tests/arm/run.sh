@@ -243,6 +243,15 @@ fi
 (cd / && env "${host_env[@]}" "$HOST_PY" "$REPO/tests/arm/make_reference.py" "$WORK/reference")
 
 # --------------------------------------------------------------------------- tests
+# numpy's OpenBLAS chooses its SVE kernels on `max`, and QEMU runs those several times
+# slower than NEON (the training tests took 128 s there against 20 s with NEON kernels),
+# leaving floating-point exception flags behind too (numpy warned "divide by zero
+# encountered in matmul"). numpy's BLAS is not what these runs check, so `max` gets the
+# Neoverse N1's NEON kernels (a Pi 5's cortex-a76 is of that family).
+blas_core() {
+  [[ "$ARCH:$1" == arm64:max ]] && echo NEOVERSEN1 || echo ""
+}
+
 if [[ -n "${TINYLM_ARM_PYTEST_ARGS+set}" ]]; then
   read -r -a PYTEST_ARGS <<<"$TINYLM_ARM_PYTEST_ARGS"
 else
@@ -275,7 +284,9 @@ run_pytest() {
   shift
   export QEMU_CPU="$cpu" PYTHONPATH="$WORK/inst:$SITE" TINYLM_TEST_EMULATED=1 \
     TINYLM_ARM_REFERENCE="$WORK/reference" TINYLM_ARM_EXPECT_ISA="$(expected_isa "$cpu")"
-  (cd / && "$LAUNCHER" -m pytest -q -p no:cacheprovider -c "$REPO/pyproject.toml" \
+  local blas=()
+  [[ -n "$(blas_core "$cpu")" ]] && blas=(OPENBLAS_CORETYPE="$(blas_core "$cpu")")
+  (cd / && env "${blas[@]}" "$LAUNCHER" -m pytest -q -p no:cacheprovider -c "$REPO/pyproject.toml" \
      --rootdir "$REPO" "$@") || status=$?
   if ((status != 0)); then
     ((status == 5)) && echo "pytest collected no tests on $cpu" >&2
