@@ -205,23 +205,42 @@ void set_num_threads(int n) {
   pool = new Pool(n);
 }
 
+// The phase and the sleepers are sequentially consistent (Dekker's pattern): either the
+// last member to arrive sees a sleeper and wakes it under the mutex, or the sleeper,
+// about to wait, sees the new phase.
 void Barrier::wait() {
-  if (broken_.load(std::memory_order_acquire)) return;
-  const uint32_t phase = phase_.load(std::memory_order_acquire);
-  if (arrived_.fetch_add(1, std::memory_order_acq_rel) == threads_ - 1) {
+  if (broken_.load()) return;
+  const uint32_t phase = phase_.load();
+  if (arrived_.fetch_add(1) == threads_ - 1) {
     arrived_.store(0, std::memory_order_relaxed);
-    phase_.store(phase + 1, std::memory_order_release);
+    phase_.store(phase + 1);
+    wake_sleepers();
     return;
   }
   // The phases of a decode step are a few microseconds apart: spin (with the CPU's pause
   // hint) for a short while first, as a yield costs about a microsecond in a VM; then
-  // yield, in case the thread waited for needs this core.
-  for (int i = 0; phase_.load(std::memory_order_acquire) == phase && !broken_.load(); ++i) {
-    if (i < kPausesBeforeYield)
-      cpu_relax();
-    else
-      std::this_thread::yield();
+  // yield, in case the thread waited for needs this core; then sleep.
+  auto passed = [&] { return phase_.load() != phase || broken_.load(); };
+  for (int i = 0; i < kPausesBeforeYield; ++i) {
+    if (passed()) return;
+    cpu_relax();
   }
+  if (spin_until(passed)) return;
+  std::unique_lock<std::mutex> lock(mutex_);
+  sleepers_.fetch_add(1);
+  woken_.wait(lock, passed);
+  sleepers_.fetch_sub(1);
+}
+
+void Barrier::break_() {
+  broken_.store(true);
+  wake_sleepers();
+}
+
+void Barrier::wake_sleepers() {
+  if (sleepers_.load() == 0) return;
+  std::lock_guard<std::mutex> lock(mutex_);  // a sleeper is either waiting or yet to check
+  woken_.notify_all();
 }
 
 void run_team(int threads, const std::function<void(int, int, Barrier&)>& fn) {

@@ -7,8 +7,10 @@
 #pragma once
 
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <functional>
+#include <mutex>
 
 namespace tinylm {
 
@@ -35,19 +37,26 @@ void parallel_for(int64_t n, int64_t grain, Fn&& fn) {
 }
 
 // Where the threads of a run_team wait for each other: wait() returns once all
-// `threads` have called it. Reusable; spins briefly, then yields the core while it waits.
+// `threads` have called it. Reusable; spins briefly, then yields the core, and sleeps
+// once it has waited longer than the pool's threads stay awake (a member that lost its
+// core, e.g. to a container's CPU quota, is not held up further by the others' spinning).
 // Once broken (a member failed), wait() returns at once.
 class Barrier {
  public:
   explicit Barrier(int threads) : threads_(threads) {}
   void wait();
-  void break_() { broken_.store(true, std::memory_order_release); }
+  void break_();
 
  private:
+  void wake_sleepers();
+
   const int threads_;
   std::atomic<bool> broken_{false};
   alignas(64) std::atomic<int> arrived_{0};
   alignas(64) std::atomic<uint32_t> phase_{0};
+  std::atomic<int> sleepers_{0};
+  std::mutex mutex_;
+  std::condition_variable woken_;
 };
 
 // Runs fn(thread, threads, barrier) once on each of `threads` threads of the pool (the

@@ -17,6 +17,7 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <time.h>
 #include <utility>
 #include <vector>
 
@@ -545,6 +546,41 @@ TEST(runtime_barrier_waits_for_every_member) {
     }
   });
   CHECK(early.load() == 0, "%d reads after a barrier missed a member's write", early.load());
+}
+
+// A member far later than the barrier's spin: the one waiting for it sleeps rather than
+// burn its core (a container's CPU quota is spent by whoever spins), and is woken when
+// it comes. Fails with a barrier that yields until the phase changes: that waiter uses
+// the whole wait of CPU.
+TEST(runtime_barrier_sleeps_through_a_long_wait) {
+  KeepThreads keep;
+  tinylm::set_num_threads(2);
+  constexpr auto kLate = std::chrono::milliseconds(60);
+  std::atomic<bool> arrived{false}, passed_early{false};
+  double waiter_cpu_ms = -1;
+  auto thread_cpu_ms = [] {
+    timespec ts{};
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+  };
+  for (int round = 0; round < 3; ++round) {
+    tinylm::run_team(2, [&](int t, int, tinylm::Barrier& barrier) {
+      if (t == 1) {
+        std::this_thread::sleep_for(kLate);
+        arrived.store(true);
+        barrier.wait();
+      } else {
+        const double before = thread_cpu_ms();
+        barrier.wait();
+        waiter_cpu_ms = thread_cpu_ms() - before;
+        if (!arrived.load()) passed_early.store(true);
+      }
+    });
+    CHECK(!passed_early.load(), "round %d: the waiter passed before the late member came", round);
+    CHECK(waiter_cpu_ms >= 0 && waiter_cpu_ms < 20, "round %d: the waiter used %.1f ms of CPU "
+          "waiting %lld ms", round, waiter_cpu_ms, (long long)kLate.count());
+    arrived.store(false);
+  }
 }
 
 // A member that throws does not leave the others waiting at the barrier or escape its
