@@ -64,8 +64,9 @@ class Rotation:
         return self.items[self.i]
 
 
-def copies_for(nbytes, cold):
-    return max(1, -(-4 * llc_bytes() // nbytes)) if cold else 1
+def copies_for(nbytes, cold_bytes):
+    """Copies enough to hold cold_bytes together (0: one copy, left warm in the caches)."""
+    return max(1, -(-cold_bytes // nbytes))
 
 
 def torch_linear(w):
@@ -76,15 +77,15 @@ def torch_linear(w):
     return torch.ao.quantization.quantize_dynamic(lin, {torch.nn.Linear}, dtype=torch.qint8)
 
 
-def measure_shape(N, K, M, cold, rounds, min_time, rng, have_torch):
+def measure_shape(N, K, M, cold_bytes, rounds, min_time, rng, have_torch):
     from tinylm import _C, quant
     w = (rng.standard_normal((N, K)) * 0.05).astype(np.float32)
     x = rng.standard_normal((M, K)).astype(np.float32)
     q = quant.quantize_weight(w)
     int8_bytes = q.values.nbytes + q.scale.nbytes
-    qs = Rotation([(q.values.copy(), q.scale.copy()) for _ in range(copies_for(int8_bytes, cold))])
+    qs = Rotation([(q.values.copy(), q.scale.copy()) for _ in range(copies_for(int8_bytes, cold_bytes))])
     fs = Rotation([np.ascontiguousarray(w.T) if i == 0 else np.ascontiguousarray(w.T).copy()
-                   for i in range(copies_for(w.nbytes, cold))])
+                   for i in range(copies_for(w.nbytes, cold_bytes))])
     y = np.empty((M, N), np.float32)
 
     def run_int8():
@@ -94,9 +95,9 @@ def measure_shape(N, K, M, cold, rounds, min_time, rng, have_torch):
     def run_numpy():
         np.matmul(x, fs.next(), out=y)
 
-    r = {"N": N, "K": K, "M": M, "cold": cold, "int8_s": best(run_int8, rounds, min_time),
+    r = {"N": N, "K": K, "M": M, "cold": cold_bytes > 0, "int8_s": best(run_int8, rounds, min_time),
          "numpy_s": best(run_numpy, rounds, min_time), "int8_weight_bytes": int8_bytes}
-    if cold and M == 1:
+    if cold_bytes and M == 1:
         # The bandwidth yardstick: a plain streaming read of the same rotating weight
         # copies, alternated call by call with the GEMV so both see the same machine state.
         words = [v.view(np.uint64).reshape(-1) for v, _ in qs.items]
@@ -113,7 +114,7 @@ def measure_shape(N, K, M, cold, rounds, min_time, rng, have_torch):
         r["read_same_bytes_s"] = t_read
     if have_torch:
         import torch
-        mods = Rotation([torch_linear(w) for _ in range(copies_for(int8_bytes, cold))])
+        mods = Rotation([torch_linear(w) for _ in range(copies_for(int8_bytes, cold_bytes))])
         xt = torch.from_numpy(x)
         with torch.inference_mode():
             r["torch_s"] = best(lambda: mods.next()(xt), rounds, min_time)
@@ -138,18 +139,21 @@ def child(threads, quick):
         have_torch = False
     rng = np.random.default_rng(0)
     rounds, min_time = (2, 0.01) if quick else (7, 0.05)
-    buf = np.ones((64 << 20 if quick else 4 * llc_bytes()) // 8, np.uint64)
+    # More bytes than the last-level cache holds, so that reads stream from DRAM. --quick
+    # only checks that the script runs: 4x a 300 MB L3 took 90 s to fill with copies.
+    cold_bytes = 64 << 20 if quick else 4 * llc_bytes()
+    buf = np.ones(cold_bytes // 8, np.uint64)
     results, bandwidths = [], []
     Ms = [1, 64] if quick else [1, 64, 256]
     for preset, shapes in PRESET_SHAPES.items():
         for M in Ms:
             for N, K in shapes:
-                r = measure_shape(N, K, M, False, rounds, min_time, rng, have_torch)
+                r = measure_shape(N, K, M, 0, rounds, min_time, rng, have_torch)
                 results.append({"preset": preset, **r})
     for M in ([1, 64] if quick else [1, 1, 64, 256]):  # GEMV twice, interleaved with bandwidth
         bandwidths.append(read_bandwidth(buf, rounds))
-        r = measure_shape(*BIG, M, True, rounds, min_time, rng, have_torch)
-        results.append({"preset": "4096x4096 (from DRAM)", **r})
+        r = measure_shape(*BIG, M, cold_bytes, rounds, min_time, rng, have_torch)
+        results.append({"preset": "4096x4096 (64 MB of copies, --quick)" if quick else "4096x4096 (from DRAM)", **r})
     bandwidths.append(read_bandwidth(buf, rounds))
     print(json.dumps({"threads": threads, "int8_kernel": _C.int8_path(), "have_torch": have_torch,
                       "read_bandwidth_Bps": max(bandwidths), "results": results}))
