@@ -7,6 +7,7 @@
 #include <exception>
 #include <mutex>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #if defined(__linux__)
@@ -103,6 +104,7 @@ class Pool {
       done_.wait(lock, [this] { return pending_.load() == 0; });
     }
     fn_ = nullptr;
+    if (failed_) std::rethrow_exception(std::exchange(failed_, nullptr));
   }
 
  private:
@@ -136,7 +138,18 @@ class Pool {
     int64_t chunk;
     for (int k = 0; k < shares; ++k) {
       Range& r = ranges_[size_t((self + k) % threads)];
-      while (r.take(k == 0, &chunk)) (*fn_)(chunk * chunk_, std::min(n_, (chunk + 1) * chunk_));
+      while (r.take(k == 0, &chunk)) call(chunk);
+    }
+  }
+
+  // An exception must neither escape a worker (std::terminate) nor leave the caller
+  // before the workers are done with its job: the first is kept for run() to rethrow.
+  void call(int64_t chunk) noexcept {
+    try {
+      (*fn_)(chunk * chunk_, std::min(n_, (chunk + 1) * chunk_));
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(failed_mutex_);
+      if (!failed_) failed_ = std::current_exception();
     }
   }
 
@@ -160,7 +173,8 @@ class Pool {
   }
 
   std::vector<std::thread> workers_;
-  std::mutex job_mutex_, mutex_;
+  std::mutex job_mutex_, mutex_, failed_mutex_;
+  std::exception_ptr failed_;  // the current job's first exception
   std::condition_variable wake_, done_;
   // the job: written by run() before it bumps generation_, read by workers after
   const std::function<void(int64_t, int64_t)>* fn_ = nullptr;
@@ -249,20 +263,15 @@ void run_team(int threads, const std::function<void(int, int, Barrier&)>& fn) {
   Barrier barrier(threads);
   if (threads == 1) return fn(0, 1, barrier);
   // A member that throws (std::bad_alloc growing a scratch buffer) must not leave the
-  // others waiting for it, nor escape a worker thread (std::terminate): the first
-  // exception is kept, the barrier broken, and the exception rethrown here.
-  std::mutex failed_mutex;
-  std::exception_ptr failed;
+  // others waiting for it; the pool rethrows the exception here.
   p->run(threads, 1, [&](int64_t begin, int64_t) {
     try {
       fn(int(begin), threads, barrier);
     } catch (...) {
-      std::lock_guard<std::mutex> lock(failed_mutex);
-      if (!failed) failed = std::current_exception();
       barrier.break_();
+      throw;
     }
   }, true);
-  if (failed) std::rethrow_exception(failed);
 }
 
 void parallel_for_fn(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) {

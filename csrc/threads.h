@@ -25,7 +25,8 @@ void set_num_threads(int n);
 // runs a contiguous share of the ranges, in order, then helps the others from the far
 // ends of theirs, so threads write neighbouring outputs only at a few places. The split never
 // changes which element a range holds, so results do not depend on the thread count as
-// long as fn writes each element's output from that element alone.
+// long as fn writes each element's output from that element alone. If fn throws, the
+// first exception is rethrown on the caller once every range has run.
 void parallel_for_fn(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn);
 
 // The same for any callable, passed on by reference: a std::function made from a

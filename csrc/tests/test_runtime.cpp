@@ -583,6 +583,36 @@ TEST(runtime_barrier_sleeps_through_a_long_wait) {
   }
 }
 
+// An exception in a parallel_for, on the caller's share or a worker's, reaches the
+// caller once the job is done, and the caller's next parallel_for runs on the pool again
+// (it ran inline for good when an exception left the caller marked as a worker).
+TEST(runtime_parallel_for_rethrows_on_the_caller) {
+  KeepThreads keep;
+  tinylm::set_num_threads(3);
+  for (int64_t bad : {0, 500, 999}) {  // the caller's first chunk, a worker's, the last
+    std::string message;
+    try {
+      tinylm::parallel_for(1000, 1, [&](int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; ++i)
+          if (i == bad) throw std::runtime_error("element " + std::to_string(i));
+      });
+    } catch (const std::runtime_error& e) {
+      message = e.what();
+    }
+    CHECK(message == "element " + std::to_string(bad), "element %lld threw: caught '%s'",
+          (long long)bad, message.c_str());
+    std::mutex mutex;
+    std::set<std::thread::id> threads;
+    tinylm::parallel_for(24, 1, [&](int64_t b, int64_t e) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(2 * (e - b)));
+      std::lock_guard<std::mutex> lock(mutex);
+      threads.insert(std::this_thread::get_id());
+    });
+    CHECK(threads.size() >= 2, "after element %lld threw, a parallel_for ran on %zu thread(s)",
+          (long long)bad, threads.size());
+  }
+}
+
 // A member that throws does not leave the others waiting at the barrier or escape its
 // thread: run_team rethrows it on the caller, and the pool works on afterwards.
 TEST(runtime_run_team_rethrows_a_member_exception) {
