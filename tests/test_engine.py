@@ -20,7 +20,7 @@ from tinylm.errors import TinylmError
 from tinylm.model import LAYER_PARAMS, forward, init_params, layer_param
 from tinylm.modelfile import save_model
 from tinylm.quant import quantize_file, quantize_params
-from tinylm.sampling import Sampler
+from tinylm.sampling import NOT_FINITE, Sampler
 from tinylm.tokenizer import ByteTokenizer
 
 # grouped-query heads, odd sizes (not multiples of any SIMD width), a short context
@@ -198,6 +198,31 @@ def test_native_sampler_picks_what_the_reference_picks(values, spread, ties, tem
         want = sampler(logits, history)
         got, state = _C.engine_sample(logits, temperature, top_k, top_p, penalty, state, history)
         assert got == want and state == sampler.rng.state
+
+
+@pytest.mark.parametrize("logits", [[1, np.nan, 2], [1, np.inf, 2], [np.inf] * 3, [-np.inf] * 3,
+                                    [np.nan] * 3])
+@pytest.mark.parametrize("mode", [dict(temperature=0), dict(temperature=1), dict(top_k=2),
+                                  dict(top_p=0.9), dict(repetition_penalty=1.3)])
+def test_non_finite_logits_are_refused_by_both_samplers(logits, mode):
+    """NaN, +inf, or nothing finite: no pick is meaningful. Both samplers refuse with the
+    same message (the native top-p path read past an empty candidate list and crashed)."""
+    args = dict(temperature=0.8, top_k=0, top_p=1.0, repetition_penalty=1.0) | mode
+    logits = np.array(logits, np.float32)
+    with pytest.raises(TinylmError, match="logits are NaN or infinite"):
+        Sampler(**args)(logits, [0, 1])
+    with pytest.raises(ValueError) as native:
+        _C.engine_sample(logits, *args.values(), 5, [0, 1])
+    assert str(native.value) == NOT_FINITE
+
+
+def test_signed_zeros_are_equal_logits():
+    """-0.0 and 0.0 tie, so top-p orders them by id, as the reference's lexsort does."""
+    logits = np.array([-0.0, 0.0, -0.0, 0.0, -1.0], np.float32)
+    for seed in range(20):
+        sampler = Sampler(1.0, 0, 0.99, 1.0, seed)
+        got, _ = _C.engine_sample(logits, 1.0, 0, 0.99, 1.0, sampler.rng.state, ())
+        assert got == sampler(logits)
 
 
 @pytest.mark.parametrize("shape", ["flat", "peaked", "bunched"])

@@ -100,6 +100,21 @@ def test_bad_model_files_exit_2(tmp_path, capsys):
     assert code == 2 and err.count("\n") == 1
 
 
+def test_model_with_nan_weights_exits_2_with_one_line(tmp_path, capsys):
+    """A NaN in the weights (a corrupt file, a diverged run) makes every logit NaN: a
+    one-line error from both weight formats, greedy or sampling (the native top-p sampler
+    used to crash on them)."""
+    params = init_params(CFG, seed=5)
+    params["model.norm.weight"][3] = float("nan")
+    fp32, int8 = str(tmp_path / "nan.safetensors"), str(tmp_path / "nan8.safetensors")
+    save_model(fp32, CFG, params, ByteTokenizer())
+    quantize_file(fp32, int8)
+    for path in (fp32, int8):
+        for temperature in ("0", "0.8"):
+            code, _, err = run(capsys, path, "--prompt", "x", "--temperature", temperature)
+            assert code == 2 and "logits are NaN or infinite" in err and err.count("\n") == 1
+
+
 @pytest.mark.slow
 def test_console_streams_through_a_pipe(model_path, tmp_path):
     """Run as a user would: a subprocess whose output is a pipe; stdin gives the prompt.

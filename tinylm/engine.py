@@ -49,7 +49,7 @@ import numpy as np
 
 from . import model as M
 from .errors import TinylmError
-from .sampling import REPETITION_WINDOW, Sampler, check_sampling
+from .sampling import NOT_FINITE, REPETITION_WINDOW, Sampler, check_sampling
 
 # ---------------------------------------------------------------- the engines
 
@@ -245,9 +245,14 @@ class NativeEngine(Engine):
 
     def decode(self, token, n, sampler, history, stop_token=-1):
         recent = history[-REPETITION_WINDOW:] if sampler.repetition_penalty != 1 else ()
-        picks, sampler.rng.state = self._native.decode(
-            int(token), self.length, n, sampler.temperature, sampler.top_k, sampler.top_p,
-            sampler.repetition_penalty, sampler.rng.state, recent, stop_token)
+        try:
+            picks, sampler.rng.state = self._native.decode(
+                int(token), self.length, n, sampler.temperature, sampler.top_k, sampler.top_p,
+                sampler.repetition_penalty, sampler.rng.state, recent, stop_token)
+        except ValueError as e:
+            if str(e) == NOT_FINITE:
+                raise TinylmError(NOT_FINITE) from None
+            raise
         self.length += len(picks)
         return picks
 

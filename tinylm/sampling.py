@@ -32,6 +32,9 @@ MASK64 = (1 << 64) - 1
 REPETITION_WINDOW = 64  # tokens of history the repetition penalty looks at
 MAX_TEMPERATURE = 100.0
 MAX_REPETITION_PENALTY = 10.0
+# Logits with a NaN, +infinity or no finite value: nothing can be sampled from them.
+NOT_FINITE = ("the model's logits are NaN or infinite: its weights hold NaN or infinity "
+              "(a corrupt model file, or a training run that diverged)")
 
 
 class Rng:
@@ -108,6 +111,8 @@ class Sampler:
         logits = np.array(logits, dtype=np.float64).reshape(-1)
         if self.repetition_penalty != 1:
             penalize(logits, history, self.repetition_penalty)
+        if np.isnan(logits).any() or not np.isfinite(logits.max()):
+            raise TinylmError(NOT_FINITE)
         if self.greedy:
             return int(np.argmax(logits))  # first index among equal maxima
         ids, weights = self.candidates(logits)

@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <stdexcept>
 #include <vector>
 
 #include "engine.h"
@@ -123,9 +124,11 @@ int32_t sample(const float* logits, int64_t V, const Sampling& s, uint64_t* rng_
   std::vector<double>& l = m.logits;
   l.assign(logits, logits + V);
   if (s.repetition_penalty != 1.0) penalize(l, history, n_history, s.repetition_penalty);
-  if (s.temperature == 0.0)
-    return int32_t(std::max_element(l.begin(), l.end()) - l.begin());  // first of equal maxima
-  const double top = *std::max_element(l.begin(), l.end());
+  const auto best = std::max_element(l.begin(), l.end());  // the first of equal maxima
+  const bool any_nan = std::any_of(l.begin(), l.end(), [](double v) { return v != v; });
+  if (any_nan || !std::isfinite(*best)) throw std::invalid_argument(kNotFinite);
+  if (s.temperature == 0.0) return int32_t(best - l.begin());
+  const double top = *best;
   auto weight = [&](int32_t id) { return std::exp((l[size_t(id)] - top) / s.temperature); };
 
   // candidates: id order, or best first cut to top-k; their weights; and the total
