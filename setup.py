@@ -30,19 +30,28 @@ def cores():
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def stale(target, sources):
+    """Whether target is missing or older than any of sources."""
+    return not os.path.exists(target) or max(map(os.path.getmtime, sources)) > os.path.getmtime(target)
+
+
 class BuildWithIsaFlags(build_ext):
     """Compiles the bindings and every kernel file, each with its own flags, one compiler
     per core at a time (a serial build took over a minute, three times in CI: x86, arm64
     and armhf), then links them."""
 
     def build_extension(self, ext):
+        if not (self.force or stale(self.get_ext_fullpath(ext.name), ext.sources + ext.depends)):
+            return super().build_extension(ext)  # up to date: it says so and skips
         units = [(source, ext.extra_compile_args) for source in ext.sources]
         units += [(rel(path), COMMON_FLAGS + ["-fPIC"] + flags) for path, flags in kernel_sources(host_arch())]
+        macros = ext.define_macros + [(name,) for name in ext.undef_macros]
 
         def compile_unit(unit):
             source, flags = unit
-            return self.compiler.compile([source], output_dir=self.build_temp, macros=ext.define_macros,
-                                         include_dirs=ext.include_dirs, extra_postargs=flags)
+            return self.compiler.compile([source], output_dir=self.build_temp, macros=macros,
+                                         include_dirs=ext.include_dirs, debug=self.debug,
+                                         extra_postargs=flags)
 
         with ThreadPoolExecutor(max_workers=self.parallel or cores()) as pool:
             objects = [obj for objs in pool.map(compile_unit, units) for obj in objs]

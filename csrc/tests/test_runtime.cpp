@@ -614,7 +614,9 @@ TEST(runtime_parallel_for_rethrows_on_the_caller) {
 }
 
 // A member that throws does not leave the others waiting at the barrier or escape its
-// thread: run_team rethrows it on the caller, and the pool works on afterwards.
+// thread: run_team rethrows it on the caller, and the pool works on afterwards. The
+// thrower is late enough that the others have gone to sleep at the barrier, so breaking
+// it must wake them.
 TEST(runtime_run_team_rethrows_a_member_exception) {
   KeepThreads keep;
   tinylm::set_num_threads(3);
@@ -623,7 +625,10 @@ TEST(runtime_run_team_rethrows_a_member_exception) {
     try {
       tinylm::run_team(3, [&](int t, int, tinylm::Barrier& barrier) {
         barrier.wait();
-        if (t == thrower) throw std::runtime_error("member " + std::to_string(t));
+        if (t == thrower) {
+          std::this_thread::sleep_for(std::chrono::milliseconds(5));
+          throw std::runtime_error("member " + std::to_string(t));
+        }
         for (int i = 0; i < 100; ++i) barrier.wait();  // the thrower never comes
       });
     } catch (const std::runtime_error& e) {
