@@ -216,6 +216,18 @@ def test_non_finite_logits_are_refused_by_both_samplers(logits, mode):
     assert str(native.value) == NOT_FINITE
 
 
+def test_masked_tokens_sort_last():
+    """-inf logits (tokens masked through the library API) with top-k over all tokens:
+    the native sort puts them last, as the reference does."""
+    rng = np.random.default_rng(4)
+    logits = rng.normal(0, 1, 600).astype(np.float32)
+    logits[::2] = -np.inf
+    for seed in range(20):
+        sampler = Sampler(2.0, 600, 1.0, 1.0, seed)
+        got, _ = _C.engine_sample(logits, 2.0, 600, 1.0, 1.0, sampler.rng.state, ())
+        assert got == sampler(logits)
+
+
 def test_signed_zeros_are_equal_logits():
     """-0.0 and 0.0 tie, so top-p orders them by id, as the reference's lexsort does."""
     logits = np.array([-0.0, 0.0, -0.0, 0.0, -1.0], np.float32)

@@ -68,19 +68,21 @@ void sort_best_first(const std::vector<double>& l, std::vector<int32_t>& ids, Sa
   const size_t n = ids.size();
   std::vector<uint64_t>& key = m.keys;  // by id; increases as the logit decreases
   key.resize(l.size());
-  double hi = l[size_t(ids[0])], lo = hi;
+  // the range of the finite logits: -inf (a token masked through the library API) goes
+  // to the last bucket, instead of stretching the range until every other shares one
+  double hi = -HUGE_VAL, lo = HUGE_VAL;
   for (int32_t id : ids) {
     const double v = l[size_t(id)] + 0.0;  // -0.0 becomes 0.0: they are equal
     uint64_t bits;
     std::memcpy(&bits, &v, 8);
     key[size_t(id)] = bits >> 63 ? bits : ~(bits | (uint64_t(1) << 63));
     hi = std::max(hi, v);
-    lo = std::min(lo, v);
+    if (v > -HUGE_VAL) lo = std::min(lo, v);
   }
   auto better = [&key](int32_t a, int32_t b) {
     return key[size_t(a)] < key[size_t(b)] || (key[size_t(a)] == key[size_t(b)] && a < b);
   };
-  if (!(hi > lo)) {  // all equal (or not finite): nothing to cut into buckets
+  if (!(hi > lo)) {  // all equal: nothing to cut into buckets
     std::sort(ids.begin(), ids.end(), better);
     return;
   }
