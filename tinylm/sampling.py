@@ -21,6 +21,9 @@ One sampling step, in this order (the native engine does exactly the same):
    tokens too light ever to be inside the nucleus: see csrc/engine/sampling.cpp);
 5. one uniform number u in [0, 1) from the generator picks the first candidate whose
    running weight exceeds u times the kept total.
+
+Logits with a NaN, +infinity or no finite value (a broken model) are refused in every
+mode: nothing can be sampled from them.
 """
 import math
 
