@@ -9,6 +9,8 @@
 #                                           armhf (32-bit, ARMv7): pytest as cortex-a7
 #                                           (Pi 2), `tinylm info` as cortex-a15
 #   TINYLM_ARM_CPUS="cortex-a72" bash tests/arm/run.sh        pytest on these CPUs
+#   TINYLM_ARM_JOBS=1 bash tests/arm/run.sh                    one CPU's suite at a time
+#                                           (default: as many side by side as cores)
 #   TINYLM_ARM_INFO_CPUS="cortex-a53" bash tests/arm/run.sh   only `tinylm info` on these
 #   bash tests/arm/run.sh -k attention      extra arguments go to pytest
 #   TINYLM_ARM_WHEEL_DIR=dist bash tests/arm/run.sh   also keep the wheel
@@ -278,27 +280,41 @@ check_info() {
   fi
 }
 
-# run_pytest CPU PYTEST_ARGUMENT...: the installed wheel's tests on one emulated CPU.
+# run_pytest CPU PYTEST_ARGUMENT...: the installed wheel's tests on one emulated CPU;
+# returns pytest's status.
 run_pytest() {
-  local cpu="$1" status=0
+  local cpu="$1" blas=()
   shift
-  export QEMU_CPU="$cpu" PYTHONPATH="$WORK/inst:$SITE" TINYLM_TEST_EMULATED=1 \
-    TINYLM_ARM_REFERENCE="$WORK/reference" TINYLM_ARM_EXPECT_ISA="$(expected_isa "$cpu")"
-  local blas=()
   [[ -n "$(blas_core "$cpu")" ]] && blas=(OPENBLAS_CORETYPE="$(blas_core "$cpu")")
-  (cd / && env "${blas[@]}" "$LAUNCHER" -m pytest -q -p no:cacheprovider -c "$REPO/pyproject.toml" \
-     --rootdir "$REPO" "$@") || status=$?
-  if ((status != 0)); then
-    ((status == 5)) && echo "pytest collected no tests on $cpu" >&2
-    failed+=("$cpu: pytest exit $status")
-  fi
-  unset QEMU_CPU PYTHONPATH TINYLM_TEST_EMULATED TINYLM_ARM_REFERENCE TINYLM_ARM_EXPECT_ISA
+  (cd / && env QEMU_CPU="$cpu" PYTHONPATH="$WORK/inst:$SITE" TINYLM_TEST_EMULATED=1 \
+     TINYLM_ARM_REFERENCE="$WORK/reference" TINYLM_ARM_EXPECT_ISA="$(expected_isa "$cpu")" \
+     "${blas[@]}" "$LAUNCHER" -m pytest -q -p no:cacheprovider -c "$REPO/pyproject.toml" \
+     --rootdir "$REPO" "$@")
 }
 
+# The CPUs' suites run side by side, as many at a time as there are cores
+# (TINYLM_ARM_JOBS): each is one emulated process, busy on about one core. Each one's
+# output is shown once all have finished, CPU by CPU.
+JOBS="${TINYLM_ARM_JOBS:-$(nproc)}"
 for cpu in $CPUS; do
   check_info "$cpu"
-  run_pytest "$cpu" "$REPO/tests" --ignore="$REPO/tests/test_native_driver.py" \
-    --ignore="$REPO/tests/arm" "${PYTEST_ARGS[@]}" "$@"
+  while (($(jobs -rp | wc -l) >= JOBS)); do wait -n || true; done
+  (
+    status=0
+    run_pytest "$cpu" "$REPO/tests" --ignore="$REPO/tests/test_native_driver.py" \
+      --ignore="$REPO/tests/arm" "${PYTEST_ARGS[@]}" "$@" || status=$?
+    echo "$status" > "$WORK/status-$cpu"
+  ) > "$WORK/pytest-$cpu.log" 2>&1 &
+done
+wait
+for cpu in $CPUS; do
+  status="$(cat "$WORK/status-$cpu" 2>/dev/null || echo "none")"
+  step "pytest on QEMU_CPU=$cpu: exit $status"
+  cat "$WORK/pytest-$cpu.log"
+  if [[ "$status" != 0 ]]; then
+    [[ "$status" == 5 ]] && echo "pytest collected no tests on $cpu" >&2
+    failed+=("$cpu: pytest exit $status")
+  fi
 done
 for cpu in $INFO_CPUS; do
   check_info "$cpu"
