@@ -114,7 +114,7 @@ class Sampler:
         logits = np.array(logits, dtype=np.float64).reshape(-1)
         if self.repetition_penalty != 1:
             penalize(logits, history, self.repetition_penalty)
-        if np.isnan(logits).any() or not np.isfinite(logits.max()):
+        if not np.isfinite(logits.max()):  # max is NaN if any logit is
             raise TinylmError(NOT_FINITE)
         if self.greedy:
             return int(np.argmax(logits))  # first index among equal maxima
