@@ -36,6 +36,17 @@ struct Avx2 {
     x = _mm_add_ss(x, _mm_shuffle_ps(x, x, 0x55));
     return _mm_cvtss_f32(x);
   }
+  // Per 128-bit lane, unpack+add twice turns a, b, c, d into [a, b, c, d] partial sums;
+  // then the two lanes are added.
+  static void hsum4(V a, V b, V c, V d, float scale, float* out) {
+    const V ab = _mm256_add_ps(_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b));
+    const V cd = _mm256_add_ps(_mm256_unpacklo_ps(c, d), _mm256_unpackhi_ps(c, d));
+    const __m256d abd = _mm256_castps_pd(ab), cdd = _mm256_castps_pd(cd);
+    const V s = _mm256_add_ps(_mm256_castpd_ps(_mm256_unpacklo_pd(abd, cdd)),
+                              _mm256_castpd_ps(_mm256_unpackhi_pd(abd, cdd)));
+    const __m128 x = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+    _mm_storeu_ps(out, _mm_mul_ps(x, _mm_set1_ps(scale)));
+  }
   static float hmax(V v) {
     __m128 x = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     x = _mm_max_ps(x, _mm_movehl_ps(x, x));

@@ -55,6 +55,18 @@ struct Avx512 {
     x = _mm_add_ss(x, _mm_shuffle_ps(x, x, 0x55));
     return _mm_cvtss_f32(x);
   }
+  // Per 128-bit lane, unpack+add twice turns a, b, c, d into [a, b, c, d] partial sums;
+  // then the four lanes are added.
+  static void hsum4(V a, V b, V c, V d, float scale, float* out) {
+    const V ab = add(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+    const V cd = add(_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
+    const __m512d abd = _mm512_castps_pd(ab), cdd = _mm512_castps_pd(cd);
+    const V s = add(_mm512_castpd_ps(_mm512_unpacklo_pd(abd, cdd)),
+                    _mm512_castpd_ps(_mm512_unpackhi_pd(abd, cdd)));
+    const __m256 h = halves_add(s);
+    const __m128 x = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+    _mm_storeu_ps(out, _mm_mul_ps(x, _mm_set1_ps(scale)));
+  }
   static float hmax(V v) {
     const __m256 a = halves_max(v);
     __m128 x = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));

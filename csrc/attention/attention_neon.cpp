@@ -59,6 +59,15 @@ struct Neon {
     return vget_lane_f32(vpadd_f32(s, s), 0);
 #endif
   }
+  static void hsum4(V a, V b, V c, V d, float scale, float* out) {
+#if defined(__aarch64__)  // pairwise adds: [a01 a23 b01 b23], [c.. d..], then [a b c d]
+    const V s = vpaddq_f32(vpaddq_f32(a, b), vpaddq_f32(c, d));
+#else
+    auto fold = [](V v) { return vadd_f32(vget_low_f32(v), vget_high_f32(v)); };
+    const V s = vcombine_f32(vpadd_f32(fold(a), fold(b)), vpadd_f32(fold(c), fold(d)));
+#endif
+    vst1q_f32(out, vmulq_n_f32(s, scale));
+  }
   static float hmax(V v) {
 #if defined(__aarch64__)
     return vmaxvq_f32(v);

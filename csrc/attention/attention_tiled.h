@@ -6,7 +6,8 @@
 // The vector interface `O` provides: type V holding W floats; register blocking R (rows)
 // and NV (vectors per row) for the matrix-product block; and zero, set1, load, store
 // (unaligned), load_half (W IEEE halves widened to floats), add, sub, mul, max,
-// fma(a, b, c) = a*b + c, hsum, hmax, round (to nearest integer), pow2(n) = 2^n for
+// fma(a, b, c) = a*b + c, hsum, hmax, hsum4(a, b, c, d, scale, out) (out[0..3] = the
+// four vectors' sums times scale, their shuffles shared), round (to nearest integer), pow2(n) = 2^n for
 // integral n in [-126, 127], zero_below(v, x, lo) = (x >= lo ? v : 0) lane by lane, and
 // transpose_block, which transposes a TB x TB block of floats through registers.
 //
@@ -368,7 +369,8 @@ struct Tiled {
   }
 
   // s[t] = q . k_t for n keys (D a multiple of W), four keys at a time so that four
-  // independent chains of FMAs overlap.
+  // independent chains of FMAs overlap, their horizontal sums done together (one sum at a
+  // time, its shuffles were most of a key's work at D = 48).
   template <class E>
   static void scores4(const float* q, const E* K, int64_t D, int64_t n, float scale, float* s) {
     int64_t t = 0;
@@ -382,28 +384,37 @@ struct Tiled {
         a2 = O::fma(qv, load(k + 2 * D + d), a2);
         a3 = O::fma(qv, load(k + 3 * D + d), a3);
       }
-      s[t] = O::hsum(a0) * scale;
-      s[t + 1] = O::hsum(a1) * scale;
-      s[t + 2] = O::hsum(a2) * scale;
-      s[t + 3] = O::hsum(a3) * scale;
+      O::hsum4(a0, a1, a2, a3, scale, s + t);
     }
     for (; t < n; ++t) s[t] = dot(q, K + t * D, D) * scale;
   }
 
-  // acc[d0 : d0 + NVt*W] += sum_t p[t] * Vrows[t][same], accumulated in registers.
+  // acc[d0 : d0 + NVt*W] += sum_t p[t] * Vrows[t][same], accumulated in registers: even
+  // and odd keys in separate accumulators, so that each FMA waits on the one two keys
+  // back (with one set, every key waited out the FMA latency of the key before).
   template <int NVt, class E>
   static inline void weighted_rows(float* acc, const float* p, const E* Vrows, int64_t D,
                                    int64_t n) {
-    V r[NVt];
+    V r[NVt], r2[NVt];
 #pragma GCC unroll 8
-    for (int v = 0; v < NVt; ++v) r[v] = O::load(acc + v * W);
-    for (int64_t t = 0; t < n; ++t) {
+    for (int v = 0; v < NVt; ++v) r[v] = O::load(acc + v * W), r2[v] = O::zero();
+    int64_t t = 0;
+    for (; t + 2 <= n; t += 2) {
+      const V p0 = O::set1(p[t]), p1 = O::set1(p[t + 1]);
+      const E* row = Vrows + t * D;
+#pragma GCC unroll 8
+      for (int v = 0; v < NVt; ++v) {
+        r[v] = O::fma(p0, load(row + v * W), r[v]);
+        r2[v] = O::fma(p1, load(row + D + v * W), r2[v]);
+      }
+    }
+    if (t < n) {
       const V pt = O::set1(p[t]);
 #pragma GCC unroll 8
       for (int v = 0; v < NVt; ++v) r[v] = O::fma(pt, load(Vrows + t * D + v * W), r[v]);
     }
 #pragma GCC unroll 8
-    for (int v = 0; v < NVt; ++v) O::store(acc + v * W, r[v]);
+    for (int v = 0; v < NVt; ++v) O::store(acc + v * W, O::add(r[v], r2[v]));
   }
 
   // acc[0:D] += sum_t p[t] * Vrows[t] (D a multiple of W), in column blocks of 4 vectors.
