@@ -6,10 +6,11 @@
 // The vector interface `O` provides: type V holding W floats; register blocking R (rows)
 // and NV (vectors per row) for the matrix-product block; and zero, set1, load, store
 // (unaligned), load_half (W IEEE halves widened to floats), add, sub, mul, max,
-// fma(a, b, c) = a*b + c, hsum, hmax, hsum4(a, b, c, d, scale, out) (out[0..3] = the
-// four vectors' sums times scale, their shuffles shared), round (to nearest integer), pow2(n) = 2^n for
-// integral n in [-126, 127], zero_below(v, x, lo) = (x >= lo ? v : 0) lane by lane, and
-// transpose_block, which transposes a TB x TB block of floats through registers.
+// fma(a, b, c) = a*b + c, hsum, hmax, hsum4(a, b, c, d, scale, out) (out[0..3] = the four
+// vectors' sums times scale, their shuffles shared), round (to nearest integer),
+// pow2(n) = 2^n for integral n in [-126, 127], zero_below(v, x, lo) = (x >= lo ? v : 0)
+// lane by lane, and transpose_block, which transposes a TB x TB block of floats through
+// registers.
 //
 // Every matrix product is written as C[M x N] (+)= A[M x K] B[K x N] with A read one
 // element at a time (broadcast, so A may be stored either way round) and B read along rows
