@@ -99,7 +99,7 @@ TEST(engine_int8_gemv_kernels_exact) {
   // Rows go four at a time from the quarters of the range given, the rest one by one:
   // row counts around multiples of 4 and ranges that start and end anywhere.
   const int64_t Ks[] = {1, 5, 31, 32, 33, 63, 64, 65, 100, 128, 255, 288, 1376};
-  const int64_t Ns[] = {1, 3, 4, 7, 9, 16, 17, 33};
+  const int64_t Ns[] = {1, 3, 4, 7, 9, 16, 17, 33, 48, 70};
   for (const auto& k : kernels) {
     if (!simde_build() && (k.features & ~cpu_features()) != 0) continue;
     std::printf("  int8 gemv kernel %s\n", k.name);
