@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tinylm
@@ -393,6 +393,31 @@ def test_stop_strings():
     assert s.feed(b"c") == "ac"
     assert s.feed(b"ab") == "" and s.stopped
     assert s.feed(b"more") == "" and s.flush() == ""
+
+
+@settings(max_examples=400)
+@given(st.text("ab", max_size=12), st.lists(st.text("ab", min_size=1, max_size=4), min_size=2,
+       max_size=3), st.lists(st.integers(1, 4), max_size=12))
+def test_stop_strings_cut_the_same_however_the_text_arrives(text, stops, cuts):
+    """Overlapping stop strings too ("abcd" and "bc" in "xabcdy"): the one that ends first
+    wins, so a call's tokens fed at once give the text that token by token gives."""
+    data, pieces, i = text.encode(), [], 0
+    stream = TextStream(stops)
+    for n in cuts + [len(data)]:
+        pieces.append(stream.feed(data[i:i + n]))
+        i += n
+    pieces.append(stream.flush())
+    assert "".join(pieces) == feed_all(TextStream(stops), text)
+    # by the definition: the match that ends first, the longer of two ending together
+    matches = [(text.find(s) + len(s), -len(s)) for s in stops if s in text]
+    end, minus_len = min(matches, default=(len(text), 0))
+    assert "".join(pieces) == text[:end + minus_len]
+
+
+def test_overlapping_stop_strings():
+    assert feed_all(TextStream(["abcd", "bc"]), "xabcdy", step=6) == "xa"
+    assert feed_all(TextStream(["abcd", "bc"]), "xabcdy", step=1) == "xa"
+    assert feed_all(TextStream(["bcd", "abcd"]), "xabcdy", step=6) == "x"  # end together: the longer
 
 
 def test_generate_stops_at_stop_string(model_files):

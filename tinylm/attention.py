@@ -110,7 +110,7 @@ def _native_module():
         from tinylm import _C
     except ImportError as e:  # the extension was not built
         raise ImportError(
-            "tinylm._C is not built; build it (pip install -e . or "
+            "tinylm._C is not built; build it (pip install -e . or, with setuptools>=77, "
             "python setup.py build_ext --inplace) or use impl='numpy'"
         ) from e
     return _C

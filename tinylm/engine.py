@@ -276,8 +276,8 @@ class TextStream:
     """Turns token bytes into text pieces as they arrive: holds back an incomplete UTF-8
     sequence until it is whole (invalid bytes become U+FFFD, as bytes.decode with
     errors="replace" makes them), and any tail that could be the start of a stop string
-    until it is clear that it is not; `stopped` turns true at the first stop string
-    (whose text, and everything after it, is never emitted)."""
+    until it is clear that it is not; `stopped` turns true at the first stop string to
+    end (whose text, and everything after it, is never emitted)."""
 
     def __init__(self, stop=()):
         self.stop = [s for s in stop if s]
@@ -304,10 +304,12 @@ class TextStream:
     def _emit(self, text, final=False):
         if self.stopped:
             return ""
-        cut = min((i for i in (text.find(s) for s in self.stop) if i >= 0), default=-1)
-        if cut >= 0:
+        # the stop string that ends first (of two ending together, the longer): the same
+        # cut however the text arrived in pieces, one byte at a time or all at once
+        hits = [(i + len(s), i) for s in self.stop for i in (text.find(s),) if i >= 0]
+        if hits:
             self.stopped, self.held = True, ""
-            return text[:cut]
+            return text[:min(hits)[1]]
         keep = 0 if final else self._stop_prefix_len(text)
         self.held = text[len(text) - keep:] if keep else ""
         return text[:len(text) - keep]
@@ -329,6 +331,8 @@ class TextStream:
 @dataclass
 class Stats:
     prompt_tokens: int = 0
+    # tokens the engine computed: after a stop string, also the rest of the last decode
+    # call's (whose size depends on the machine's speed), though not in the text
     generated_tokens: int = 0
     prefill_seconds: float = 0.0  # all batched passes, including re-prefills on a slide
     first_token_seconds: float = 0.0  # from the call to the first token
@@ -445,10 +449,10 @@ class Model:
         chunk = 1  # tokens per decode call: grows while a call stays short (see below)
         while True:
             # A call's picks at once: one piece of text for all of them, so that Python's
-            # work per token stays a few list operations (token by token, Python took
-            # 4.2% of a `baby` int8 step; 3.0% so). The engines end their picks at the
-            # end-of-text token; it is counted, not shown. After a stop string the rest
-            # of the call's picks are counted but never shown.
+            # work per token stays a few list operations (handled token by token, they
+            # made Python's share of a `baby` int8 step 4.2%, against 3.0% this way). The
+            # engines end their picks at the end-of-text token; it is counted, not shown.
+            # After a stop string, the rest of the call's picks are counted, not shown.
             st.generated_tokens += len(picks)
             done = picks[-1] == eot
             if done:

@@ -92,7 +92,11 @@ void check_decode(const char* label, const detail::TileKernels* kernels, bool di
   const DecodeDims shapes[] = {
       // heads, kv_heads, capacity, length, head_dim
       {1, 1, 1, 1, 1}, {4, 2, 40, 37, 8}, {6, 2, 1100, 1025, 64}, {2, 1, 600, 513, 19},
-      {2, 2, 90, 64, 128}};
+      {2, 2, 90, 64, 128},
+      // the presets' head dims (32, 48, 64) and every remainder of the value sum's
+      // column blocks (1 to 3 vectors) on each vector width
+      {6, 6, 300, 190, 48}, {4, 4, 64, 33, 32}, {2, 1, 70, 67, 16}, {3, 3, 80, 66, 24},
+      {2, 2, 40, 39, 40}, {8, 8, 700, 600, 64}, {2, 2, 130, 129, 96}};
   uint32_t seed = 100;
   for (const DecodeDims& d : shapes) {
     const auto q = random_values(d.heads * d.head_dim, seed++, 2.f);

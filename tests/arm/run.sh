@@ -46,7 +46,7 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 ARCH="${TINYLM_ARM_ARCH:-arm64}"
 PYVER=3.11
 # Pure-Python packages the tests and the build need, the same wheel on every architecture.
-PURE_WHEELS=(pytest hypothesis pybind11 setuptools wheel pip)
+PURE_WHEELS=(pytest hypothesis pybind11 "setuptools>=77" wheel pip)  # 77: pyproject's license
 
 # --------------------------------------------------------------------------- architectures
 # QEMU runs the userland; TRIPLET names Debian's multiarch directories and the cross
