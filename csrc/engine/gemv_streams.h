@@ -24,6 +24,21 @@
 
 namespace tinylm::engine::streams {
 
+// How far ahead of its loads each stream asks for its weights (a hint: it never faults,
+// even past the matrix's end). Where a thread's weights sit in its L2 the hardware
+// prefetchers left the loads waiting on it. Decode steps, old and new builds
+// alternated: `baby` int8 (0.9 MB) 1 thread 26.3 -> 24.4 us (256 and 1024 bytes the
+// same); `baby` fp32 2 threads (1.6 MB each) 100 -> 96 us (medians of 8), `small` fp32
+// 2 threads 606 -> 583 us; the rest (read from beyond L2) the same within noise.
+constexpr int64_t kPrefetchBytes = 512;
+
+// The address is formed as an integer: it may lie past the end of the weights. Static,
+// so that each kernel file keeps its own copy, like the templates here.
+static inline void prefetch_ahead(const void* p, int64_t offset) {
+  _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(p) + uintptr_t(offset)),
+               _MM_HINT_T0);
+}
+
 // ---- float32. Ops: V, kWidth (floats per vector), zero(), load(p), fma(a, b, c) = a*b + c,
 // mul(a, b), add(a, b), hsum(v).
 //
@@ -52,6 +67,8 @@ void gemv_f32(const float* W, const float* x, float* y, int64_t K, int64_t n0, i
     for (auto& r : a) r[0] = r[1] = O::zero();
     for (int64_t k = 0; k < whole; k += w2) {
       const V x0 = O::load(x + k), x1 = O::load(x + k + O::kWidth);
+      for (int r = 0; r < 4; ++r)
+        for (int64_t b = 0; b < w2 * 4; b += 64) prefetch_ahead(w + r * stride + k, kPrefetchBytes + b);
       for (int r = 0; r < 4; ++r) {
         a[r][0] = O::fma(O::load(w + r * stride + k), x0, a[r][0]);
         a[r][1] = O::fma(O::load(w + r * stride + k + O::kWidth), x1, a[r][1]);
@@ -82,13 +99,6 @@ void gemv_f32(const float* W, const float* x, float* y, int64_t K, int64_t n0, i
 // of every row instead, which for K = 288, the `small` preset, costs as much as the
 // products.)
 
-// How far ahead of its loads each int8 stream asks for its weights (a hint: it never
-// faults, even past the matrix's end). On `baby` (0.9 MB, all in L2) the hardware
-// prefetchers left the loads waiting on L2: a decode step went 26.3 -> 24.4 us (1
-// thread, alternated builds, 256 and 1024 bytes the same); `small` and `medium`, read
-// from beyond L2, measured the same with and without it.
-constexpr int64_t kPrefetchBytes = 512;
-
 template <class O>
 void gemv_i8(const GemvI8& g, int64_t n0, int64_t n1) {
   using Acc = typename O::Acc;
@@ -107,8 +117,7 @@ void gemv_i8(const GemvI8& g, int64_t n0, int64_t n1) {
     for (int64_t v = 0; v < vectors; ++v) {
       const typename O::X x = O::prepare_x(g.x + v * kW);
       const int8_t* p = w + v * kW;
-      for (int j = 0; j < 4; ++j)
-        _mm_prefetch((const char*)(p + j * stride + kPrefetchBytes), _MM_HINT_T0);
+      for (int j = 0; j < 4; ++j) prefetch_ahead(p + j * stride, kPrefetchBytes);
       a0 = O::dot(a0, O::load_w(p), x);
       a1 = O::dot(a1, O::load_w(p + stride), x);
       a2 = O::dot(a2, O::load_w(p + 2 * stride), x);
