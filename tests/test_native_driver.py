@@ -159,3 +159,44 @@ def test_tinylm_info_on_an_emulated_x86_cpu(run):
     if levels == ["scalar"]:
         assert all(path == "scalar" for path in paths), info
         assert "avx" not in info["cpu features"], info
+
+
+def functions_leaving_vectors_dirty(disassembly):
+    """Functions of an x86 disassembly (objdump -d) that use 256/512-bit registers and
+    return with no vzeroupper anywhere in them."""
+    dirty, name = [], None
+    for line in disassembly.splitlines() + ["<end>:"]:
+        if line.endswith(">:"):  # a function's first line: the previous one is complete
+            if name and wide and returns and not clean:
+                dirty.append(name)
+            name, wide, clean, returns = line, False, False, False
+        elif name:
+            wide = wide or "%ymm" in line or "%zmm" in line
+            clean = clean or "vzeroupper" in line
+            returns = returns or "\tret" in line
+    return dirty
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86-64 only")
+def test_no_kernel_returns_with_dirty_vector_registers():
+    """A function that returns with the upper halves of the vector registers dirty makes
+    every SSE instruction after it slow (the portable code, the sampler's exp() calls):
+    a float32 GEMV helper taking vectors by value did, and `baby` fp32 decode steps took
+    1.3-1.7x as long (csrc/engine/gemv_streams.h)."""
+    from tinylm import _C
+    if shutil.which("objdump") is None:
+        message = "objdump is missing (apt-get install binutils)"
+        if in_ci():
+            pytest.fail(f"{message}; CI must not skip this test")
+        pytest.skip(message)
+    out = subprocess.run(["objdump", "-d", "--no-show-raw-insn", "-C", _C.__file__],
+                         capture_output=True, text=True, check=True).stdout
+    assert "vzeroupper" in out  # the check can see one
+    assert functions_leaving_vectors_dirty(out) == []
+
+
+def test_the_dirty_vector_check_finds_one():
+    listing = ("0000 <wide_and_clean>:\n  1:\tvmovups (%rdi),%zmm0\n  2:\tvzeroupper\n  3:\tret\n"
+               "0010 <narrow>:\n  11:\tmovups (%rdi),%xmm0\n  12:\tret\n"
+               "0020 <wide_and_dirty>:\n  21:\tvaddps %ymm1,%ymm0,%ymm0\n  22:\tret\n")
+    assert functions_leaving_vectors_dirty(listing) == ["0020 <wide_and_dirty>:"]

@@ -46,9 +46,13 @@ static inline void prefetch_ahead(const void* p, int64_t offset) {
 // then the one-vector tail, then the scalar tail), so its result does not depend on how
 // the rows are split.
 
+// Always inlined: called with vectors by value, GCC leaves the upper halves of the
+// vector registers dirty on returning from it and from its caller (no vzeroupper), and
+// every SSE instruction after that, in the sampler's exp() calls above all, paid for
+// it: `baby` fp32 decode steps took 182 us instead of 138.
 template <class O>
-float finish(typename O::V a0, typename O::V a1, const float* w, const float* x, int64_t k,
-             int64_t K) {
+[[gnu::always_inline]] inline float finish(typename O::V a0, typename O::V a1, const float* w,
+                                           const float* x, int64_t k, int64_t K) {
   float s = O::hsum(O::add(a0, a1));
   for (; k + O::kWidth <= K; k += O::kWidth) s += O::hsum(O::mul(O::load(w + k), O::load(x + k)));
   for (; k < K; ++k) s += w[k] * x[k];
