@@ -289,6 +289,11 @@ void decode_cache(const TileKernels* kern, const DecodeDims& d, const float* q,
     }
   });
 
+  if (splits == 1) {  // one part per head (up to kSplit positions): only the division
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t c = 0; c < D; ++c) out[h * D + c] = acc[h * Dp + c] / l[h];
+    return;
+  }
   for (int64_t h = 0; h < H; ++h) {
     float mx = -std::numeric_limits<float>::infinity();
     for (int64_t s = 0; s < splits; ++s) mx = std::max(mx, m[s * H + h]);
