@@ -72,7 +72,8 @@ void gemv_f32(const float* W, const float* x, float* y, int64_t K, int64_t n0, i
     for (int64_t k = 0; k < whole; k += w2) {
       const V x0 = O::load(x + k), x1 = O::load(x + k + O::kWidth);
       for (int r = 0; r < 4; ++r)
-        for (int64_t b = 0; b < w2 * 4; b += 64) prefetch_ahead(w + r * stride + k, kPrefetchBytes + b);
+        for (int64_t b = 0; b < w2 * 4; b += 64)  // every cache line of this step's block
+          prefetch_ahead(w + r * stride + k, kPrefetchBytes + b);
       for (int r = 0; r < 4; ++r) {
         a[r][0] = O::fma(O::load(w + r * stride + k), x0, a[r][0]);
         a[r][1] = O::fma(O::load(w + r * stride + k + O::kWidth), x1, a[r][1]);
