@@ -91,14 +91,15 @@ struct I8Info {
   const char* name;
   uint32_t features;
   GemvI8Kernel fn;
+  RescaleKernel rescale;
 };
 
 const std::vector<I8Info>& i8_kernels() {
   static const std::vector<I8Info> list = {
 #if defined(__x86_64__) || defined(_M_X64)
-      {"avx512vnni", kAVX2 | kAVX512 | kAVX512VNNI, gemv_i8_avx512vnni},
-      {"avx2", kAVX2, gemv_i8_avx2},
-      {"scalar", 0, gemv_i8_ref},
+      {"avx512vnni", kAVX2 | kAVX512 | kAVX512VNNI, gemv_i8_avx512vnni, rescale_avx2},
+      {"avx2", kAVX2, gemv_i8_avx2, rescale_avx2},
+      {"scalar", 0, gemv_i8_ref, rescale_ref},
 #endif
   };
   return list;
@@ -147,9 +148,8 @@ void gemv_int8(const float* x, const Product* products, int n_products, RowShare
       const int8::Problem p{xq, stride, &x_sum, 1, m.q, m.rows, K, c, m.rows};
       family.fn(p, n0, n1);
     }
-    float* y = products[i].y;
-    // the same expression as int8::linear, so the two agree bit for bit
-    for (int64_t n = n0; n < n1; ++n) y[n] = float(c[n]) * (x_scale * m.scale[n]);
+    const RescaleKernel rescale = own != nullptr ? own->rescale : rescale_ref;
+    rescale(c + n0, m.scale + n0, x_scale, products[i].y + n0, n1 - n0);
   });
 }
 

@@ -12,4 +12,8 @@ void gemv_i8_ref(const GemvI8& g, int64_t n0, int64_t n1) {
   }
 }
 
+void rescale_ref(const int32_t* c, const float* scale, float x_scale, float* y, int64_t count) {
+  for (int64_t n = 0; n < count; ++n) y[n] = float(c[n]) * (x_scale * scale[n]);
+}
+
 }  // namespace tinylm::engine

@@ -22,9 +22,16 @@ struct GemvI8 {
 using GemvI8Kernel = void (*)(const GemvI8& g, int64_t n0, int64_t n1);
 
 void gemv_i8_ref(const GemvI8& g, int64_t n0, int64_t n1);
+
+// y[n] = float(c[n]) * (x_scale * scale[n]) for n in [0, count): the int8 products
+// rescaled, by the same expression as int8::linear, so that the two agree bit for bit.
+using RescaleKernel = void (*)(const int32_t* c, const float* scale, float x_scale, float* y,
+                               int64_t count);
+void rescale_ref(const int32_t* c, const float* scale, float x_scale, float* y, int64_t count);
 #if defined(__x86_64__) || defined(_M_X64)
 void gemv_i8_avx2(const GemvI8& g, int64_t n0, int64_t n1);
 void gemv_i8_avx512vnni(const GemvI8& g, int64_t n0, int64_t n1);
+void rescale_avx2(const int32_t* c, const float* scale, float x_scale, float* y, int64_t count);
 #endif
 
 void gemv_ref(const float* W, const float* x, float* y, int64_t K, int64_t n0, int64_t n1);

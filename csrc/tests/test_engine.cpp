@@ -125,6 +125,41 @@ TEST(engine_int8_gemv_kernels_exact) {
   }
 }
 
+// The int8 products' rescaling, bit for bit against the scalar expression: every count
+// around the vector widths (tails, masks), and int32 values that float cannot hold
+// exactly (rounded by the conversion, which the vector and scalar code must do alike).
+TEST(engine_int8_rescale_exact) {
+  struct R {
+    const char* name;
+    uint32_t features;
+    engine::RescaleKernel fn;
+  };
+  std::vector<R> kernels;
+#if defined(__x86_64__) || defined(_M_X64)
+  kernels.push_back({"avx2", kAVX2, engine::rescale_avx2});
+#endif
+  Gen g(12);
+  for (const auto& k : kernels) {
+    if (!simde_build() && (k.features & ~cpu_features()) != 0) continue;
+    std::printf("  int8 rescale kernel %s\n", k.name);
+    for (int64_t count = 0; count <= 40; ++count) {
+      std::vector<int32_t> c(size_t(count) + 1, 0);
+      std::vector<float> scale(size_t(count) + 1, 0.f), want(size_t(count) + 1, -1.f), got = want;
+      for (int64_t n = 0; n < count; ++n) {
+        c[size_t(n)] = int32_t(g.f32() * (n % 3 ? 2.1e9f : 4.0e5f));
+        scale[size_t(n)] = std::fabs(g.f32()) * (n % 2 ? 1e-3f : 7.0f);
+      }
+      const float x_scale = 0.0123f + std::fabs(g.f32());
+      engine::rescale_ref(c.data(), scale.data(), x_scale, want.data(), count);
+      k.fn(c.data(), scale.data(), x_scale, got.data(), count);
+      for (int64_t n = 0; n <= count; ++n)  // n == count: must be left alone
+        CHECK(std::memcmp(&got[size_t(n)], &want[size_t(n)], 4) == 0,
+              "%s count %lld, element %lld: %.9g, want %.9g", k.name, (long long)count,
+              (long long)n, double(got[size_t(n)]), double(want[size_t(n)]));
+    }
+  }
+}
+
 // Every level's SiLU (its polynomial exponential) against double precision, over the
 // range where neither e^g nor e^-g saturates, and at the extremes.
 TEST(engine_silu_accuracy) {
