@@ -165,7 +165,8 @@ def test_tinylm_info_on_an_emulated_x86_cpu(run):
 # of registers 16-31 never make SSE code slow); a function's exits: a return (after any
 # rep/bnd/notrack prefix) or a jump to another function (a tail call).
 WIDE = re.compile(r"%[yz]mm([0-9]|1[0-5])\b")
-EXIT = re.compile(r"\t(?:(?:rep|repz|bnd|notrack) )*(?:retq?\b|jmp\s+[0-9a-f]+ <(?P<target>[^>+]+)[>+])")
+RETURN = re.compile(r"\t(?:(?:rep|repz|bnd|notrack) )*retq?\b")
+JUMP = re.compile(r"\tjmp\s+[0-9a-f]+ <(.*?)(?:\+0x[0-9a-f]+)?>$")  # C++ names hold < and >
 
 
 def functions_leaving_vectors_dirty(disassembly):
@@ -181,8 +182,8 @@ def functions_leaving_vectors_dirty(disassembly):
         elif name:
             wide = wide or WIDE.search(line) is not None
             clean = clean or "vzeroupper" in line
-            exit_ = EXIT.search(line)
-            leaves = leaves or (exit_ is not None and exit_.group("target") != symbol)
+            jump = JUMP.search(line)
+            leaves = leaves or RETURN.search(line) is not None or bool(jump and jump.group(1) != symbol)
     return dirty
 
 
@@ -216,8 +217,8 @@ def test_the_dirty_vector_check_finds_one():
     listing = ("0000 <wide_and_clean>:\n  1:\tvmovups (%rdi),%zmm0\n  2:\tvzeroupper\n  3:\tret\n"
                "0010 <narrow>:\n  11:\tmovups (%rdi),%xmm0\n  12:\tret\n"
                "0020 <high_registers_only>:\n  21:\tvaddps %zmm17,%zmm16,%zmm20\n  22:\tret\n"
-               "0030 <loops_within_itself>:\n  31:\tvaddps %ymm1,%ymm0,%ymm0\n"
-               "  32:\tjmp    31 <loops_within_itself+0x1>\n"
+               "0030 <void loops<V>(V)>:\n  31:\tvaddps %ymm1,%ymm0,%ymm0\n"
+               "  32:\tjmp    31 <void loops<V>(V)+0x1>\n"
                "0040 <wide_and_dirty>:\n  41:\tvaddps %ymm1,%ymm0,%ymm0\n  42:\trepz ret\n"
                "0050 <tail_calls_dirty>:\n  51:\tvmovups %zmm3,(%rdi)\n"
                "  52:\tjmp    10 <narrow>\n")
