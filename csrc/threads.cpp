@@ -221,13 +221,18 @@ void set_num_threads(int n) {
 
 // The phase and the sleepers are sequentially consistent (Dekker's pattern): either the
 // last member to arrive sees a sleeper and wakes it under the mutex, or the sleeper,
-// about to wait, sees the new phase.
+// about to wait, sees the new phase. Both sides write with a read-modify-write, not a
+// store: the C++ model orders a seq_cst store before a later seq_cst load, and ARM
+// hardware does (stlr, ldar), but qemu-aarch64 7.2 on x86 lets the load pass the store
+// (a store-buffering litmus test shows it in 17% of tries), which lost a wake-up and
+// hung a decode step now and then in CI's emulated runs. An atomic RMW is a full
+// barrier there, and costs nothing here: the barrier's counter was just one anyway.
 void Barrier::wait() {
   if (broken_.load()) return;
   const uint32_t phase = phase_.load();
   if (arrived_.fetch_add(1) == threads_ - 1) {
     arrived_.store(0, std::memory_order_relaxed);
-    phase_.store(phase + 1);
+    phase_.fetch_add(1);
     wake_sleepers();
     return;
   }
@@ -247,7 +252,7 @@ void Barrier::wait() {
 }
 
 void Barrier::break_() {
-  broken_.store(true);
+  broken_.exchange(true);  // a read-modify-write, as in wait()
   wake_sleepers();
 }
 

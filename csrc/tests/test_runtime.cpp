@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -581,6 +582,50 @@ TEST(runtime_barrier_sleeps_through_a_long_wait) {
           "waiting %lld ms", round, waiter_cpu_ms, (long long)kLate.count());
     arrived.store(false);
   }
+}
+
+// A member arriving just as the others give up spinning and go to sleep must still wake
+// them. The last member's "phase moved on" and a sleeper's "I am asleep" are a Dekker
+// pair: each writes its own flag, then reads the other's, and one of them must see the
+// other's write. Here one member a round is late by 30-90 us (the barrier spins ~50 us
+// before it sleeps), so thousands of rounds land in that window. A lost wake-up hangs
+// the team; a watchdog turns that into a failure that names it. Under qemu-aarch64,
+// whose translation lets a seq_cst load pass an earlier seq_cst store, 4 of 6 runs hung
+// with the barrier writing its phase by a plain store (0 of 10 with threads.cpp's RMW).
+TEST(runtime_barrier_wakes_members_going_to_sleep) {
+  KeepThreads keep;
+  tinylm::set_num_threads(3);
+  constexpr int kRounds = 20000;
+  std::mutex mutex;
+  std::condition_variable finished;
+  bool done = false;
+  std::atomic<int> rounds{0};
+  std::thread watchdog([&] {
+    std::unique_lock<std::mutex> lock(mutex);
+    if (!finished.wait_for(lock, std::chrono::seconds(30), [&] { return done; })) {
+      std::fprintf(stderr, "runtime_barrier_wakes_members_going_to_sleep: the team hung at "
+                   "a barrier after %d of %d rounds (a lost wake-up)\n", rounds.load(), kRounds);
+      std::_Exit(1);
+    }
+  });
+  tinylm::run_team(3, [&](int t, int threads, tinylm::Barrier& barrier) {
+    for (int round = 0; round < kRounds; ++round) {
+      if (t == round % threads) {
+        const auto late = std::chrono::microseconds(30 + (round * 7919) % 61);
+        const auto until = std::chrono::steady_clock::now() + late;
+        while (std::chrono::steady_clock::now() < until) {}
+      }
+      barrier.wait();
+      if (t == 0) rounds.store(round + 1);
+    }
+  });
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    done = true;
+  }
+  finished.notify_one();
+  watchdog.join();
+  CHECK(rounds.load() == kRounds, "%d of %d rounds", rounds.load(), kRounds);
 }
 
 // An exception in a parallel_for, on the caller's share or a worker's, reaches the
