@@ -226,7 +226,9 @@ void set_num_threads(int n) {
 // hardware does (stlr, ldar), but qemu-aarch64 7.2 on x86 lets the load pass the store
 // (a store-buffering litmus test shows it in 17% of tries), which lost a wake-up and
 // hung a decode step now and then in CI's emulated runs. An atomic RMW is a full
-// barrier there too, and one per phase costs no more than the store did.
+// barrier there too, and one per phase costs no more than the store did. So in this
+// file, no seq_cst store is followed by a load that must see the other side's store:
+// write with an RMW, or under the mutex.
 void Barrier::wait() {
   if (broken_.load()) return;
   const uint32_t phase = phase_.load();

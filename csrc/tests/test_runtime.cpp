@@ -588,35 +588,41 @@ TEST(runtime_barrier_sleeps_through_a_long_wait) {
 // them. The last member's "phase moved on" and a sleeper's "I am asleep" are a Dekker
 // pair: each writes its own flag, then reads the other's, and one of them must see the
 // other's write. Here one member a round is late by 30-90 us (the barrier spins ~50 us
-// before it sleeps), so thousands of rounds land in that window. A lost wake-up hangs
-// the team; a watchdog turns that into a failure that names it. Under qemu-aarch64,
+// before it sleeps), so thousands of rounds land in that window. A lost wake-up stalls
+// the team for good; a watchdog that sees no arrival for 10 s turns that into a failure
+// that names it (a slow or loaded machine only slows the rounds). Under qemu-aarch64,
 // whose translation lets a seq_cst load pass an earlier seq_cst store, 4 of 6 runs hung
 // with the barrier writing its phase by a plain store (0 of 10 with threads.cpp's RMW).
 TEST(runtime_barrier_wakes_members_going_to_sleep) {
   KeepThreads keep;
   tinylm::set_num_threads(3);
-  constexpr int kRounds = 20000;
+  constexpr int kThreads = 3, kRounds = 20000;
   std::mutex mutex;
   std::condition_variable finished;
   bool done = false;
-  std::atomic<int> rounds{0};
+  std::atomic<int> arrivals{0}, early{0};
   std::thread watchdog([&] {
     std::unique_lock<std::mutex> lock(mutex);
-    if (!finished.wait_for(lock, std::chrono::seconds(30), [&] { return done; })) {
-      std::fprintf(stderr, "runtime_barrier_wakes_members_going_to_sleep: the team hung at "
-                   "a barrier after %d of %d rounds (a lost wake-up)\n", rounds.load(), kRounds);
-      std::_Exit(1);
+    for (int seen = -1; !finished.wait_for(lock, std::chrono::seconds(10), [&] { return done; });) {
+      if (arrivals.load() == seen) {
+        std::fprintf(stderr, "runtime_barrier_wakes_members_going_to_sleep: the team stalled at a "
+                     "barrier after %d of %d arrivals (a lost wake-up)\n", seen,
+                     kThreads * kRounds);
+        std::_Exit(1);
+      }
+      seen = arrivals.load();
     }
   });
-  tinylm::run_team(3, [&](int t, int threads, tinylm::Barrier& barrier) {
+  tinylm::run_team(kThreads, [&](int t, int threads, tinylm::Barrier& barrier) {
     for (int round = 0; round < kRounds; ++round) {
       if (t == round % threads) {
         const auto late = std::chrono::microseconds(30 + (round * 7919) % 61);
         const auto until = std::chrono::steady_clock::now() + late;
         while (std::chrono::steady_clock::now() < until) {}
       }
+      arrivals.fetch_add(1);
       barrier.wait();
-      if (t == 0) rounds.store(round + 1);
+      early.fetch_add(arrivals.load() < threads * (round + 1));  // passed before all came
     }
   });
   {
@@ -625,7 +631,8 @@ TEST(runtime_barrier_wakes_members_going_to_sleep) {
   }
   finished.notify_one();
   watchdog.join();
-  CHECK(rounds.load() == kRounds, "%d of %d rounds", rounds.load(), kRounds);
+  CHECK(early.load() == 0, "%d members passed a barrier before every member reached it",
+        early.load());
 }
 
 // An exception in a parallel_for, on the caller's share or a worker's, reaches the
