@@ -230,7 +230,8 @@ void set_num_threads(int n) {
 // file, no seq_cst store is followed by a load that must see the other side's store:
 // write with an RMW, or under the mutex.
 void Barrier::wait() {
-  if (broken_.load()) return;
+  // alone, there is no one to wait for (and the atomics below were 1% of a `baby` step)
+  if (threads_ == 1 || broken_.load()) return;
   const uint32_t phase = phase_.load();
   if (arrived_.fetch_add(1) == threads_ - 1) {
     arrived_.store(0, std::memory_order_relaxed);
