@@ -591,8 +591,9 @@ TEST(runtime_barrier_sleeps_through_a_long_wait) {
 // before it sleeps), so thousands of rounds land in that window. A lost wake-up stalls
 // the team for good; a watchdog that sees no arrival for 10 s turns that into a failure
 // that names it (a slow or loaded machine only slows the rounds). Under qemu-aarch64,
-// whose translation lets a seq_cst load pass an earlier seq_cst store, 2 of 4 runs stalled
-// with the barrier writing its phase by a plain store (0 of 10 with threads.cpp's RMW).
+// whose translation lets a seq_cst load pass an earlier seq_cst store, 2 of 4 runs
+// stalled with the barrier writing its phase by a plain store (0 of 10 with
+// threads.cpp's RMW).
 TEST(runtime_barrier_wakes_members_going_to_sleep) {
   KeepThreads keep;
   tinylm::set_num_threads(3);
