@@ -124,3 +124,18 @@ def test_console_streams_through_a_pipe(model_path, tmp_path):
                        cwd=tmp_path, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.endswith(b"\n") and b"tokens/s" in r.stderr
+
+
+def test_help_shows_each_default_once(capsys):
+    """Defaults that mean something are shown, once: not again after a help that states
+    its own (--seed, --threads: their None then showed too), and no empty one at all."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["generate", "--help"])
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines anywhere
+    assert exit_.value.code == 0
+    for shown in ("tokens to generate at most (default: 256)", "0 = greedy (default: 0.8)",
+                  "(0 = off) (default: 0)", "(default: native)",
+                  "(default: one per core this process may run on)"):
+        assert shown in out
+    for empty in ("(default: None)", "(default: [])", "(default: False)"):
+        assert empty not in out

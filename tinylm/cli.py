@@ -29,6 +29,17 @@ def set_threads(n):
     _C.set_num_threads(n)
 
 
+class DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds "(default: X)" to an option's help, unless the help already says what the
+    default is, or there is nothing to show (None, a flag's False, an empty list)."""
+
+    def _get_help_string(self, action):
+        default = action.default
+        if default is None or default is False or default == [] or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 # ---------------------------------------------------------------- train
 
 
@@ -258,7 +269,7 @@ def add_generate_parser(sub):
         "--prompt, --prompt-file, or standard input when it is not a terminal (else the "
         "prompt is empty). When the context fills, the oldest half of it is dropped and "
         "the rest re-read, so generation continues.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=DefaultsHelp)
     p.add_argument("model", help="model file (.safetensors)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--prompt", help="text to continue")
