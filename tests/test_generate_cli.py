@@ -79,11 +79,11 @@ def test_int8_model(model_path, capsys, tmp_path):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--prompt", "x", "--temperature", "-1"], "temperature"),
-    (["--prompt", "x", "--top-p", "0"], "top_p"),
-    (["--prompt", "x", "--top-k", "-2"], "top_k"),
-    (["--prompt", "x", "--repetition-penalty", "0.1"], "repetition_penalty"),
-    (["--prompt", "x", "--max-tokens", "-5"], "max-tokens"),
+    (["--prompt", "x", "--temperature", "-1"], "--temperature must be in [0, 100]"),
+    (["--prompt", "x", "--top-p", "0"], "--top-p must be in (0, 1]"),
+    (["--prompt", "x", "--top-k", "-2"], "--top-k must be a non-negative integer"),
+    (["--prompt", "x", "--repetition-penalty", "0.1"], "--repetition-penalty must be in [1, 10]"),
+    (["--prompt", "x", "--max-tokens", "-5"], "--max-tokens must be at least 0"),
     (["--prompt-file", "/nonexistent/prompt.txt"], "prompt-file"),
 ])
 def test_bad_values_exit_2_with_one_line(model_path, capsys, argv, message):

@@ -328,7 +328,8 @@ def cmd_generate(args):
         raise TinylmError(f"--max-tokens must be at least 0, got {args.max_tokens}")
     from .engine import load
     from .sampling import check_sampling
-    check_sampling(args.temperature, args.top_k, args.top_p, args.repetition_penalty)
+    check_sampling(args.temperature, args.top_k, args.top_p, args.repetition_penalty,
+                   as_flags=True)
     prompt = read_prompt(args)
     model = load(args.model, engine=args.engine)
     ctx = model.cfg.context

@@ -71,27 +71,33 @@ def seed_state(seed: int) -> int:
     return z or 0x9E3779B97F4A7C15
 
 
-def check_sampling(temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0):
-    """Raises TinylmError naming the first bad value and the range it must lie in."""
+def check_sampling(temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0, as_flags=False):
+    """Raises TinylmError naming the first bad value and the range it must lie in: as the
+    API's argument (top_p), or with as_flags as the command line's option (--top-p)."""
+    def called(name):
+        return "--" + name.replace("_", "-") if as_flags else name
+
     def number(name, value):
         if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
-            raise TinylmError(f"{name} must be a number, got {value!r}")
+            raise TinylmError(f"{called(name)} must be a number, got {value!r}")
         if not math.isfinite(value):
-            raise TinylmError(f"{name} must be finite, got {value}")
+            raise TinylmError(f"{called(name)} must be finite, got {value}")
         return float(value)
 
     t = number("temperature", temperature)
     if not 0 <= t <= MAX_TEMPERATURE:
-        raise TinylmError(f"temperature must be in [0, {MAX_TEMPERATURE:g}] (0 = greedy), got {t:g}")
+        raise TinylmError(f"{called('temperature')} must be in [0, {MAX_TEMPERATURE:g}] "
+                          f"(0 = greedy), got {t:g}")
     if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 0:
-        raise TinylmError(f"top_k must be a non-negative integer (0 = off), got {top_k!r}")
+        raise TinylmError(f"{called('top_k')} must be a non-negative integer (0 = off), "
+                          f"got {top_k!r}")
     p = number("top_p", top_p)
     if not 0 < p <= 1:
-        raise TinylmError(f"top_p must be in (0, 1] (1 = off), got {p:g}")
+        raise TinylmError(f"{called('top_p')} must be in (0, 1] (1 = off), got {p:g}")
     r = number("repetition_penalty", repetition_penalty)
     if not 1 <= r <= MAX_REPETITION_PENALTY:
-        raise TinylmError(f"repetition_penalty must be in [1, {MAX_REPETITION_PENALTY:g}] "
-                          f"(1 = off), got {r:g}")
+        raise TinylmError(f"{called('repetition_penalty')} must be in "
+                          f"[1, {MAX_REPETITION_PENALTY:g}] (1 = off), got {r:g}")
 
 
 class Sampler:
