@@ -100,6 +100,18 @@ def test_bad_model_files_exit_2(tmp_path, capsys):
     assert code == 2 and err.count("\n") == 1
 
 
+def test_a_run_directory_for_a_model_file_names_the_file(model_path, tmp_path, capsys):
+    """`tinylm train` writes RUN/model.safetensors; given RUN, the error points there."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    code, _, err = run(capsys, str(run_dir), "--prompt", "x")
+    assert code == 2 and err.count("\n") == 1 and "is a directory, not a model file" in err
+    assert "did you mean" not in err  # nothing to point at yet
+    (run_dir / "model.safetensors").write_bytes(open(model_path, "rb").read())
+    code, _, err = run(capsys, str(run_dir), "--prompt", "x")
+    assert code == 2 and f"did you mean '{run_dir / 'model.safetensors'}'?" in err
+
+
 def test_model_with_nan_weights_exits_2_with_one_line(tmp_path, capsys):
     """A NaN in the weights (a corrupt file, a diverged run) makes every logit NaN: a
     one-line error from both weight formats, greedy or sampling (the native top-p sampler

@@ -1,6 +1,7 @@
 """A tinylm model file: one .safetensors holding the weights, with the model config and
 the tokenizer in its `__metadata__` (a SentencePiece model as a uint8 tensor)."""
 import json
+import os
 
 import numpy as np
 
@@ -31,6 +32,10 @@ def save_model(path, cfg: ModelConfig, params: dict, tokenizer, extra_metadata=N
 def read_model(path):
     """Opens a model file: (config, tensors, tokenizer, metadata). Tensors are read-only
     memory maps; a file that is not a tinylm model is refused with a clear error."""
+    if os.path.isdir(path):
+        inside = os.path.join(path, "model.safetensors")  # where `tinylm train` writes it
+        hint = f"; did you mean '{inside}'?" if os.path.isfile(inside) else ""
+        raise TinylmError(f"'{path}' is a directory, not a model file{hint}")
     try:
         tensors, meta = load_safetensors(path)
     except FileNotFoundError:
