@@ -584,56 +584,105 @@ TEST(runtime_barrier_sleeps_through_a_long_wait) {
   }
 }
 
+// Fails the test run, naming `test`, once `progress` has not moved for 10 s: a lost
+// wake-up stalls a team for good, while a slow or loaded machine only slows it.
+class StallWatchdog {
+ public:
+  StallWatchdog(const char* test, const std::atomic<int>& progress, int total)
+      : thread_([=, &progress] { watch(test, progress, total); }) {}
+  ~StallWatchdog() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      done_ = true;
+    }
+    finished_.notify_one();
+    thread_.join();
+  }
+
+ private:
+  void watch(const char* test, const std::atomic<int>& progress, int total) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    int seen = -1;
+    while (!finished_.wait_for(lock, std::chrono::seconds(10), [this] { return done_; })) {
+      if (progress.load() == seen) {
+        std::fprintf(stderr, "%s: stalled after %d of %d steps (a lost wake-up)\n", test, seen,
+                     total);
+        std::_Exit(1);
+      }
+      seen = progress.load();
+    }
+  }
+
+  std::mutex mutex_;
+  std::condition_variable finished_;
+  bool done_ = false;
+  std::thread thread_;  // last: starts once the members above exist
+};
+
+// Waits `late` microseconds without sleeping (a sleep would overshoot by far more).
+void busy_wait_us(int late) {
+  const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(late);
+  while (std::chrono::steady_clock::now() < until) {}
+}
+
 // A member arriving just as the others give up spinning and go to sleep must still wake
 // them. The last member's "phase moved on" and a sleeper's "I am asleep" are a Dekker
 // pair: each writes its own flag, then reads the other's, and one of them must see the
 // other's write. Here one member a round is late by 30-90 us (the barrier spins ~50 us
-// before it sleeps), so thousands of rounds land in that window. A lost wake-up stalls
-// the team for good; a watchdog that sees no arrival for 10 s turns that into a failure
-// that names it (a slow or loaded machine only slows the rounds). Under qemu-aarch64,
-// whose translation lets a seq_cst load pass an earlier seq_cst store, 2 of 4 runs
-// stalled with the barrier writing its phase by a plain store (0 of 10 with
-// threads.cpp's RMW).
+// before it sleeps), so thousands of rounds land in that window; the watchdog turns a
+// lost wake-up into a failure that names it. Under qemu-aarch64, whose translation lets
+// a seq_cst load pass an earlier seq_cst store, 2 of 4 runs stalled with the barrier
+// writing its phase by a plain store (0 of 10 with threads.cpp's RMW).
 TEST(runtime_barrier_wakes_members_going_to_sleep) {
   KeepThreads keep;
   tinylm::set_num_threads(3);
   constexpr int kThreads = 3, kRounds = 20000;
-  std::mutex mutex;
-  std::condition_variable finished;
-  bool done = false;
   std::atomic<int> arrivals{0}, early{0};
-  std::thread watchdog([&] {
-    std::unique_lock<std::mutex> lock(mutex);
-    for (int seen = -1; !finished.wait_for(lock, std::chrono::seconds(10), [&] { return done; });) {
-      if (arrivals.load() == seen) {
-        std::fprintf(stderr, "runtime_barrier_wakes_members_going_to_sleep: the team stalled at a "
-                     "barrier after %d of %d arrivals (a lost wake-up)\n", seen,
-                     kThreads * kRounds);
-        std::_Exit(1);
-      }
-      seen = arrivals.load();
-    }
-  });
-  tinylm::run_team(kThreads, [&](int t, int threads, tinylm::Barrier& barrier) {
-    for (int round = 0; round < kRounds; ++round) {
-      if (t == round % threads) {
-        const auto late = std::chrono::microseconds(30 + (round * 7919) % 61);
-        const auto until = std::chrono::steady_clock::now() + late;
-        while (std::chrono::steady_clock::now() < until) {}
-      }
-      arrivals.fetch_add(1);
-      barrier.wait();
-      early.fetch_add(arrivals.load() < threads * (round + 1));  // passed before all came
-    }
-  });
   {
-    std::lock_guard<std::mutex> lock(mutex);
-    done = true;
+    StallWatchdog watchdog("runtime_barrier_wakes_members_going_to_sleep", arrivals,
+                           kThreads * kRounds);
+    tinylm::run_team(kThreads, [&](int t, int threads, tinylm::Barrier& barrier) {
+      for (int round = 0; round < kRounds; ++round) {
+        if (t == round % threads) busy_wait_us(30 + (round * 7919) % 61);
+        arrivals.fetch_add(1);
+        barrier.wait();
+        early.fetch_add(arrivals.load() < threads * (round + 1));  // passed before all came
+      }
+    });
   }
-  finished.notify_one();
-  watchdog.join();
   CHECK(early.load() == 0, "%d members passed a barrier before every member reached it",
         early.load());
+}
+
+// The same for a barrier broken (a member failed) just as the others go to sleep: the
+// break must wake them, so the team ends. The breaker is late by 45-75 us, a narrower
+// window than above: with break_() setting its flag by a plain store, 2-3 of 6 runs under
+// qemu-aarch64 stalled (1 of 4 with 30-90 us); 10 of 10 passed with the exchange.
+TEST(runtime_barrier_break_wakes_members_going_to_sleep) {
+  KeepThreads keep;
+  tinylm::set_num_threads(3);
+  constexpr int kTeams = 20000;
+  std::atomic<int> teams{0}, passed_unbroken{0};
+  {
+    StallWatchdog watchdog("runtime_barrier_break_wakes_members_going_to_sleep", teams, kTeams);
+    for (int i = 0; i < kTeams; ++i) {
+      std::atomic<bool> broken{false};
+      tinylm::run_team(3, [&](int t, int, tinylm::Barrier& barrier) {
+        barrier.wait();  // all start together
+        if (t == i % 3) {
+          busy_wait_us(45 + (i * 7919) % 31);
+          broken.store(true);
+          barrier.break_();
+        } else {
+          barrier.wait();  // the breaker never comes
+          passed_unbroken.fetch_add(!broken.load());
+        }
+      });
+      teams.fetch_add(1);
+    }
+  }
+  CHECK(passed_unbroken.load() == 0, "%d waits returned before the barrier was broken",
+        passed_unbroken.load());
 }
 
 // An exception in a parallel_for, on the caller's share or a worker's, reaches the
