@@ -42,12 +42,24 @@ bool simde_build() {
 #endif
 }
 
+// A kernel this run can call: the CPU has its features, or SIMDe emulates them all.
+bool runnable(uint32_t features) { return simde_build() || (features & ~cpu_features()) == 0; }
+
 std::vector<engine::GemvInfo> runnable_gemv() {
   std::vector<engine::GemvInfo> out;
   for (const auto& k : engine::gemv_kernels())
-    if (simde_build() || (k.features & ~cpu_features()) == 0) out.push_back(k);
+    if (runnable(k.features)) out.push_back(k);
   return out;
 }
+
+// One kernel of a family the tests list themselves (the int8 decode products, the
+// rescaling): its name, the CPU features it needs, the function.
+template <class Fn>
+struct NamedKernel {
+  const char* name;
+  uint32_t features;
+  Fn fn;
+};
 
 TEST(engine_gemv_kernels_match_reference) {
   const int64_t Ks[] = {1, 3, 7, 8, 15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 288, 1001};
@@ -85,12 +97,7 @@ TEST(engine_gemv_kernels_match_reference) {
 // not be read past: the matrix sits at the end of its buffer, so an over-read would be
 // caught by the sanitizers and by the Python test that puts a guard page there).
 TEST(engine_int8_gemv_kernels_exact) {
-  struct K8 {
-    const char* name;
-    uint32_t features;
-    engine::GemvI8Kernel fn;
-  };
-  std::vector<K8> kernels;
+  std::vector<NamedKernel<engine::GemvI8Kernel>> kernels;
 #if defined(__x86_64__) || defined(_M_X64)
   kernels.push_back({"avx512vnni", kAVX2 | kAVX512 | kAVX512VNNI, engine::gemv_i8_avx512vnni});
   kernels.push_back({"avx2", kAVX2, engine::gemv_i8_avx2});
@@ -101,7 +108,7 @@ TEST(engine_int8_gemv_kernels_exact) {
   const int64_t Ks[] = {1, 5, 31, 32, 33, 63, 64, 65, 100, 128, 255, 288, 1376};
   const int64_t Ns[] = {1, 3, 4, 7, 9, 16, 17, 33, 48, 70};
   for (const auto& k : kernels) {
-    if (!simde_build() && (k.features & ~cpu_features()) != 0) continue;
+    if (!runnable(k.features)) continue;
     std::printf("  int8 gemv kernel %s\n", k.name);
     Gen g(11);
     for (int64_t K : Ks)
@@ -129,18 +136,13 @@ TEST(engine_int8_gemv_kernels_exact) {
 // around the vector widths (tails, masks), and int32 values that float cannot hold
 // exactly (rounded by the conversion, which the vector and scalar code must do alike).
 TEST(engine_int8_rescale_exact) {
-  struct R {
-    const char* name;
-    uint32_t features;
-    engine::RescaleKernel fn;
-  };
-  std::vector<R> kernels;
+  std::vector<NamedKernel<engine::RescaleKernel>> kernels;
 #if defined(__x86_64__) || defined(_M_X64)
   kernels.push_back({"avx2", kAVX2, engine::rescale_avx2});
 #endif
   Gen g(12);
   for (const auto& k : kernels) {
-    if (!simde_build() && (k.features & ~cpu_features()) != 0) continue;
+    if (!runnable(k.features)) continue;
     std::printf("  int8 rescale kernel %s\n", k.name);
     for (int64_t count = 0; count <= 40; ++count) {
       std::vector<int32_t> c(size_t(count) + 1, 0);
