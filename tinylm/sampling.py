@@ -12,15 +12,22 @@ One sampling step, in this order (the native engine does exactly the same):
    history has its logit divided by the penalty when positive, multiplied when negative
    (as in CTRL and llama.cpp), so penalty 1 changes nothing;
 2. temperature 0: the arg-max (the lowest id among equal maxima); no random number used;
-3. otherwise the candidates are all tokens in id order, or, when top-k or top-p is on,
-   the tokens sorted by logit (highest first, ties by id) cut to the k best; their
-   weights are exp((logit - max) / temperature), in float64;
-4. top-p keeps the shortest prefix of the sorted candidates whose weight reaches p of
-   the total (always at least one token); the prefix's running weight is summed best
-   first, the total in id order (so the native sampler can leave out, unsorted, the
-   tokens too light ever to be inside the nucleus: see csrc/engine/sampling.cpp);
-5. one uniform number u in [0, 1) from the generator picks the first candidate whose
-   running weight exceeds u times the kept total.
+3. otherwise the candidates are all tokens, or, when top-k is on, the k best (highest
+   logit first, ties by lower id); each one's weight is exp((logit - max) * (1 / temperature))
+   in float64, then counted in units of 2^-S, rounded to the nearest whole unit, with
+   S = 53 - V.bit_length() for a vocabulary of V tokens: whole numbers whose sum over the
+   whole vocabulary stays below 2^53, so every sum of weights is exact whatever order it
+   is taken in (a token more than 2^(S+1) times less likely than the best gets weight 0
+   and is never picked);
+4. top-p keeps the shortest run of candidates, best first, whose weight reaches p of
+   the candidates' total (always at least one token);
+5. one uniform number u in [0, 1) from the generator gives r = floor(u * kept total)
+   (at most the kept total - 1), and the pick is the first kept candidate, in id order,
+   whose running weight exceeds r.
+
+Exact sums are what let the native sampler find the nucleus without sorting the
+candidates (csrc/engine/sampling.cpp): any order of adding gives the same sums, so
+only the order of the tokens at the nucleus's edge matters.
 
 Logits with a NaN, +infinity or no finite value (a broken model) are refused in every
 mode: nothing can be sampled from them.
@@ -125,17 +132,19 @@ class Sampler:
         if self.greedy:
             return int(np.argmax(logits))  # first index among equal maxima
         ids, weights = self.candidates(logits)
-        cum = np.cumsum(weights)  # sequential sums: the same order as the C++ loop
         if self.top_p < 1:
-            total = np.cumsum(weights[np.argsort(ids)])[-1]  # in id order
-            keep = int(np.searchsorted(cum, self.top_p * total, side="left")) + 1
-            ids, cum = ids[:keep], cum[:keep]
-        u = self.rng.uniform() * cum[-1]
-        pick = int(np.searchsorted(cum, u, side="right"))  # first running weight > u
-        return int(ids[min(pick, len(ids) - 1)])
+            cum = np.cumsum(weights)  # best first; exact integers
+            keep = int(np.searchsorted(cum, self.top_p * float(cum[-1]), side="left")) + 1
+            ids, weights = ids[:keep], weights[:keep]
+        by_id = np.argsort(ids)
+        ids, cum = ids[by_id], np.cumsum(weights[by_id])
+        total = int(cum[-1])
+        r = min(int(self.rng.uniform() * float(total)), total - 1)
+        return int(ids[np.searchsorted(cum, r, side="right")])  # first running weight > r
 
     def candidates(self, logits):
-        """(ids, weights): in id order, or best-first and cut to top-k when k or p is on."""
+        """(ids, weights): best first and cut to top-k when k or p is on, else in id
+        order; the weights in whole units of 2^-S (rule 3)."""
         if self.top_k or self.top_p < 1:
             ids = np.lexsort((np.arange(len(logits)), -logits))  # logit desc, then id asc
             if self.top_k:
@@ -143,7 +152,10 @@ class Sampler:
         else:
             ids = np.arange(len(logits))
         chosen = logits[ids]
-        return ids, np.exp((chosen - chosen.max()) / self.temperature)
+        unit = 2.0 ** (53 - len(logits).bit_length())
+        scaled = (chosen - chosen.max()) * (1.0 / self.temperature)
+        weights = np.floor(np.exp(scaled) * unit + 0.5)
+        return ids, weights.astype(np.uint64)
 
 
 def penalize(logits, history, penalty):

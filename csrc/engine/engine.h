@@ -69,10 +69,10 @@ struct Sampling {
 };
 
 struct SampleScratch {  // the sampler's working memory, kept between calls
-  std::vector<double> logits, all_weights, weights, cum;
-  std::vector<int32_t> ids, ids_out;
-  std::vector<uint64_t> keys;
-  std::vector<uint32_t> bucket, bucket_start;
+  std::vector<double> logits;
+  std::vector<uint64_t> weights, bucket_weight;
+  std::vector<int32_t> ids, edge_ids;
+  std::vector<uint32_t> bucket;
 };
 
 // Throws std::invalid_argument describing the first inconsistency between config and
