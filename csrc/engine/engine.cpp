@@ -22,7 +22,6 @@
 #include <string>
 
 #include "../attention/attention.h"
-#include "../half.h"
 #include "engine.h"
 
 namespace tinylm::engine {
@@ -163,8 +162,8 @@ void Engine::attention_share(const Layer& L, int64_t layer, int64_t pos, Lane& m
   for (int64_t j = 0; j < heads; ++j) {
     const int64_t row = first + j * C * D + pos * D;
     if (st_.k_half != nullptr) {  // rounded as numpy's astype(float16) rounds
-      floats_to_halves(k + j * D, st_.k_half + row, D);
-      floats_to_halves(v + j * D, st_.v_half + row, D);
+      to_halves(k + j * D, st_.k_half + row, D);
+      to_halves(v + j * D, st_.v_half + row, D);
     } else {
       std::memcpy(st_.k_cache + row, k + j * D, size_t(D) * sizeof(float));
       std::memcpy(st_.v_cache + row, v + j * D, size_t(D) * sizeof(float));

@@ -156,15 +156,18 @@ struct RowShare {
 void gemv(const float* x, const Product* products, int n_products, RowShare share = {});
 
 // The float32 kernels of one instruction-set level: the GEMV, rows [n0, n1) of y = W x
-// (W [N, K] row-major), and the MLP's g = silu(g) * u (silu.h).
+// (W [N, K] row-major), the MLP's g = silu(g) * u (silu.h), and the key/value cache's
+// float-to-half conversion (bit for bit float_to_half of half.h, NaN payloads aside).
 using GemvKernel = void (*)(const float* W, const float* x, float* y, int64_t K, int64_t n0,
                             int64_t n1);
 using SiluKernel = void (*)(float* g, const float* u, int64_t n);
+using HalvesKernel = void (*)(const float* x, uint16_t* h, int64_t n);
 struct GemvInfo {
   const char* name;
   uint32_t features;
   GemvKernel fn;
   SiluKernel silu;
+  HalvesKernel halves;
 };
 const std::vector<GemvInfo>& gemv_kernels();  // best first; the last is the scalar reference
 const char* active_gemv();
@@ -173,6 +176,8 @@ std::string active_gemv_int8();  // the int8 decode kernel the active level sele
 // g[i] = silu(g[i]) * u[i] = g[i] / (1 + e^-g[i]) * u[i] with the active level's kernel
 // (silu.h: within 2 ulp of expf's; g below -87 gives about -g e^-87 * u instead of ~0).
 void silu_mul(float* g, const float* u, int64_t n);
+// h[i] = float_to_half(x[i]) (half.h) with the active level's kernel.
+void to_halves(const float* x, uint16_t* h, int64_t n);
 
 // The random generator and sampler of tinylm/sampling.py.
 uint64_t seed_state(uint64_t seed);

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "../cpu.h"
+#include "../half.h"
 #include "../int8/int8.h"
 #include "../threads.h"
 #include "engine.h"
@@ -158,13 +159,13 @@ void gemv_int8(const float* x, const Product* products, int n_products, RowShare
 const std::vector<GemvInfo>& gemv_kernels() {
   static const std::vector<GemvInfo> list = {
 #if defined(__x86_64__) || defined(_M_X64)
-      {"avx512", kAVX2 | kAVX512, gemv_avx512, silu_mul_avx512},
-      {"avx2", kAVX2, gemv_avx2, silu_mul_avx2},
+      {"avx512", kAVX2 | kAVX512, gemv_avx512, silu_mul_avx512, halves_f16c},
+      {"avx2", kAVX2, gemv_avx2, silu_mul_avx2, halves_f16c},
 #endif
 #if defined(__aarch64__) || defined(__arm__)
-      {"neon", kNEON, gemv_neon, silu_mul_neon},
+      {"neon", kNEON, gemv_neon, silu_mul_neon, floats_to_halves},
 #endif
-      {"scalar", 0, gemv_ref, silu_mul_ref},
+      {"scalar", 0, gemv_ref, silu_mul_ref, floats_to_halves},
   };
   return list;
 }
@@ -172,6 +173,8 @@ const std::vector<GemvInfo>& gemv_kernels() {
 const char* active_gemv() { return select_gemv().name; }
 
 void silu_mul(float* g, const float* u, int64_t n) { select_gemv().silu(g, u, n); }
+
+void to_halves(const float* x, uint16_t* h, int64_t n) { select_gemv().halves(x, h, n); }
 
 std::string active_gemv_int8() {
   const I8Info* own = select_i8();

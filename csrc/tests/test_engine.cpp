@@ -18,6 +18,10 @@
 #include "../threads.h"
 #include "check.h"
 
+#if defined(__x86_64__)
+#include <xmmintrin.h>
+#endif
+
 namespace {
 
 using namespace tinylm;
@@ -205,6 +209,52 @@ TEST(engine_silu_same_in_pieces) {
             "%s: silu in pieces of %lld differs from one call", k.name, (long long)step);
     }
   }
+}
+
+// Every level's float-to-half conversion (the int8 models' key/value cache) against
+// float_to_half (half.h, itself checked against the nearest half in test_half.cpp): bit
+// for bit on floats of every exponent, with both signs and every kind of rounding, in
+// vector bodies and scalar tails; NaN stays NaN with its sign. On x86 also with
+// denormals flushed (DAZ/FTZ), which must change nothing.
+void check_halves(const char* mode) {
+  Gen gen(12);
+  std::vector<float> x;
+  for (int i = 0; i < 200000; ++i) {  // random bit patterns: every exponent, subnormals
+    uint32_t bits = uint32_t(engine::rng_next(&gen.s) >> 32);
+    float f;
+    std::memcpy(&f, &bits, 4);
+    x.push_back(f);
+  }
+  for (float f : {0.0f, -0.0f, 65504.0f, 65519.99f, 65520.0f, -65520.0f, 1e-8f, 2.98023224e-8f,
+                  5.96046448e-8f, 6.09755516e-5f, 6.10351562e-5f, 1.0f + 1.0f / 2048, HUGE_VALF,
+                  -HUGE_VALF})
+    x.push_back(f);
+  for (const auto& k : runnable_gemv()) {
+    for (int64_t n : {int64_t(x.size()), int64_t(7), int64_t(13)}) {
+      std::vector<uint16_t> h(static_cast<size_t>(n));
+      k.halves(x.data(), h.data(), n);
+      int bad = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        const uint16_t want = tinylm::float_to_half(x[size_t(i)]);
+        const bool nan = (want & 0x7fff) > 0x7c00;
+        const bool ok = nan ? (h[size_t(i)] & 0x7fff) > 0x7c00 && (h[size_t(i)] ^ want) < 0x8000
+                            : h[size_t(i)] == want;
+        if (!ok && bad++ < 5)
+          CHECK(false, "%s (%s): %.9g gave 0x%04x, want 0x%04x", k.name, mode,
+                double(x[size_t(i)]), unsigned(h[size_t(i)]), unsigned(want));
+      }
+    }
+  }
+}
+
+TEST(engine_halves_round_as_float_to_half) {
+  check_halves("default");
+#if defined(__x86_64__)
+  const unsigned saved = _mm_getcsr();
+  _mm_setcsr(saved | 0x8040);  // FTZ | DAZ, as -ffast-math's startup code sets them
+  check_halves("DAZ/FTZ");
+  _mm_setcsr(saved);
+#endif
 }
 
 TEST(engine_rng_pinned) {  // the same numbers as tests/test_sampling.py
