@@ -454,19 +454,23 @@ struct Tiled {
         } else {
           for (int64_t t = 0; t < n; ++t) s[t] = dot(q, K + (c0 + t) * D, D) * j.scale;
         }
-        for (int64_t t = n; t < kChunk; ++t) s[t] = kNegInf;
+        // the softmax over whole vectors of scores, the last one padded with -inf (whose
+        // weights are 0): only as many as hold keys (a short cache, early in a decode,
+        // would otherwise pay for the whole chunk's exponentials)
+        const int64_t nv = round_up(n, W);
+        for (int64_t t = n; t < nv; ++t) s[t] = kNegInf;
         V vmax = O::load(s);  // in vectors: a scalar loop waits on every max in turn
-        for (int t = W; t < kChunk; t += W) vmax = O::max(vmax, O::load(s + t));
+        for (int64_t t = W; t < nv; t += W) vmax = O::max(vmax, O::load(s + t));
         const float m_new = maxf(m[g], O::hmax(vmax));
-        const float alpha = expf(m[g] - m_new);
+        const float alpha = m[g] == kNegInf ? 0.f : expf(m[g] - m_new);  // 0: the first chunk
         const V neg_max = O::set1(-m_new);
         V sum = O::zero();
-        for (int t = 0; t < kChunk; t += W) {
+        for (int64_t t = 0; t < nv; t += W) {
           const V p = exp(O::add(O::load(s + t), neg_max));
           O::store(s + t, p);
           sum = O::add(sum, p);
         }
-        if (alpha != 1.f) {
+        if (alpha != 1.f && c0 != begin) {  // (the first chunk's accumulators are zeros)
           const V va = O::set1(alpha);
           for (int64_t d = 0; d < Dp; d += W) O::store(a + d, O::mul(O::load(a + d), va));
         }
