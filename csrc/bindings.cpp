@@ -679,6 +679,15 @@ void bind_engine(py::module_& m) {
       "The native sampler alone on float32 logits: (token, new rng_state) (tests).");
   m.def("engine_seed_state", &E::seed_state, py::arg("seed"), "splitmix64 seeding (tests).");
   m.def(
+      "engine_weight_exp",
+      [](const py::handle& x_obj) {
+        auto x = checked<double>(x_obj, "x", 1);
+        py::array_t<double> out(x.shape(0));
+        for (py::ssize_t i = 0; i < x.shape(0); ++i) out.mutable_data()[i] = E::weight_exp(x.data()[i]);
+        return out;
+      },
+      py::arg("x"), "The native sampler's e^x on a float64 array (tests).");
+  m.def(
       "floats_to_halves",
       [](py::object src_, py::object dst_) {
         auto [src, dst] = conversion_args(src_, false, dst_, true);

@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -125,3 +127,13 @@ def test_bad_values_are_refused(kwargs, message):
 def test_bad_seed():
     with pytest.raises(TinylmError, match="seed"):
         Rng("x")
+
+
+def test_weight_exp_is_accurate():
+    """The sampler's own e^x (rule 3) against math.exp, over its whole range."""
+    from tinylm.sampling import weight_exp
+    xs = np.concatenate([-np.random.default_rng(3).uniform(0, 40, 20000),
+                         [0.0, -1e-300, -0.5 * np.log(2), -np.log(2), -39.999, -40.0]])
+    want = np.array([math.exp(x) for x in xs])
+    np.testing.assert_allclose(weight_exp(xs), want, rtol=1e-12, atol=0)
+    assert (weight_exp(np.array([-40.001, -1e300, -np.inf])) == 0).all()  # weight 0 anyway

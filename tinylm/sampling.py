@@ -13,8 +13,10 @@ One sampling step, in this order (the native engine does exactly the same):
    (as in CTRL and llama.cpp), so penalty 1 changes nothing;
 2. temperature 0: the arg-max (the lowest id among equal maxima); no random number used;
 3. otherwise the candidates are all tokens, or, when top-k is on, the k best (highest
-   logit first, ties by lower id); each one's weight is exp((logit - max) * (1 / temperature))
-   in float64, then counted in units of 2^-S, rounded to the nearest whole unit, with
+   logit first, ties by lower id); each one's weight is e^x, x = (logit - max) *
+   (1 / temperature), in float64 by `weight_exp` below (not the C library's exp, whose
+   last bit differs between machines and from numpy's), then counted in units of 2^-S,
+   rounded to the nearest whole unit, with
    S = 53 - V.bit_length() for a vocabulary of V tokens: whole numbers whose sum over the
    whole vocabulary stays below 2^53, so every sum of weights is exact whatever order it
    is taken in (a token more than 2^(S+1) times less likely than the best gets weight 0
@@ -42,6 +44,13 @@ MASK64 = (1 << 64) - 1
 REPETITION_WINDOW = 64  # tokens of history the repetition penalty looks at
 MAX_TEMPERATURE = 100.0
 MAX_REPETITION_PENALTY = 10.0
+# weight_exp's constants: ln 2 in two parts (the first with 21 trailing zero bits, so that
+# n * LN2_HI is exact), log2(e), and the Taylor coefficients 1/k!, k = 10 down to 0
+LN2_HI = 6.93147180369123816490e-01
+LN2_LO = 1.90821492927058770002e-10
+LOG2E = 1.44269504088896338700e+00
+EXP_COEFFICIENTS = (1 / 3628800, 1 / 362880, 1 / 40320, 1 / 5040, 1 / 720, 1 / 120, 1 / 24,
+                    1 / 6, 1 / 2, 1.0, 1.0)
 # Logits with a NaN, +infinity or no finite value: nothing can be sampled from them.
 NOT_FINITE = ("the model's logits are NaN or infinite: its weights hold NaN or infinity "
               "(a corrupt model file, or a training run that diverged)")
@@ -154,8 +163,25 @@ class Sampler:
         chosen = logits[ids]
         unit = 2.0 ** (53 - len(logits).bit_length())
         scaled = (chosen - chosen.max()) * (1.0 / self.temperature)
-        weights = np.floor(np.exp(scaled) * unit + 0.5)
+        weights = np.floor(weight_exp(scaled) * unit + 0.5)
         return ids, weights.astype(np.uint64)
+
+
+def weight_exp(x):
+    """e^x for float64 x <= 0, within 3e-13 of it, by IEEE additions and multiplications
+    alone in a fixed order, so that the C++ sampler (csrc/engine/sampling.cpp) computes
+    the same bits on every machine: x = n ln 2 + r with |r| <= ln(2) / 2 (Cody and Waite's
+    two-part ln 2), e^r by its Taylor series to r^10 (Horner), times 2^n. Below -40 it
+    gives 0: e^-40 * 2^53 < 0.5, a weight that rounds to 0 whatever the unit."""
+    x = np.asarray(x, np.float64)
+    small = ~(x >= -40.0)  # (also -inf)
+    x = np.where(small, 0.0, x)
+    k = np.floor(-x * LOG2E + 0.5)  # n = -k; the argument is >= 0.5, so this is its truncation
+    r = (x + k * LN2_HI) + k * LN2_LO
+    p = np.full_like(x, EXP_COEFFICIENTS[0])
+    for c in EXP_COEFFICIENTS[1:]:
+        p = p * r + c
+    return np.where(small, 0.0, np.ldexp(p, -k.astype(np.int64)))
 
 
 def penalize(logits, history, penalty):

@@ -69,7 +69,7 @@ struct Sampling {
 };
 
 struct SampleScratch {  // the sampler's working memory, kept between calls
-  std::vector<double> logits;
+  std::vector<double> logits, exponentials;
   std::vector<uint64_t> weights, bucket_weight;
   std::vector<int32_t> ids, edge_ids;
   std::vector<uint32_t> bucket;
@@ -183,6 +183,8 @@ void to_halves(const float* x, uint16_t* h, int64_t n);
 uint64_t seed_state(uint64_t seed);
 uint64_t rng_next(uint64_t* state);
 double rng_uniform(uint64_t* state);
+// e^x for x <= 0 with tinylm.sampling.weight_exp's arithmetic, bit for bit (0 below -40).
+double weight_exp(double x);
 // Logits with a NaN, +infinity or no finite value are refused (std::invalid_argument
 // with this message): nothing can be sampled from them.
 inline constexpr const char* kNotFinite =

@@ -1,6 +1,6 @@
 // The sampler of tinylm/sampling.py, rule for rule (read the rules there): the same
-// generator and the same float64 arithmetic, so that a seed picks the same tokens in
-// both engines.
+// generator and the same float64 arithmetic, the exponential included (our own, not the
+// C library's), so that a seed picks the same tokens in both engines on every machine.
 //
 // The reference sorts the candidates; this does not need to. The weights are whole
 // numbers whose sums are exact, so the total of any set of tokens is the same in any
@@ -10,10 +10,11 @@
 // pick walks the kept tokens in id order. On 1,280 rows of logits of the `baby` preset
 // with random weights (257 byte tokens, a flat distribution; temperature 0.8, top-p
 // 0.95), a loop of calls took 3.0 us a call against 6.0 with the bucket sort this
-// replaces, alternated in one run.
+// replaces, alternated in one run; 2.8 with the exponentials vectorized.
 // Nothing here allocates once the scratch vectors have grown.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <stdexcept>
 #include <vector>
 
@@ -39,6 +40,33 @@ uint64_t rng_next(uint64_t* state) {  // xorshift64*
 }
 
 double rng_uniform(uint64_t* state) { return double(rng_next(state) >> 11) * (1.0 / 9007199254740992.0); }
+
+namespace {
+
+// e^x for x <= 0, tinylm.sampling.weight_exp's arithmetic step for step (read why
+// there): 0 below -40, else x = n ln 2 + r, e^r by Horner's rule on its Taylor series to
+// r^10, times 2^n. Without branches, so that a loop over it vectorizes. (Portable code:
+// no FMA contracts these, on x86 for want of -mfma, on ARM by -ffp-contract=off.)
+inline double exp_step_by_step(double x) {
+  constexpr double kLn2Hi = 6.93147180369123816490e-01, kLn2Lo = 1.90821492927058770002e-10;
+  constexpr double kLog2e = 1.44269504088896338700e+00;
+  const bool small = !(x >= -40.0);
+  x = small ? 0.0 : x;
+  const double k = double(int32_t(-x * kLog2e + 0.5));  // n = -k; truncating a positive: the floor
+  const double r = (x + k * kLn2Hi) + k * kLn2Lo;
+  double p = 1.0 / 3628800;
+  for (double c : {1.0 / 362880, 1.0 / 40320, 1.0 / 5040, 1.0 / 720, 1.0 / 120, 1.0 / 24,
+                   1.0 / 6, 1.0 / 2, 1.0, 1.0})
+    p = p * r + c;
+  const int64_t bits = (1023 - int64_t(k)) << 52;  // 2^-k, k <= 58: a normal double
+  double scale;
+  std::memcpy(&scale, &bits, 8);
+  return small ? 0.0 : p * scale;
+}
+
+}  // namespace
+
+double weight_exp(double x) { return exp_step_by_step(x); }
 
 namespace {
 
@@ -142,17 +170,20 @@ int32_t sample(const float* logits, int64_t V, const Sampling& s, uint64_t* rng_
       if (!better(kth, int32_t(i))) ids.push_back(int32_t(i));
   }
 
-  // Their weights, by id, in whole units.
+  // Their weights, by id, in whole units; the exponentials in a loop of their own, which
+  // the compiler vectorizes.
+  const size_t n = ids.size();
+  std::vector<double>& e = m.exponentials;  // by position in ids
+  e.resize(n);
+  const double inverse_temperature = 1.0 / s.temperature;
+  for (size_t i = 0; i < n; ++i) e[i] = (l[size_t(ids[i])] - top) * inverse_temperature;
+  for (size_t i = 0; i < n; ++i) e[i] = exp_step_by_step(e[i]);
   std::vector<uint64_t>& w = m.weights;
   w.resize(size_t(V));
-  const double unit = weight_unit(V), inverse_temperature = 1.0 / s.temperature;
+  const double unit = weight_unit(V);
   uint64_t total = 0;
-  for (int32_t id : ids) {
-    const double weight = std::exp((l[size_t(id)] - top) * inverse_temperature);
-    // floor(weight * unit + 0.5): the sum is below 2^53 and not negative, so truncating
-    // it to a signed integer is the floor, in one instruction
-    total += w[size_t(id)] = uint64_t(int64_t(weight * unit + 0.5));
-  }
+  for (size_t i = 0; i < n; ++i)  // floor(e * unit + 0.5): below 2^53, not negative, so
+    total += w[size_t(ids[i])] = uint64_t(int64_t(e[i] * unit + 0.5));  // the truncation
 
   // The pick: the first kept candidate, in id order, whose running weight exceeds r;
   // top-p keeps those no worse than the nucleus's last, else all are kept.

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "../cpu.h"
@@ -255,6 +256,33 @@ TEST(engine_halves_round_as_float_to_half) {
   check_halves("DAZ/FTZ");
   _mm_setcsr(saved);
 #endif
+}
+
+// The sampler's own e^x against the C library's, on every target, and a few values bit
+// for bit (the Python tests compare it with numpy's arithmetic on many more, on x86).
+TEST(engine_weight_exp_accuracy) {
+  double worst = 0;
+  for (double x = 0; x >= -40; x -= 0.0009765625) {  // 2^-10 steps
+    const double want = std::exp(x);
+    worst = std::max(worst, std::fabs(engine::weight_exp(x) - want) / want);
+  }
+  CHECK(worst < 1e-12, "weight_exp relative error %g", worst);
+  CHECK(engine::weight_exp(-40.5) == 0 && engine::weight_exp(-HUGE_VAL) == 0,
+        "below -40 the weight is 0");
+  CHECK(engine::weight_exp(0) == 1, "e^0 = %.17g", engine::weight_exp(0));
+  // bit for bit what tinylm.sampling.weight_exp (numpy) gives on x86, so that a seed picks
+  // the same tokens on a Pi: a fused multiply-add or another order would change bits
+  const std::pair<double, uint64_t> pinned[] = {
+      {-0.1, 0x3fecf46d99d52b3aull}, {-1.2345, 0x3fd29f6b7bfe469dull},
+      {-7.77, 0x3f3bab902c420358ull}, {-25.5, 0x3da285fd102f8a43ull},
+      {-39.9, 0x3c55a7104dde9f55ull}, {-0.3465735902799727, 0x3fe6a09e667f37deull}};
+  for (const auto& [x, want] : pinned) {
+    const double got = engine::weight_exp(x);
+    uint64_t bits;
+    std::memcpy(&bits, &got, 8);
+    CHECK(bits == want, "weight_exp(%.17g) = %.17g (0x%016llx), numpy's arithmetic gives 0x%016llx",
+          x, got, (unsigned long long)bits, (unsigned long long)want);
+  }
 }
 
 TEST(engine_rng_pinned) {  // the same numbers as tests/test_sampling.py
