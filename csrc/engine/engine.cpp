@@ -38,12 +38,14 @@ void check_matrix(const Matrix& m, const std::string& name, int64_t rows, int64_
 }
 
 void rmsnorm(const float* x, const float* w, float eps, int64_t n, float* out) {
-  double ss[4] = {0, 0, 0, 0};  // four partial sums, so that the compiler can vectorize
+  // eight partial sums: vectors of them, four chains of adds that overlap (with four
+  // sums, two chains, the adds' latency made this 2% of a `baby` int8 step)
+  double ss[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   int64_t i = 0;
-  for (; i + 4 <= n; i += 4)
-    for (int j = 0; j < 4; ++j) ss[j] += double(x[i + j]) * x[i + j];
+  for (; i + 8 <= n; i += 8)
+    for (int j = 0; j < 8; ++j) ss[j] += double(x[i + j]) * x[i + j];
   for (; i < n; ++i) ss[0] += double(x[i]) * x[i];
-  const double sum = (ss[0] + ss[1]) + (ss[2] + ss[3]);
+  const double sum = ((ss[0] + ss[1]) + (ss[2] + ss[3])) + ((ss[4] + ss[5]) + (ss[6] + ss[7]));
   const float rstd = float(1.0 / std::sqrt(sum / double(n) + double(eps)));
   for (i = 0; i < n; ++i) out[i] = x[i] * rstd * w[i];
 }
