@@ -92,7 +92,7 @@ const std::vector<KernelInfo>& kernels() {
 std::string active_kernel() { return select(active_features()).name; }
 
 void quantize_rows(const float* x, int64_t M, int64_t K, int8_t* q, int64_t q_stride,
-                   float* scale) {
+                   float* scale, int32_t* sums) {
 #if defined(__x86_64__) || defined(_M_X64)
   const bool avx2 = (active_features() & kAVX2) != 0;
 #endif
@@ -100,7 +100,11 @@ void quantize_rows(const float* x, int64_t M, int64_t K, int8_t* q, int64_t q_st
     const float* row = x + m * K;
     int8_t* out = q + m * q_stride;
 #if defined(__x86_64__) || defined(_M_X64)
-    if (avx2 && quantize_row_avx2(row, K, out, scale + m)) continue;
+    int32_t sum = 0;
+    if (avx2 && quantize_row_avx2(row, K, out, scale + m, &sum)) {
+      if (sums != nullptr) sums[m] = sum;
+      continue;
+    }
 #endif
     // max |x| on the float bit patterns: for non-negative floats integer order is float
     // order, inf and NaN sort above every finite value, and the integer max vectorizes
@@ -119,6 +123,7 @@ void quantize_rows(const float* x, int64_t M, int64_t K, int8_t* q, int64_t q_st
       // whose largest magnitude is below kMinAmax counts as zero.
       scale[m] = amax_bits >= 0x7f800000 ? NAN : 0.0f;
       std::memset(out, 0, size_t(K));
+      if (sums != nullptr) sums[m] = 0;
       continue;
     }
     scale[m] = amax / 127.0f;
@@ -129,6 +134,7 @@ void quantize_rows(const float* x, int64_t M, int64_t K, int8_t* q, int64_t q_st
       v = v > -127.0f ? v : -127.0f;  // never -128: see int8.h
       out[k] = int8_t(int32_t(v));
     }
+    if (sums != nullptr) row_sums(out, 1, K, sums + m);
   }
 }
 
@@ -161,8 +167,7 @@ void linear(const float* x, int64_t M, int64_t K, const int8_t* wq, const float*
   int32_t* x_sum = s.x_sum.data();
   const int64_t rows_per_chunk = std::max<int64_t>(1, (int64_t(1) << 16) / K);  // ~64K values
   parallel_for(M, rows_per_chunk, [&](int64_t m0, int64_t m1) {
-    quantize_rows(x + m0 * K, m1 - m0, K, xq + m0 * stride, stride, x_scale + m0);
-    row_sums(xq + m0 * stride, m1 - m0, stride, x_sum + m0);
+    quantize_rows(x + m0 * K, m1 - m0, K, xq + m0 * stride, stride, x_scale + m0, x_sum + m0);
   });
   Problem p{xq, stride, x_sum, M, wq, N, K, nullptr, N};
   p.x_scale = x_scale, p.w_scale = w_scale, p.y = y;  // dequantized in the kernels

@@ -52,7 +52,7 @@ void gemm_avx2(const Problem& p, int64_t n_begin, int64_t n_end) {
 // max |x| taken on the bit patterns as there, x * inv the same single multiply, and
 // vroundps rounds half to even like the portable code. Returns false if the row holds
 // NaN or inf, or is all but zero (the caller handles that row).
-bool quantize_row_avx2(const float* x, int64_t K, int8_t* q, float* scale) {
+bool quantize_row_avx2(const float* x, int64_t K, int8_t* q, float* scale, int32_t* sum) {
   // two running maxima, so that each waits on the one two vectors back
   const __m256i abs_mask = _mm256_set1_epi32(0x7fffffff);
   auto abs_bits = [&](int64_t k) {
@@ -88,27 +88,38 @@ bool quantize_row_avx2(const float* x, int64_t K, int8_t* q, float* scale) {
     v = _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     return _mm256_cvtps_epi32(_mm256_max_ps(_mm256_min_ps(v, hi), lo));
   };
+  __m256i sums = _mm256_setzero_si256();  // of the int32 values, as they go by
+  auto counted = [&](__m256i i32) {
+    sums = _mm256_add_epi32(sums, i32);
+    return i32;
+  };
   k = 0;
   for (; k + 32 <= K; k += 32) {
     // packs work within 128-bit lanes; the permute restores the element order
-    const __m256i i16a = _mm256_packs_epi32(quantize8(k), quantize8(k + 8));
-    const __m256i i16b = _mm256_packs_epi32(quantize8(k + 16), quantize8(k + 24));
+    const __m256i i16a = _mm256_packs_epi32(counted(quantize8(k)), counted(quantize8(k + 8)));
+    const __m256i i16b = _mm256_packs_epi32(counted(quantize8(k + 16)), counted(quantize8(k + 24)));
     const __m256i i8 = _mm256_packs_epi16(i16a, i16b);
     const __m256i ordered = _mm256_permutevar8x32_epi32(i8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
     _mm256_storeu_si256((__m256i*)(q + k), ordered);
   }
   for (; k + 8 <= K; k += 8) {  // (a scalar tail of up to 31 was as long as the rest at K = 344)
-    const __m256i i32 = quantize8(k);
+    const __m256i i32 = counted(quantize8(k));
     const __m128i i16 = _mm_packs_epi32(_mm256_castsi256_si128(i32), _mm256_extracti128_si256(i32, 1));
     _mm_storel_epi64((__m128i*)(q + k), _mm_packs_epi16(i16, i16));
   }
+  int32_t tail = 0;
   for (; k < K; ++k) {
     float v = x[k] * inv;
     v = _mm_cvtss_f32(_mm_round_ss(_mm_setzero_ps(), _mm_set_ss(v), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
     v = v < 127.0f ? v : 127.0f;
     v = v > -127.0f ? v : -127.0f;
     q[k] = int8_t(int32_t(v));
+    tail += q[k];
   }
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(sums), _mm256_extracti128_si256(sums, 1));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+  *sum = _mm_cvtsi128_si32(s) + tail;
   return true;
 }
 

@@ -25,9 +25,11 @@ namespace tinylm::int8 {
 // An all-zero row (or one whose max |x| < kMinAmax) gets scale 0 and q = 0; a row with
 // NaN or inf gets scale NaN and q = 0 (its outputs become NaN). q_stride >= K.
 // Below kMinAmax a row counts as zero: it keeps 127 / max|x| finite (no inf * 0).
+// With `sums`, also sums[m] = sum_k q[m, k] (what kernels that bias x or w need), which
+// the vector quantizer adds up as it goes.
 constexpr float kMinAmax = 1e-30f;
 void quantize_rows(const float* x, int64_t M, int64_t K, int8_t* q, int64_t q_stride,
-                   float* scale);
+                   float* scale, int32_t* sums = nullptr);
 
 // Exact int32 accumulation c[m, n] = sum_k a[m, k] * b[n, k] (a [M, K], b [N, K],
 // c [M, N], all row-major and contiguous) on the active path.

@@ -13,8 +13,9 @@ void gemm_avx2(const Problem& p, int64_t n_begin, int64_t n_end);        // gemm
 void gemm_avxvnni(const Problem& p, int64_t n_begin, int64_t n_end);     // gemm_avxvnni.cpp
 void gemm_avx512vnni(const Problem& p, int64_t n_begin, int64_t n_end);  // gemm_avx512vnni.cpp
 // One row of quantize_rows with AVX2 (gemm_avx2.cpp), bit-identical to the portable
-// code; returns false, writing nothing, for a row with NaN/inf or a max below kMinAmax.
-bool quantize_row_avx2(const float* x, int64_t K, int8_t* q, float* scale);
+// code, and the sum of its q; returns false, writing nothing, for a row with NaN/inf or
+// a max below kMinAmax.
+bool quantize_row_avx2(const float* x, int64_t K, int8_t* q, float* scale, int32_t* sum);
 #endif
 
 #if defined(__aarch64__) || defined(__arm__)

@@ -201,6 +201,35 @@ TEST(int8_quantize_rows) {
   }
 }
 
+// The sums of the quantized rows that quantize_rows adds up on the side (the vector
+// quantizer as it goes), on every level: rows long enough for its 32-value blocks,
+// 8-value groups and a scalar tail, plus an all-zero row and one with NaN.
+TEST(int8_quantize_rows_sums) {
+  const std::string saved = active_isa();
+  for (const auto& isa : available_isas()) {
+    set_isa(isa);
+    for (int64_t K : {5, 37, 77, 344}) {
+      Rng rng(static_cast<uint64_t>(K));
+      const int64_t M = 4;
+      std::vector<float> x(static_cast<size_t>(M * K));
+      for (auto& v : x) v = rng.f32() * 2.0f;
+      for (int64_t k = 0; k < K; ++k) x[size_t(2 * K + k)] = 0.0f;
+      x[size_t(3 * K + K / 2)] = NAN;
+      std::vector<int8_t> q(static_cast<size_t>(M * K));
+      std::vector<float> scale(static_cast<size_t>(M));
+      std::vector<int32_t> sums(static_cast<size_t>(M), 12345);
+      int8::quantize_rows(x.data(), M, K, q.data(), K, scale.data(), sums.data());
+      for (int64_t m = 0; m < M; ++m) {
+        int32_t want = 0;
+        for (int64_t k = 0; k < K; ++k) want += q[size_t(m * K + k)];
+        CHECK(sums[size_t(m)] == want, "level %s K %lld row %lld: sum %d, want %d", isa.c_str(),
+              (long long)K, (long long)m, sums[size_t(m)], want);
+      }
+    }
+  }
+  set_isa(saved);
+}
+
 TEST(int8_linear_matches_int32_reference) {
   Rng rng(6);
   for (int64_t M : {1, 6}) {
