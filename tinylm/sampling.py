@@ -15,12 +15,11 @@ One sampling step, in this order (the native engine does exactly the same):
 3. otherwise the candidates are all tokens, or, when top-k is on, the k best (highest
    logit first, ties by lower id); each one's weight is e^x, x = (logit - max) *
    (1 / temperature), in float64 by `weight_exp` below (not the C library's exp, whose
-   last bit differs between machines and from numpy's), then counted in units of 2^-S,
-   rounded to the nearest whole unit, with
-   S = 53 - V.bit_length() for a vocabulary of V tokens: whole numbers whose sum over the
-   whole vocabulary stays below 2^53, so every sum of weights is exact whatever order it
-   is taken in (a token more than 2^(S+1) times less likely than the best gets weight 0
-   and is never picked);
+   last bit differs between machines and from numpy's), then counted in whole units of
+   2^-S, rounded to the nearest, with S = 53 - V.bit_length() for a vocabulary of V
+   tokens: whole numbers whose sum over the vocabulary stays below 2^53, so that every
+   sum of weights is exact whatever the order of adding (a token more than 2^(S+1) times
+   less likely than the best gets weight 0 and is never picked);
 4. top-p keeps the shortest run of candidates, best first, whose weight reaches p of
    the candidates' total (always at least one token);
 5. one uniform number u in [0, 1) from the generator gives r = floor(u * kept total)

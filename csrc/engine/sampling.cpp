@@ -111,7 +111,7 @@ Nucleus nucleus(const std::vector<double>& l, const std::vector<uint64_t>& w,
   // (every operation here is monotonic), equal logits share one, and -inf goes last.
   // (The logits come as float32, so hi - lo, when not 0, is far above 2^-1000 and the
   // scale finite.)
-  const size_t n = ids.size(), buckets = n;
+  const size_t n = ids.size(), buckets = n;  // one per candidate
   const double scale = hi > lo ? double(buckets) / (hi - lo) : 0.0;
   std::vector<uint32_t>& bucket = m.bucket;  // by position in ids
   std::vector<uint64_t>& mass = m.bucket_weight;
