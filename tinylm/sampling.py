@@ -180,7 +180,7 @@ def weight_exp(x):
     p = np.full_like(x, EXP_COEFFICIENTS[0])
     for c in EXP_COEFFICIENTS[1:]:
         p = p * r + c
-    return np.where(small, 0.0, np.ldexp(p, -k.astype(np.int64)))
+    return np.where(small, 0.0, np.ldexp(p, -k.astype(np.int32)))  # (int64: not on 32-bit ARM)
 
 
 def penalize(logits, history, penalty):
