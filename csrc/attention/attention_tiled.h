@@ -431,64 +431,82 @@ struct Tiled {
     }
   }
 
+  // Cache positions [begin, end) for the query heads of kv heads [hk0, hk1), m, l and acc
+  // indexed from the first of them. Query heads go through each phase of a chunk (scores,
+  // softmax, weighted rows) in batches of kBatch, one after another: at short lengths a
+  // head's work is one long dependent chain, and chains side by side overlap where one
+  // after another would wait.
   template <class E>
-  static void decode_cache(const DecodeJob& j, const E* k_cache, const E* v_cache, int64_t hk,
-                           int64_t begin, int64_t end, float* m, float* l, float* acc) {
+  static void decode_cache(const DecodeJob& j, const E* k_cache, const E* v_cache, int64_t hk0,
+                           int64_t hk1, int64_t begin, int64_t end, float* m, float* l,
+                           float* acc) {
     constexpr int kChunk = 64;  // keys per online-softmax step, read once for the whole group
-    const int64_t group = j.H / j.Hkv, D = j.D, Dp = j.Dp;
+    constexpr int kBatch = 8;   // query heads in step
+    const int64_t group = j.H / j.Hkv, D = j.D, Dp = j.Dp, heads = (hk1 - hk0) * group;
     const bool fast = D % W == 0;  // whole vectors per cache row
-    const E* K = k_cache + hk * j.capacity * D;
-    const E* Vc = v_cache + hk * j.capacity * D;
-    for (int64_t g = 0; g < group; ++g) {
-      m[g] = kNegInf, l[g] = 0.f;
-      for (int64_t d = 0; d < Dp; d += W) O::store(acc + g * Dp + d, O::zero());
+    for (int64_t h = 0; h < heads; ++h) {
+      m[h] = kNegInf, l[h] = 0.f;
+      for (int64_t d = 0; d < Dp; d += W) O::store(acc + h * Dp + d, O::zero());
     }
-    alignas(64) float s[kChunk];
+    alignas(64) float s[kBatch][kChunk];
     for (int64_t c0 = begin; c0 < end; c0 += kChunk) {
       const int64_t n = min64(kChunk, end - c0);
-      for (int64_t g = 0; g < group; ++g) {
-        const float* q = j.q + (hk * group + g) * D;
-        float* a = acc + g * Dp;
-        if (fast) {
-          scores4(q, K + c0 * D, D, n, j.scale, s);
-        } else {
-          for (int64_t t = 0; t < n; ++t) s[t] = dot(q, K + (c0 + t) * D, D) * j.scale;
+      // the softmax over whole vectors of scores, the last one padded with -inf (whose
+      // weights are 0): only as many as hold keys (a short cache, early in a decode,
+      // would otherwise pay for the whole chunk's exponentials)
+      const int64_t nv = round_up(n, W);
+      for (int64_t h0 = 0; h0 < heads; h0 += kBatch) {
+        const int64_t batch = min64(kBatch, heads - h0);
+        auto rows = [&](const E* cache, int64_t b) {  // this chunk's cache rows for head h0 + b
+          return cache + ((hk0 + (h0 + b) / group) * j.capacity + c0) * D;
+        };
+        for (int64_t b = 0; b < batch; ++b) {
+          const float* q = j.q + (hk0 * group + h0 + b) * D;
+          if (fast) {
+            scores4(q, rows(k_cache, b), D, n, j.scale, s[b]);
+          } else {
+            for (int64_t t = 0; t < n; ++t) s[b][t] = dot(q, rows(k_cache, b) + t * D, D) * j.scale;
+          }
+          for (int64_t t = n; t < nv; ++t) s[b][t] = kNegInf;
         }
-        // the softmax over whole vectors of scores, the last one padded with -inf (whose
-        // weights are 0): only as many as hold keys (a short cache, early in a decode,
-        // would otherwise pay for the whole chunk's exponentials)
-        const int64_t nv = round_up(n, W);
-        for (int64_t t = n; t < nv; ++t) s[t] = kNegInf;
-        V vmax = O::load(s);  // in vectors: a scalar loop waits on every max in turn
-        for (int64_t t = W; t < nv; t += W) vmax = O::max(vmax, O::load(s + t));
-        const float m_new = maxf(m[g], O::hmax(vmax));
-        const float alpha = m[g] == kNegInf ? 0.f : expf(m[g] - m_new);  // 0: the first chunk
-        const V neg_max = O::set1(-m_new);
-        V sum = O::zero();
-        for (int64_t t = 0; t < nv; t += W) {
-          const V p = exp(O::add(O::load(s + t), neg_max));
-          O::store(s + t, p);
-          sum = O::add(sum, p);
+        for (int64_t b = 0; b < batch; ++b) {
+          const int64_t h = h0 + b;
+          V vmax = O::load(s[b]);  // in vectors: a scalar loop waits on every max in turn
+          for (int64_t t = W; t < nv; t += W) vmax = O::max(vmax, O::load(s[b] + t));
+          const float m_new = maxf(m[h], O::hmax(vmax));
+          const float alpha = m[h] == kNegInf ? 0.f : expf(m[h] - m_new);  // 0: the first chunk
+          const V neg_max = O::set1(-m_new);
+          V sum = O::zero();
+          for (int64_t t = 0; t < nv; t += W) {
+            const V p = exp(O::add(O::load(s[b] + t), neg_max));
+            O::store(s[b] + t, p);
+            sum = O::add(sum, p);
+          }
+          if (alpha != 1.f && c0 != begin) {  // (the first chunk's accumulators are zeros)
+            const V va = O::set1(alpha);
+            float* a = acc + h * Dp;
+            for (int64_t d = 0; d < Dp; d += W) O::store(a + d, O::mul(O::load(a + d), va));
+          }
+          l[h] = l[h] * alpha + O::hsum(sum);
+          m[h] = m_new;
         }
-        if (alpha != 1.f && c0 != begin) {  // (the first chunk's accumulators are zeros)
-          const V va = O::set1(alpha);
-          for (int64_t d = 0; d < Dp; d += W) O::store(a + d, O::mul(O::load(a + d), va));
-        }
-        l[g] = l[g] * alpha + O::hsum(sum);
-        m[g] = m_new;
-        if (fast) {
-          weighted_sum(a, s, Vc + c0 * D, D, n);
-        } else {
-          for (int64_t t = 0; t < n; ++t) axpy(a, s[t], Vc + (c0 + t) * D, D);
+        for (int64_t b = 0; b < batch; ++b) {
+          float* a = acc + (h0 + b) * Dp;
+          if (fast) {
+            weighted_sum(a, s[b], rows(v_cache, b), D, n);
+          } else {
+            for (int64_t t = 0; t < n; ++t) axpy(a, s[b][t], rows(v_cache, b) + t * D, D);
+          }
         }
       }
     }
   }
 
-  static void decode_part(const DecodeJob& j, int64_t hk, int64_t begin, int64_t end, float* m,
-                          float* l, float* acc) {
-    if (j.k_half != nullptr) return decode_cache(j, j.k_half, j.v_half, hk, begin, end, m, l, acc);
-    decode_cache(j, j.k_cache, j.v_cache, hk, begin, end, m, l, acc);
+  static void decode_part(const DecodeJob& j, int64_t hk0, int64_t hk1, int64_t begin,
+                          int64_t end, float* m, float* l, float* acc) {
+    if (j.k_half != nullptr)
+      return decode_cache(j, j.k_half, j.v_half, hk0, hk1, begin, end, m, l, acc);
+    decode_cache(j, j.k_cache, j.v_cache, hk0, hk1, begin, end, m, l, acc);
   }
 
   static const TileKernels* table(const char* name) {

@@ -282,10 +282,15 @@ void decode_cache(const TileKernels* kern, const DecodeDims& d, const float* q,
   // Waking the pool costs more than a short cache takes: stay on this thread then.
   const int64_t grain = L * H * D < (int64_t(1) << 15) ? items : 1;
   parallel_for(items, grain, [&](int64_t begin, int64_t end) {
+    if (splits == 1) {  // items are kv heads: all of them in one call, side by side
+      const int64_t row = begin * group;
+      kern->decode_part(job, begin, end, 0, L, &m[row], &l[row], &acc[row * Dp]);
+      return;
+    }
     for (int64_t i = begin; i < end; ++i) {
       const int64_t hk = i / splits, s = i % splits, row = s * H + hk * group;
-      kern->decode_part(job, hk, s * kSplit, std::min(L, (s + 1) * kSplit), &m[row], &l[row],
-                        &acc[row * Dp]);
+      kern->decode_part(job, hk, hk + 1, s * kSplit, std::min(L, (s + 1) * kSplit), &m[row],
+                        &l[row], &acc[row * Dp]);
     }
   });
 

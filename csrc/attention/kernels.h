@@ -77,11 +77,11 @@ struct TileKernels {
   void (*backward_keys)(const BackwardJob& job, int64_t bkv, int64_t kt_begin, int64_t kt_end,
                         float* dq, float* work);
 
-  // Cache positions [begin, end) for the query heads of kv head `hk`: per query head g of
-  // the group, the running max m[g], the sum l[g] of exp(score - m[g]) and the
-  // unnormalized output acc[g * Dp + d].
-  void (*decode_part)(const DecodeJob& job, int64_t hk, int64_t begin, int64_t end, float* m,
-                      float* l, float* acc);
+  // Cache positions [begin, end) for the query heads of kv heads [hk0, hk1): per query
+  // head h, counted from the first of them, the running max m[h], the sum l[h] of
+  // exp(score - m[h]) and the unnormalized output acc[h * Dp + d].
+  void (*decode_part)(const DecodeJob& job, int64_t hk0, int64_t hk1, int64_t begin,
+                      int64_t end, float* m, float* l, float* acc);
 };
 
 // Defined in the ISA files compiled for this architecture.

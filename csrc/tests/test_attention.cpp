@@ -96,7 +96,9 @@ void check_decode(const char* label, const detail::TileKernels* kernels, bool di
       // the presets' head dims (32, 48, 64) and every remainder of the value sum's
       // column blocks (1 to 3 vectors) on each vector width
       {6, 6, 300, 190, 48}, {4, 4, 64, 33, 32}, {2, 1, 70, 67, 16}, {3, 3, 80, 66, 24},
-      {2, 2, 40, 39, 40}, {8, 8, 700, 600, 64}, {2, 2, 130, 129, 96}};
+      {2, 2, 40, 39, 40}, {8, 8, 700, 600, 64}, {2, 2, 130, 129, 96},
+      // more query heads than the kernels take side by side (8), a batch spanning kv heads
+      {12, 4, 100, 77, 32}, {9, 9, 20, 5, 16}};
   uint32_t seed = 100;
   for (const DecodeDims& d : shapes) {
     const auto q = random_values(d.heads * d.head_dim, seed++, 2.f);
