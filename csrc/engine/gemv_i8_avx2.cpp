@@ -2,6 +2,7 @@
 // bytes per step and the sign trick (vpmaddubsw needs an unsigned operand: take |x| and
 // move x's sign onto w; with values in [-127, 127] a pair sum is at most 2 * 127 * 127
 // and never saturates), then vpmaddwd with ones into int32.
+#include "../int8/x86_reduce.h"
 #include "../simd_x86.h"
 #include "gemv_kernels.h"
 #include "gemv_streams.h"
@@ -26,10 +27,7 @@ struct Avx2I8 {
     const __m256i prod16 = _mm256_maddubs_epi16(x.ax, _mm256_sign_epi8(w, x.x));
     return _mm256_add_epi32(acc, _mm256_madd_epi16(prod16, _mm256_set1_epi16(1)));
   }
-  static __m128i hsum4(Acc a0, Acc a1, Acc a2, Acc a3) {
-    const __m256i s = _mm256_hadd_epi32(_mm256_hadd_epi32(a0, a1), _mm256_hadd_epi32(a2, a3));
-    return _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
-  }
+  static __m128i hsum4(Acc a0, Acc a1, Acc a2, Acc a3) { return int8::lane_sums4(a0, a1, a2, a3); }
 };
 
 }  // namespace

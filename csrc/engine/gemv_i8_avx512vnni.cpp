@@ -7,18 +7,13 @@
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
+#include "../int8/x86_reduce.h"
 #include "../simd_x86.h"
 #include "gemv_kernels.h"
 #include "gemv_streams.h"
 
 namespace tinylm::engine {
 namespace {
-
-// Adds two rows' lanes in interleaved pairs: per 128-bit lane, (a0 + a2, b0 + b2,
-// a1 + a3, b1 + b3) of a's and b's int32 lanes 0-3.
-inline __m512i pair_sum(__m512i a, __m512i b) {
-  return _mm512_add_epi32(_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b));
-}
 
 struct Avx512VnniI8 {
   using Acc = __m512i;
@@ -31,15 +26,9 @@ struct Avx512VnniI8 {
   }
   static X prepare_x(const int8_t* p) { return _mm512_loadu_si512((const void*)p); }
   static Acc dot(Acc acc, __m512i w, X x) { return _mm512_dpbusd_epi32(acc, w, x); }
-  // Unpacks and adds, one uop each, rather than vphaddd (three): the sums of a `baby`
-  // row (K = 128) are as many instructions as its products.
-  static __m128i hsum4(Acc a0, Acc a1, Acc a2, Acc a3) {
-    const __m512i s01 = pair_sum(a0, a1), s23 = pair_sum(a2, a3);
-    const __m512i s = _mm512_add_epi32(_mm512_unpacklo_epi64(s01, s23),  // per 128-bit lane:
-                                       _mm512_unpackhi_epi64(s01, s23)); // a0 a1 a2 a3
-    const __m256i h = _mm256_add_epi32(_mm512_castsi512_si256(s), _mm512_extracti64x4_epi64(s, 1));
-    return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
-  }
+  // The int8 family's unpack-and-add sums (one uop each, where vphaddd is three): the
+  // sums of a `baby` row (K = 128) are as many instructions as its products.
+  static __m128i hsum4(Acc a0, Acc a1, Acc a2, Acc a3) { return int8::lane_sums4(a0, a1, a2, a3); }
 };
 
 }  // namespace

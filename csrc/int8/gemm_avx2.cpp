@@ -116,10 +116,8 @@ bool quantize_row_avx2(const float* x, int64_t K, int8_t* q, float* scale, int32
     q[k] = int8_t(int32_t(v));
     tail += q[k];
   }
-  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(sums), _mm256_extracti128_si256(sums, 1));
-  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
-  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
-  *sum = _mm_cvtsi128_si32(s) + tail;
+  const __m256i zero = _mm256_setzero_si256();
+  *sum = _mm_cvtsi128_si32(lane_sums4(sums, zero, zero, zero)) + tail;
   return true;
 }
 

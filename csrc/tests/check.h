@@ -8,6 +8,10 @@
 #include <string>
 #include <vector>
 
+#if defined(__x86_64__)
+#include <xmmintrin.h>
+#endif
+
 namespace tinylm::testing {
 
 struct TestCase {
@@ -28,6 +32,17 @@ inline int& failures() {
 struct Register {
   Register(const char* name, std::function<void()> body) { registry().push_back({name, body}); }
 };
+
+#if defined(__x86_64__)
+// Runs body with denormals flushed (MXCSR's FTZ and DAZ, as -ffast-math's startup code
+// sets them), then restores the mode: for results that must not depend on it.
+inline void with_denormals_flushed(const std::function<void()>& body) {
+  const unsigned saved = _mm_getcsr();
+  _mm_setcsr(saved | 0x8040);
+  body();
+  _mm_setcsr(saved);
+}
+#endif
 
 }  // namespace tinylm::testing
 

@@ -11,10 +11,6 @@
 #include "../half.h"
 #include "check.h"
 
-#if defined(__x86_64__)
-#include <xmmintrin.h>
-#endif
-
 namespace {
 
 using tinylm::float_to_half;
@@ -97,9 +93,6 @@ TEST(half_conversions_round_to_nearest_even) { check_all("default"); }
 
 #if defined(__x86_64__)
 TEST(half_conversions_do_not_depend_on_flushing_denormals) {
-  const unsigned saved = _mm_getcsr();
-  _mm_setcsr(saved | 0x8040);  // FTZ | DAZ, as -ffast-math's startup code sets them
-  check_all("DAZ/FTZ");
-  _mm_setcsr(saved);
+  tinylm::testing::with_denormals_flushed([] { check_all("DAZ/FTZ"); });
 }
 #endif
