@@ -596,6 +596,21 @@ void bind_engine(py::module_& m) {
           py::arg("token"), py::arg("pos"),
           "Runs token at position pos (cache holds [0, pos)); returns logits [vocab].")
       .def(
+          "prefill",
+          [](EngineHandle& h, const py::array_t<int32_t, py::array::c_style | py::array::forcecast>& ids,
+             int64_t pos, bool all_logits) {
+            if (ids.ndim() != 1) bad_arg("ids", "must be one-dimensional");
+            const int64_t T = int64_t(ids.size()), V = h.engine->config().vocab_size;
+            py::array_t<float> logits = all_logits ? py::array_t<float>({T, V}) : py::array_t<float>(V);
+            float* out = logits.mutable_data();
+            run_kernel([&] { h.engine->prefill(ids.data(), T, pos, out, all_logits); });
+            return logits;
+          },
+          py::arg("ids"), py::arg("pos"), py::arg("all_logits") = false,
+          "Runs tokens ids at positions [pos, pos + len(ids)) in one batched pass (int8 "
+          "weights); returns the last one's logits [vocab] (all of them [T, vocab] with "
+          "all_logits).")
+      .def(
           "decode",
           [](EngineHandle& h, int32_t token, int64_t pos, int64_t max_tokens, double temperature,
              int64_t top_k, double top_p, double repetition_penalty, uint64_t rng_state,

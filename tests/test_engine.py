@@ -90,6 +90,62 @@ def test_native_matches_int8_reference_at_every_step(params):
     assert 0 < err < 0.05 * np.abs(fp32).max()  # int8, yet close to fp32
 
 
+@pytest.mark.parametrize("chunks", [[1], [CFG.context], [5, 7, 1, 11]], ids=str)
+def test_native_int8_prefill_matches_reference(params, chunks):
+    """The C++ batched pass (Engine::prefill): a window from position 0 through the causal
+    kernel, later chunks token by token through the decode kernel; every token's logits
+    and the cache it leaves behind are the reference's."""
+    q = quantize_params(params)
+    ref, nat = ReferenceEngine(CFG, q, int8_impl="numpy"), NativeEngine(CFG, q)
+    last_only = NativeEngine(CFG, q)
+    start = 0
+    for n in chunks:
+        ids = IDS[start:start + n]
+        want = ref.prefill(ids, all_logits=True)
+        np.testing.assert_allclose(nat.prefill(ids, all_logits=True), want, atol=1e-5, rtol=1e-5)
+        np.testing.assert_allclose(last_only.prefill(ids), want[-1], atol=1e-5, rtol=1e-5)
+        start += n
+        assert nat.length == ref.length == start
+    for cache in ("k_cache", "v_cache"):  # float16: equal to within a half's rounding
+        got, want = (getattr(e, cache)[:, :, :start].astype(np.float32) for e in (nat, ref))
+        np.testing.assert_allclose(got, want, rtol=2e-3, atol=1e-4)
+        assert np.abs(want).max() > 0.1
+    # and the cache is what the next decode step reads: it continues as the reference's
+    if start < CFG.context:
+        np.testing.assert_allclose(nat.step(7), ref.step(7), atol=1e-5, rtol=1e-5)
+
+
+def test_native_int8_prefill_independent_of_threads(params):
+    q = quantize_params(params)
+    threads = _C.num_threads()
+    try:
+        results = []
+        for t in (1, 2, 3):
+            _C.set_num_threads(t)
+            eng = NativeEngine(CFG, q)
+            results.append(np.concatenate([eng.prefill(IDS[:9], all_logits=True),
+                                           eng.prefill(IDS[9:20], all_logits=True)]))
+        for r in results[1:]:
+            np.testing.assert_array_equal(r, results[0])
+    finally:
+        _C.set_num_threads(threads)
+
+
+def test_native_prefill_refuses_bad_input(params):
+    eng = NativeEngine(CFG, quantize_params(params))._native
+    ids = np.array([1, 2, 3], np.int32)
+    for bad, match in [(np.array([1, CFG.vocab_size]), "token 257 outside"),
+                       (np.array([-1]), "token -1 outside"),
+                       (np.zeros(0, np.int32), "at least one token"),
+                       (ids[None], "one-dimensional")]:
+        with pytest.raises(ValueError, match=match):
+            eng.prefill(bad, 0)
+    with pytest.raises(ValueError, match=r"positions \[22, 25\) exceed the context of 24"):
+        eng.prefill(ids, CFG.context - 2)
+    with pytest.raises(ValueError, match="int8 weights"):
+        NativeEngine(CFG, params)._native.prefill(ids, 0)
+
+
 def test_cache_is_float16_for_int8_models_float32_otherwise(params):
     assert NativeEngine(CFG, params).k_cache.dtype == np.float32
     q = quantize_params(params)

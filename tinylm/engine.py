@@ -18,7 +18,9 @@ astype, the native engine with csrc/half.h, which rounds exactly as numpy does) 
 compute with them widened to float32.
 
 - **Prefill**: the prompt goes through the model in one batched pass (matrix-matrix
-  products: numpy's BLAS for fp32, the int8 GEMM for int8), filling the cache.
+  products), filling the cache. `ReferenceEngine` runs it in numpy; `NativeEngine`
+  runs an int8 model's in one C++ call (the int8 GEMM; csrc/engine/) and a float32
+  model's in numpy with BLAS and the native attention kernel.
 - **Decode**: then one token at a time, each picked token fed back in. `NativeEngine`
   runs whole steps (every layer, the tied head and the sampling) in C++ (csrc/engine/),
   several tokens per call (`decode`), so that Python's share of a token's time stays
@@ -110,14 +112,8 @@ class Engine:
     def prefill(self, ids, all_logits=False):
         """Runs tokens `ids` at the next positions; logits of the last one [V] (or of every
         one [T, V] with all_logits)."""
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        ids = self._checked_ids(ids)
         cfg, p, T, start = self.cfg, self.params, len(ids), self.length
-        if T == 0:
-            raise ValueError("prefill needs at least one token")
-        if start + T > cfg.context:
-            raise ValueError(f"{start + T} tokens exceed the context of {cfg.context}")
-        if ids.min() < 0 or ids.max() >= cfg.vocab_size:
-            raise ValueError(f"token ids must be in [0, {cfg.vocab_size})")
         H, Hkv, D = cfg.n_head, cfg.n_kv_head, cfg.head_dim
         cos, sin = self.cos[start:start + T], self.sin[start:start + T]
         x = np.asarray(p[M.EMBED][ids], np.float32)  # [T, d]
@@ -141,6 +137,18 @@ class Engine:
         h, _ = M.rmsnorm_forward(x, p[M.FINAL_NORM], cfg.norm_eps)
         logits = np.asarray(self._linear(h, p[M.EMBED]), np.float32)
         return logits if all_logits else logits[0]
+
+    def _checked_ids(self, ids):
+        """ids as an int32 vector that fits after the cached positions, else ValueError."""
+        ids = np.asarray(ids).reshape(-1)
+        cfg, T = self.cfg, len(ids)
+        if T == 0:
+            raise ValueError("prefill needs at least one token")
+        if self.length + T > cfg.context:
+            raise ValueError(f"{self.length + T} tokens exceed the context of {cfg.context}")
+        if ids.min() < 0 or ids.max() >= cfg.vocab_size:
+            raise ValueError(f"token ids must be in [0, {cfg.vocab_size})")
+        return ids.astype(np.int32)
 
     def _attend(self, layer, q, end):
         """Causal attention of the new queries q [H, T, D] (positions end-T .. end-1) over
@@ -195,9 +203,9 @@ class ReferenceEngine(Engine):
 
 
 class NativeEngine(Engine):
-    """Decode in one C++ call per token (csrc/engine/); prefill stays batched in numpy /
-    the int8 GEMM (converting a float16 cache in C++) and writes the same cache arrays the
-    native code reads."""
+    """Decode in one C++ call per token (csrc/engine/), several tokens a call; prefill
+    batched, in one C++ call for int8 weights, in numpy (BLAS) for float32 ones, into
+    the cache arrays the native decode reads."""
 
     def __init__(self, cfg, params):
         super().__init__(cfg, params, int8_impl="native")
@@ -234,6 +242,26 @@ class NativeEngine(Engine):
         for h in range(cache.shape[0]):
             _C.halves_to_floats(cache[h], out[h])
         return out
+
+    def prefill(self, ids, all_logits=False):
+        """An int8 model's batched pass runs in C++ (Engine::prefill, with the int8 GEMM),
+        a float32 model's in numpy with BLAS, as the reference's."""
+        if not self.int8:
+            return super().prefill(ids, all_logits)
+        ids = self._checked_ids(ids)
+        logits = self._native.prefill(ids, self.length, all_logits)
+        self.length += len(ids)
+        return logits
+
+    def _attend(self, layer, q, end):
+        """A float32 prefill's attention: the native causal kernel when the new queries
+        start the cache (a prompt, a window that slid), which is how generation prefills."""
+        if q.shape[1] != end:
+            return super()._attend(layer, q, end)
+        from . import attention
+        k = self._load(self.k_cache[layer, :, :end])[None]
+        v = self._load(self.v_cache[layer, :, :end])[None]
+        return attention.forward(q[None], k, v)[0][0]
 
     def step(self, token):
         logits = self._native.step(int(token), self.length)

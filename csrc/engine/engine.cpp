@@ -14,6 +14,11 @@
 // small steps between products (norms, RoPE, residual adds) run on every thread at once
 // rather than on one while the others wait. Each thread reads the same rows at every
 // step, so its share of the weights stays in its own core's caches where they fit.
+//
+// The batched pass over a prompt (prefill, int8 weights) is the same computation for T
+// tokens at once: the products are the int8 GEMM's (each weight read once for all T
+// rows), attention is the causal kernel of training when the tokens start the cache,
+// and the decode kernel token by token otherwise.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -22,6 +27,8 @@
 #include <string>
 
 #include "../attention/attention.h"
+#include "../half.h"
+#include "../int8/int8.h"
 #include "engine.h"
 
 namespace tinylm::engine {
@@ -147,7 +154,7 @@ Engine::Engine(const Config& cfg, Weights weights, State state)
 // computes is read, so no barrier is needed before attention.
 void Engine::attention_share(const Layer& L, int64_t layer, int64_t pos, Lane& me, const Share& s) {
   const int64_t d = cfg_.d_model, D = cfg_.head_dim(), Hkv = cfg_.n_kv_head;
-  const int64_t group = cfg_.n_head / Hkv, kv = Hkv * D, C = cfg_.context;
+  const int64_t group = cfg_.n_head / Hkv, kv = Hkv * D;
   const int64_t j0 = Hkv * s.t / s.T, heads = Hkv * (s.t + 1) / s.T - j0;  // kv heads [j0, j0 + heads)
   rmsnorm(me.x.data(), L.attn_norm, cfg_.norm_eps, d, me.h.data());
   if (heads == 0) return;
@@ -160,7 +167,14 @@ void Engine::attention_share(const Layer& L, int64_t layer, int64_t pos, Lane& m
   const float* sin = st_.sin + pos * (D / 2);
   rope(q, heads * group, D, cos, sin);
   rope(k, heads, D, cos, sin);
-  const int64_t first = (layer * Hkv + j0) * C * D;  // the cache is [layer, Hkv, C, D]
+  store_kv(layer, j0, heads, pos, k, v);
+  attend(layer, j0, heads, pos + 1, q, att_.data() + j0 * group * D);
+}
+
+void Engine::store_kv(int64_t layer, int64_t j0, int64_t heads, int64_t pos, const float* k,
+                      const float* v) {
+  const int64_t D = cfg_.head_dim(), C = cfg_.context;
+  const int64_t first = (layer * cfg_.n_kv_head + j0) * C * D;  // the cache is [layer, Hkv, C, D]
   for (int64_t j = 0; j < heads; ++j) {
     const int64_t row = first + j * C * D + pos * D;
     if (st_.k_half != nullptr) {  // rounded as numpy's astype(float16) rounds
@@ -171,8 +185,13 @@ void Engine::attention_share(const Layer& L, int64_t layer, int64_t pos, Lane& m
       std::memcpy(st_.v_cache + row, v + j * D, size_t(D) * sizeof(float));
     }
   }
-  const attention::DecodeDims dims{heads * group, heads, C, pos + 1, D};
-  float* out = att_.data() + j0 * group * D;
+}
+
+void Engine::attend(int64_t layer, int64_t j0, int64_t heads, int64_t length, const float* q,
+                    float* out) const {
+  const int64_t D = cfg_.head_dim(), C = cfg_.context, Hkv = cfg_.n_kv_head;
+  const int64_t first = (layer * Hkv + j0) * C * D;
+  const attention::DecodeDims dims{heads * (cfg_.n_head / Hkv), heads, C, length, D};
   if (st_.k_half != nullptr)
     attention::decode(dims, q, st_.k_half + first, st_.v_half + first, out);
   else
@@ -284,6 +303,96 @@ void Engine::forward(int32_t token, int64_t pos, float* logits) {
   run_team(threads, [&](int t, int T, Barrier& barrier) {
     forward_share(token, pos, logits, Share{t, T, barrier});
   });
+}
+
+void Engine::attend_causal(int64_t layer, int64_t T, const float* q, float* out) const {
+  const int64_t H = cfg_.n_head, Hkv = cfg_.n_kv_head, D = cfg_.head_dim(), C = cfg_.context;
+  // the kernel's layout, [heads, T, D]: q and out are [T, heads, D], the cache [Hkv, C, D]
+  std::vector<float> qh(size_t(H * T * D)), k(size_t(Hkv * T * D)), v(k.size()),
+      oh(qh.size()), lse(size_t(H * T));
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t h = 0; h < H; ++h)
+      std::memcpy(&qh[size_t((h * T + t) * D)], q + (t * H + h) * D, size_t(D) * sizeof(float));
+  const int64_t first = layer * Hkv * C * D;
+  for (int64_t j = 0; j < Hkv; ++j) {
+    const int64_t from = first + j * C * D, n = T * D;
+    if (st_.k_half != nullptr) {
+      halves_to_floats(st_.k_half + from, &k[size_t(j * n)], n);
+      halves_to_floats(st_.v_half + from, &v[size_t(j * n)], n);
+    } else {
+      std::memcpy(&k[size_t(j * n)], st_.k_cache + from, size_t(n) * sizeof(float));
+      std::memcpy(&v[size_t(j * n)], st_.v_cache + from, size_t(n) * sizeof(float));
+    }
+  }
+  attention::forward({1, H, Hkv, T, D}, qh.data(), k.data(), v.data(), oh.data(), lse.data());
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t h = 0; h < H; ++h)
+      std::memcpy(out + (t * H + h) * D, &oh[size_t((h * T + t) * D)], size_t(D) * sizeof(float));
+}
+
+namespace {
+
+// y [T, m.rows] = x [T, m.cols] m^T, with the int8 GEMM (tinylm/quant.py's linear)
+void linear(const float* x, int64_t T, const Matrix& m, float* y) {
+  int8::linear(x, T, m.cols, m.q, m.scale, m.rows, y);
+}
+
+}  // namespace
+
+void Engine::prefill(const int32_t* ids, int64_t T, int64_t pos, float* logits, bool all_logits) {
+  const Matrix& E = w_.embed;
+  if (!E.is_int8()) invalid("prefill: the native batched pass takes int8 weights");
+  if (T < 1) invalid("prefill needs at least one token");
+  if (pos < 0 || pos + T > cfg_.context)
+    invalid("prefill: positions [" + std::to_string(pos) + ", " + std::to_string(pos + T) +
+            ") exceed the context of " + std::to_string(cfg_.context));
+  for (int64_t t = 0; t < T; ++t)
+    if (ids[t] < 0 || ids[t] >= cfg_.vocab_size)
+      invalid("token " + std::to_string(ids[t]) + " outside [0, " + std::to_string(cfg_.vocab_size) + ")");
+  const int64_t d = cfg_.d_model, D = cfg_.head_dim(), H = cfg_.n_head, Hkv = cfg_.n_kv_head;
+  const int64_t kv = Hkv * D, ff = cfg_.d_ff;
+  auto rows = [T](int64_t n) { return std::vector<float>(size_t(T * n)); };
+  std::vector<float> x = rows(d), h = rows(d), q = rows(d), k = rows(kv), v = rows(kv),
+                     att = rows(d), y = rows(d), g = rows(ff), u = rows(ff);
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t i = 0; i < d; ++i) x[size_t(t * d + i)] = float(E.q[ids[t] * d + i]) * E.scale[ids[t]];
+  auto norm_rows = [&](const float* w, int64_t t0) {  // h = rmsnorm(x) for rows [t0, T)
+    for (int64_t t = t0; t < T; ++t)
+      rmsnorm(&x[size_t(t * d)], w, cfg_.norm_eps, d, &h[size_t((t - t0) * d)]);
+  };
+  for (int64_t i = 0; i < cfg_.n_layer; ++i) {
+    const Layer& L = w_.layers[size_t(i)];
+    norm_rows(L.attn_norm, 0);
+    linear(h.data(), T, L.q, q.data());
+    linear(h.data(), T, L.k, k.data());
+    linear(h.data(), T, L.v, v.data());
+    for (int64_t t = 0; t < T; ++t) {
+      const float* cos = st_.cos + (pos + t) * (D / 2);
+      const float* sin = st_.sin + (pos + t) * (D / 2);
+      rope(&q[size_t(t * d)], H, D, cos, sin);
+      rope(&k[size_t(t * kv)], Hkv, D, cos, sin);
+      store_kv(i, 0, Hkv, pos + t, &k[size_t(t * kv)], &v[size_t(t * kv)]);
+    }
+    if (pos == 0) {
+      attend_causal(i, T, q.data(), att.data());
+    } else {  // each token over the cache up to its own position, with the decode kernel
+      parallel_for(T, 1, [&](int64_t t0, int64_t t1) {
+        for (int64_t t = t0; t < t1; ++t)
+          attend(i, 0, Hkv, pos + t + 1, &q[size_t(t * d)], &att[size_t(t * d)]);
+      });
+    }
+    linear(att.data(), T, L.o, y.data());
+    add(x.data(), y.data(), T * d);
+    norm_rows(L.mlp_norm, 0);
+    linear(h.data(), T, L.gate, g.data());
+    linear(h.data(), T, L.up, u.data());
+    silu_mul(g.data(), u.data(), T * ff);
+    linear(g.data(), T, L.down, y.data());
+    add(x.data(), y.data(), T * d);
+  }
+  const int64_t first = all_logits ? 0 : T - 1;
+  norm_rows(w_.final_norm, first);
+  linear(h.data(), T - first, E, logits);
 }
 
 }  // namespace tinylm::engine

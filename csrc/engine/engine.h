@@ -87,6 +87,14 @@ class Engine {
   // keys and values into the cache and its logits [vocab_size] into `logits`.
   void step(int32_t token, int64_t pos, float* logits);
 
+  // Runs tokens ids[0, T) at positions [pos, pos + T) in one batched pass (the cache
+  // holds positions [0, pos)), writes their keys and values into the cache and the logits
+  // of the last one [vocab_size] (of all of them [T, vocab_size] with all_logits) into
+  // `logits`. The products are the int8 GEMM's (int8 weights only: a float32 model's
+  // batched pass is numpy's, with BLAS); each token's attention is the decode kernel's,
+  // over the cache up to its position, so any pos works (a prompt, a window that slid).
+  void prefill(const int32_t* ids, int64_t T, int64_t pos, float* logits, bool all_logits);
+
   // Decodes up to max_tokens tokens in one call: step(token, pos), pick the next token
   // from the logits with the sampling rules of tinylm/sampling.py, step it at pos + 1,
   // and so on. Writes the picks to out and returns how many there are: max_tokens, or
@@ -126,6 +134,16 @@ class Engine {
   void forward_share(int32_t token, int64_t pos, float* logits, const Share& s);
   void attention_share(const Layer& L, int64_t layer, int64_t pos, Lane& me, const Share& s);
   void mlp_share(const Layer& L, Lane& me, const Share& s);
+  // Writes position pos of kv heads [j0, j0 + heads) of a layer into the cache, from k
+  // and v [heads, head_dim].
+  void store_kv(int64_t layer, int64_t j0, int64_t heads, int64_t pos, const float* k, const float* v);
+  // Attention of those kv heads' query heads q [heads * group, head_dim] over cache
+  // positions [0, length) into out.
+  void attend(int64_t layer, int64_t j0, int64_t heads, int64_t length, const float* q,
+              float* out) const;
+  // Attention of T tokens at positions [0, T), q and out [T, n_head * head_dim], with the
+  // causal kernel of training over the cached keys and values (widened to float).
+  void attend_causal(int64_t layer, int64_t T, const float* q, float* out) const;
 
   Config cfg_;
   Weights w_;
