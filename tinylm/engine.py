@@ -277,7 +277,7 @@ class NativeEngine(Engine):
         return self.decode(token, 1, sampler, history)[0]
 
     def sample(self, logits, sampler, history):
-        """The native sampler (the reference's picks; ~50 us faster than numpy's a call)."""
+        """The native sampler: the reference's picks, in ~7 us a call against numpy's ~90."""
         from . import _C
         with _not_finite_as_tinylm_error():
             token, sampler.rng.state = _C.engine_sample(
