@@ -405,12 +405,18 @@ class Stats:
     def decode_tokens_per_second(self):
         return self.decode_steps / self.decode_seconds if self.decode_seconds else 0.0
 
+    @property
+    def overall_tokens_per_second(self):
+        """The whole generation's: prefills (the prompt's, re-prefills on a slide) included."""
+        return self.generated_tokens / self.total_seconds if self.total_seconds else 0.0
+
     def summary(self):
+        slid = (f"; context slid {self.slides}x, {self.overall_tokens_per_second:.1f} tokens/s "
+                f"overall" if self.slides else "")
         return (f"{self.prompt_tokens} prompt tokens, {self.generated_tokens} generated; "
                 f"first token {self.first_token_seconds * 1e3:.1f} ms; "
                 f"{self.decode_tokens_per_second:.1f} tokens/s; "
-                f"peak memory {peak_rss_mb():.1f} MB"
-                + (f"; context slid {self.slides}x" if self.slides else ""))
+                f"peak memory {peak_rss_mb():.1f} MB" + slid)
 
 
 def peak_rss_mb():
