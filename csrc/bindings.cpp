@@ -597,9 +597,8 @@ void bind_engine(py::module_& m) {
           "Runs token at position pos (cache holds [0, pos)); returns logits [vocab].")
       .def(
           "prefill",
-          [](EngineHandle& h, const py::array_t<int32_t, py::array::c_style | py::array::forcecast>& ids,
-             int64_t pos, bool all_logits) {
-            if (ids.ndim() != 1) bad_arg("ids", "must be one-dimensional");
+          [](EngineHandle& h, const py::handle& ids_obj, int64_t pos, bool all_logits) {
+            auto ids = checked<int32_t>(ids_obj, "ids", 1);
             const int64_t T = int64_t(ids.size()), V = h.engine->config().vocab_size;
             py::array_t<float> logits = all_logits ? py::array_t<float>({T, V}) : py::array_t<float>(V);
             float* out = logits.mutable_data();
@@ -607,8 +606,8 @@ void bind_engine(py::module_& m) {
             return logits;
           },
           py::arg("ids"), py::arg("pos"), py::arg("all_logits") = false,
-          "Runs tokens ids at positions [pos, pos + len(ids)) in one batched pass (int8 "
-          "weights); returns the last one's logits [vocab] (all of them [T, vocab] with "
+          "Runs tokens ids (int32) at positions [pos, pos + len(ids)) in one batched pass "
+          "(int8 weights); returns the last one's logits [vocab] (all of them [T, vocab] with "
           "all_logits).")
       .def(
           "decode",

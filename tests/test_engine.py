@@ -134,10 +134,11 @@ def test_native_int8_prefill_independent_of_threads(params):
 def test_native_prefill_refuses_bad_input(params):
     eng = NativeEngine(CFG, quantize_params(params))._native
     ids = np.array([1, 2, 3], np.int32)
-    for bad, match in [(np.array([1, CFG.vocab_size]), "token 257 outside"),
-                       (np.array([-1]), "token -1 outside"),
-                       (np.zeros(0, np.int32), "at least one token"),
-                       (ids[None], "one-dimensional")]:
+    for bad, match in [(np.array([1, CFG.vocab_size], np.int32), "token 257 outside"),
+                       (np.array([-1], np.int32), "token -1 outside"),
+                       (np.zeros(0, np.int32), "empty"),
+                       (ids[None], "expected 1 dimensions"),
+                       (ids.astype(np.int64), "expected dtype int32, got int64")]:
         with pytest.raises(ValueError, match=match):
             eng.prefill(bad, 0)
     with pytest.raises(ValueError, match=r"positions \[22, 25\) exceed the context of 24"):

@@ -91,8 +91,9 @@ class Engine {
   // holds positions [0, pos)), writes their keys and values into the cache and the logits
   // of the last one [vocab_size] (of all of them [T, vocab_size] with all_logits) into
   // `logits`. The products are the int8 GEMM's (int8 weights only: a float32 model's
-  // batched pass is numpy's, with BLAS); each token's attention is the decode kernel's,
-  // over the cache up to its position, so any pos works (a prompt, a window that slid).
+  // batched pass is numpy's, with BLAS). Attention is training's causal kernel when the
+  // tokens start the cache (pos 0: a prompt, a window that slid), else the decode
+  // kernel's, token by token over the cache up to its position.
   void prefill(const int32_t* ids, int64_t T, int64_t pos, float* logits, bool all_logits);
 
   // Decodes up to max_tokens tokens in one call: step(token, pos), pick the next token
