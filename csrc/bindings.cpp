@@ -598,7 +598,9 @@ void bind_engine(py::module_& m) {
       .def(
           "prefill",
           [](EngineHandle& h, const py::handle& ids_obj, int64_t pos, bool all_logits) {
-            auto ids = checked<int32_t>(ids_obj, "ids", 1);
+            auto ids_array = checked<int32_t>(ids_obj, "ids", 1);
+            // a copy: checked and then read with the GIL released, the ids must not change
+            const std::vector<int32_t> ids(ids_array.data(), ids_array.data() + ids_array.size());
             const int64_t T = int64_t(ids.size()), V = h.engine->config().vocab_size;
             py::array_t<float> logits = all_logits ? py::array_t<float>({T, V}) : py::array_t<float>(V);
             float* out = logits.mutable_data();
@@ -690,7 +692,9 @@ void bind_engine(py::module_& m) {
       },
       py::arg("logits"), py::arg("temperature"), py::arg("top_k"), py::arg("top_p"),
       py::arg("repetition_penalty"), py::arg("rng_state"), py::arg("history"),
-      "The native sampler alone on float32 logits: (token, new rng_state) (tests).");
+      "The native sampler alone on float32 logits: (token, new rng_state). Generation "
+      "picks the token after each prefill with it; the sampling values are checked by "
+      "tinylm.sampling.check_sampling when a Sampler is made.");
   m.def("engine_seed_state", &E::seed_state, py::arg("seed"), "splitmix64 seeding (tests).");
   m.def(
       "engine_weight_exp",

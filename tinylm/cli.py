@@ -287,7 +287,8 @@ def add_generate_parser(sub):
     p.add_argument("--engine", choices=["native", "numpy"], default="native",
                    help="numpy runs the reference engine (slow; for checking)")
     p.add_argument("--stats", action="store_true",
-                   help="after the text, print time to first token, tokens/s and peak memory to stderr")
+                   help="after the text, print time to first token, decode tokens/s and peak memory "
+                        "to stderr (and, when the context slid, the whole generation's tokens/s)")
     p.set_defaults(func=cmd_generate)
 
 

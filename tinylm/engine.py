@@ -208,9 +208,9 @@ class ReferenceEngine(Engine):
 
 
 class NativeEngine(Engine):
-    """Decode in one C++ call per token (csrc/engine/), several tokens a call; prefill
-    batched, in one C++ call for int8 weights, in numpy (BLAS) for float32 ones, into
-    the cache arrays the native decode reads."""
+    """Decode in C++ (csrc/engine/), a whole step per token and several tokens a call;
+    prefill batched, in one C++ call for int8 weights, in numpy (BLAS) for float32 ones,
+    into the cache arrays the native decode reads."""
 
     def __init__(self, cfg, params):
         super().__init__(cfg, params, int8_impl="native")
@@ -225,28 +225,6 @@ class NativeEngine(Engine):
                  context=cfg.context, rope_theta=cfg.rope_theta, norm_eps=cfg.norm_eps),
             _native_weight(params[M.EMBED]), np.asarray(params[M.FINAL_NORM]), weights,
             self.k_cache, self.v_cache, self.cos, self.sin)
-
-    # The same conversions in C++ (csrc/half.h, rounding as numpy does; tested against it):
-    # numpy's converts one element at a time, which made an int8 prefill ~20% slower.
-    @staticmethod
-    def _store(cache, x):
-        if cache.dtype != np.float16:
-            cache[...] = x
-            return
-        from . import _C
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        for h in range(cache.shape[0]):  # each head's positions are contiguous in the cache
-            _C.floats_to_halves(x[h], cache[h])
-
-    @staticmethod
-    def _load(cache):
-        if cache.dtype != np.float16:
-            return cache.astype(np.float32)
-        from . import _C
-        out = np.empty(cache.shape, np.float32)
-        for h in range(cache.shape[0]):
-            _C.halves_to_floats(cache[h], out[h])
-        return out
 
     def prefill(self, ids, all_logits=False):
         """An int8 model's batched pass runs in C++ (Engine::prefill, with the int8 GEMM),
@@ -266,7 +244,7 @@ class NativeEngine(Engine):
         from . import attention
         k = self._load(self.k_cache[layer, :, :end])[None]
         v = self._load(self.v_cache[layer, :, :end])[None]
-        return attention.forward(q[None], k, v)[0][0]
+        return attention.forward(q[None], k, v, impl="native")[0][0]
 
     def step(self, token):
         logits = self._native.step(int(token), self.length)
@@ -415,7 +393,7 @@ class Stats:
                 f"overall" if self.slides else "")
         return (f"{self.prompt_tokens} prompt tokens, {self.generated_tokens} generated; "
                 f"first token {self.first_token_seconds * 1e3:.1f} ms; "
-                f"{self.decode_tokens_per_second:.1f} tokens/s; "
+                f"decode {self.decode_tokens_per_second:.1f} tokens/s; "
                 f"peak memory {peak_rss_mb():.1f} MB" + slid)
 
 

@@ -6,7 +6,8 @@
 //               h = rmsnorm(x);  x += (silu(h Wg^T) * h Wu^T) Wd^T
 //   logits = rmsnorm(x) E^T
 //
-// Every product is a GEMV (gemv.cpp); attention is the attention family's decode kernel.
+// A step's products are GEMVs (gemv.cpp); attention is the attention family's decode
+// kernel.
 // With several threads, each runs the whole step (forward_share) on its own share of
 // every product's rows and of the kv heads, keeps its own copy of x, and meets the
 // others at a barrier when a vector they all read is complete: 4 barriers a layer,
@@ -343,9 +344,9 @@ void Engine::prefill(const int32_t* ids, int64_t T, int64_t pos, float* logits, 
   const Matrix& E = w_.embed;
   if (!E.is_int8()) invalid("prefill: the native batched pass takes int8 weights");
   if (T < 1) invalid("prefill needs at least one token");
-  if (pos < 0 || pos + T > cfg_.context)
-    invalid("prefill: positions [" + std::to_string(pos) + ", " + std::to_string(pos + T) +
-            ") exceed the context of " + std::to_string(cfg_.context));
+  if (pos < 0 || pos > cfg_.context - T)  // (not pos + T: that can wrap)
+    invalid("prefill: " + std::to_string(T) + " tokens at position " + std::to_string(pos) +
+            " do not fit in the context of " + std::to_string(cfg_.context));
   for (int64_t t = 0; t < T; ++t)
     if (ids[t] < 0 || ids[t] >= cfg_.vocab_size)
       invalid("token " + std::to_string(ids[t]) + " outside [0, " + std::to_string(cfg_.vocab_size) + ")");

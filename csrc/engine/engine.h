@@ -1,15 +1,18 @@
 // The native decode step: one call runs a token through every layer and the tied head
-// (and, optionally, samples the next token), so Python is crossed once per token.
+// (and, optionally, samples the next token), so Python is crossed once per token; and
+// for int8 models the batched pass over a prompt (prefill).
 //
 // The engine owns no weights and no cache: it reads the model's arrays where they
 // already are (memory-mapped from the model file) and the key/value cache arrays that
-// the Python side allocated and filled during the batched prefill. The caller keeps all
-// of them alive for the engine's lifetime (the Python binding holds references).
+// the Python side allocated (and, for a float32 model, filled in its numpy prefill).
+// The caller keeps all of them alive for the engine's lifetime (the Python binding holds
+// references).
 //
 // A matrix is either float32 [rows, cols] or int8 [rows, cols] with one float32 scale
-// per row (tinylm/quant.py's scheme). Products are matrix-vector (GEMV): float32 with the
-// SIMD kernels in gemv_*.cpp, int8 with the int8 family's kernels (csrc/int8/), the
-// activation quantized once per input vector. A step runs on a team of threads
+// per row (tinylm/quant.py's scheme). A step's products are matrix-vector (GEMV):
+// float32 with the SIMD kernels in gemv_*.cpp, int8 with the int8 family's kernels
+// (csrc/int8/), the activation quantized once per input vector; prefill's are the int8
+// GEMM's. A step runs on a team of threads
 // (tinylm::run_team), each computing the same rows and heads at every step; each row's
 // and head's arithmetic is the same whichever thread does it, so results do not depend
 // on the thread count.
