@@ -119,12 +119,14 @@ def test_native_int8_prefill_matches_reference(params, chunks):
 # Shapes where the kernels take their other paths: head_dim 64 (whole vectors), more
 # than one attention tile (64 queries), more than one 512-position part of the decode
 # kernel, products large enough for the int8 GEMM to split over threads.
-BIG = ModelConfig(vocab_size=257, d_model=256, n_layer=2, n_head=4, n_kv_head=2, d_ff=700, context=600)
+BIG = ModelConfig(vocab_size=257, d_model=128, n_layer=2, n_head=2, n_kv_head=1, d_ff=344, context=600)
 
 
 @pytest.fixture(scope="module")
 def big_int8():
-    return quantize_params(init_params(BIG, seed=4))
+    """The init's weights with the matrices doubled: logits that a swapped head moves."""
+    params = init_params(BIG, seed=4)
+    return quantize_params({n: w * 2 if w.ndim == 2 else w for n, w in params.items()})
 
 
 @pytest.mark.parametrize("chunks", [[600], [70, 530]], ids=str)
@@ -136,10 +138,10 @@ def test_native_int8_prefill_matches_reference_at_large_shapes(big_int8, chunks)
     want = ref.prefill(ids, all_logits=True)
     # Over hundreds of tokens an int8 activation somewhere rounds the other way (its float
     # sums added in another order), and the later tokens' logits, which attend to that
-    # token's keys, move by up to ~0.5% (the native decode steps do the same). A wrong
-    # layout or position moves them by tens of percent.
+    # token's keys, move by up to ~0.7% (the native decode steps do the same). Two query
+    # heads swapped in the causal path moved them by 10%.
     err = np.abs(got - want).max(axis=1) / np.abs(want).max()
-    assert err.max() < 0.02, err.max()
+    assert err.max() < 0.03, err.max()
 
 
 def test_native_int8_prefill_after_the_start_is_the_decode_steps_bit_for_bit(big_int8):
