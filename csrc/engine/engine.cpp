@@ -215,16 +215,22 @@ void Engine::mlp_share(const Layer& L, Lane& me, const Share& s) {
   silu_mul(g, u, r1 - r0);
 }
 
+void Engine::embed(int32_t token, float* x) const {
+  const Matrix& E = w_.embed;
+  const int64_t d = cfg_.d_model;
+  if (E.is_int8()) {
+    const int8_t* row = E.q + int64_t(token) * d;
+    for (int64_t i = 0; i < d; ++i) x[i] = float(row[i]) * E.scale[token];
+  } else {
+    std::memcpy(x, E.f32 + int64_t(token) * d, size_t(d) * sizeof(float));
+  }
+}
+
 void Engine::forward_share(int32_t token, int64_t pos, float* logits, const Share& s) {
   const int64_t d = cfg_.d_model;
   Lane& me = lanes_[size_t(s.t)];
   const Matrix& E = w_.embed;
-  if (E.is_int8()) {
-    const int8_t* row = E.q + int64_t(token) * d;
-    for (int64_t i = 0; i < d; ++i) me.x[size_t(i)] = float(row[i]) * E.scale[token];
-  } else {
-    std::memcpy(me.x.data(), E.f32 + int64_t(token) * d, size_t(d) * sizeof(float));
-  }
+  embed(token, me.x.data());
   const RowShare mine{s.t, s.T};
   for (int64_t i = 0; i < cfg_.n_layer; ++i) {
     const Layer& L = w_.layers[size_t(i)];
@@ -355,8 +361,7 @@ void Engine::prefill(const int32_t* ids, int64_t T, int64_t pos, float* logits, 
   auto rows = [T](int64_t n) { return std::vector<float>(size_t(T * n)); };
   std::vector<float> x = rows(d), h = rows(d), q = rows(d), k = rows(kv), v = rows(kv),
                      att = rows(d), y = rows(d), g = rows(ff), u = rows(ff);
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t i = 0; i < d; ++i) x[size_t(t * d + i)] = float(E.q[ids[t] * d + i]) * E.scale[ids[t]];
+  for (int64_t t = 0; t < T; ++t) embed(ids[t], &x[size_t(t * d)]);
   auto norm_rows = [&](const float* w, int64_t t0) {  // h = rmsnorm(x) for rows [t0, T)
     for (int64_t t = t0; t < T; ++t)
       rmsnorm(&x[size_t(t * d)], w, cfg_.norm_eps, d, &h[size_t((t - t0) * d)]);

@@ -135,6 +135,7 @@ class Engine {
     Barrier& barrier;
   };
   void forward(int32_t token, int64_t pos, float* logits);  // step() without the clock
+  void embed(int32_t token, float* x) const;  // x [d_model] = the token's embedding row
   void forward_share(int32_t token, int64_t pos, float* logits, const Share& s);
   void attention_share(const Layer& L, int64_t layer, int64_t pos, Lane& me, const Share& s);
   void mlp_share(const Layer& L, Lane& me, const Share& s);
