@@ -701,10 +701,10 @@ void bind_engine(py::module_& m) {
       [](const py::handle& x_obj) {
         auto x = checked<double>(x_obj, "x", 1);
         py::array_t<double> out(x.shape(0));
-        for (py::ssize_t i = 0; i < x.shape(0); ++i) out.mutable_data()[i] = E::weight_exp(x.data()[i]);
+        E::weight_exps(x.data(), out.mutable_data(), x.shape(0));
         return out;
       },
-      py::arg("x"), "The native sampler's e^x on a float64 array (tests).");
+      py::arg("x"), "The native sampler's e^x on a float64 array, with the active level's kernel (tests).");
   m.def(
       "floats_to_halves",
       [](py::object src_, py::object dst_) {

@@ -178,19 +178,22 @@ struct RowShare {
 };
 void gemv(const float* x, const Product* products, int n_products, RowShare share = {});
 
-// The float32 kernels of one instruction-set level: the GEMV, rows [n0, n1) of y = W x
-// (W [N, K] row-major), the MLP's g = silu(g) * u (silu.h), and the key/value cache's
-// float-to-half conversion (bit for bit float_to_half of half.h, NaN payloads aside).
+// The float kernels of one instruction-set level: the GEMV, rows [n0, n1) of y = W x
+// (W [N, K] row-major), the MLP's g = silu(g) * u (silu.h), the key/value cache's
+// float-to-half conversion (bit for bit float_to_half of half.h, NaN payloads aside), and
+// the sampler's e^x (bit for bit weight_exp).
 using GemvKernel = void (*)(const float* W, const float* x, float* y, int64_t K, int64_t n0,
                             int64_t n1);
 using SiluKernel = void (*)(float* g, const float* u, int64_t n);
 using HalvesKernel = void (*)(const float* x, uint16_t* h, int64_t n);
+using ExpsKernel = void (*)(const double* x, double* y, int64_t n);
 struct GemvInfo {
   const char* name;
   uint32_t features;
   GemvKernel fn;
   SiluKernel silu;
   HalvesKernel halves;
+  ExpsKernel exps;
 };
 const std::vector<GemvInfo>& gemv_kernels();  // best first; the last is the scalar reference
 const char* active_gemv();
@@ -206,8 +209,10 @@ void to_halves(const float* x, uint16_t* h, int64_t n);
 uint64_t seed_state(uint64_t seed);
 uint64_t rng_next(uint64_t* state);
 double rng_uniform(uint64_t* state);
-// e^x for x <= 0 with tinylm.sampling.weight_exp's arithmetic, bit for bit (0 below -40).
+// e^x for x <= 0 with tinylm.sampling.weight_exp's arithmetic, bit for bit (0 below -40);
+// weight_exps: y[i] = weight_exp(x[i]) with the active level's kernel (y may be x).
 double weight_exp(double x);
+void weight_exps(const double* x, double* y, int64_t n);
 // Logits with a NaN, +infinity or no finite value are refused (std::invalid_argument
 // with this message): nothing can be sampled from them.
 inline constexpr const char* kNotFinite =

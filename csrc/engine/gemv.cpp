@@ -150,13 +150,13 @@ void gemv_int8(const float* x, const Product* products, int n_products, RowShare
 const std::vector<GemvInfo>& gemv_kernels() {
   static const std::vector<GemvInfo> list = {
 #if defined(__x86_64__) || defined(_M_X64)
-      {"avx512", kAVX2 | kAVX512, gemv_avx512, silu_mul_avx512, halves_f16c},
-      {"avx2", kAVX2, gemv_avx2, silu_mul_avx2, halves_f16c},
+      {"avx512", kAVX2 | kAVX512, gemv_avx512, silu_mul_avx512, halves_f16c, weight_exps_avx512},
+      {"avx2", kAVX2, gemv_avx2, silu_mul_avx2, halves_f16c, weight_exps_ref},
 #endif
 #if defined(__aarch64__) || defined(__arm__)
-      {"neon", kNEON, gemv_neon, silu_mul_neon, floats_to_halves},
+      {"neon", kNEON, gemv_neon, silu_mul_neon, floats_to_halves, weight_exps_ref},
 #endif
-      {"scalar", 0, gemv_ref, silu_mul_ref, floats_to_halves},
+      {"scalar", 0, gemv_ref, silu_mul_ref, floats_to_halves, weight_exps_ref},
   };
   return list;
 }
@@ -166,6 +166,8 @@ const char* active_gemv() { return select_gemv().name; }
 void silu_mul(float* g, const float* u, int64_t n) { select_gemv().silu(g, u, n); }
 
 void to_halves(const float* x, uint16_t* h, int64_t n) { select_gemv().halves(x, h, n); }
+
+void weight_exps(const double* x, double* y, int64_t n) { select_gemv().exps(x, y, n); }
 
 std::string active_gemv_int8() {
   const I8Info* own = select_i8();

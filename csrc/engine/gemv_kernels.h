@@ -37,12 +37,16 @@ void rescale_avx2(const int32_t* c, const float* scale, float x_scale, float* y,
 void gemv_ref(const float* W, const float* x, float* y, int64_t K, int64_t n0, int64_t n1);
 void silu_mul_ref(float* g, const float* u, int64_t n);
 
+// y[i] = weight_exp(x[i]) (engine.h), bit for bit; y may be x. (sampling.cpp)
+void weight_exps_ref(const double* x, double* y, int64_t n);
+
 #if defined(__x86_64__) || defined(_M_X64)
 void gemv_avx2(const float* W, const float* x, float* y, int64_t K, int64_t n0, int64_t n1);
 void silu_mul_avx2(float* g, const float* u, int64_t n);
 void halves_f16c(const float* x, uint16_t* h, int64_t n);  // F16C comes with our AVX2 level
 void gemv_avx512(const float* W, const float* x, float* y, int64_t K, int64_t n0, int64_t n1);
 void silu_mul_avx512(float* g, const float* u, int64_t n);
+void weight_exps_avx512(const double* x, double* y, int64_t n);
 #endif
 
 #if defined(__aarch64__) || defined(__arm__)

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "engine.h"
+#include "gemv_kernels.h"
 
 namespace tinylm::engine {
 
@@ -67,6 +68,10 @@ inline double exp_step_by_step(double x) {
 }  // namespace
 
 double weight_exp(double x) { return exp_step_by_step(x); }
+
+void weight_exps_ref(const double* x, double* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = exp_step_by_step(x[i]);
+}
 
 namespace {
 
@@ -123,16 +128,19 @@ Nucleus nucleus(const std::vector<double>& l, const std::vector<uint64_t>& w,
     bucket[i] = uint32_t(std::min(at, double(buckets - 1)));
     mass[bucket[i]] += w[size_t(ids[i])];
   }
+  // Weights are whole numbers below 2^53 (exact as doubles): a weight is below target
+  // when it is below its ceiling, compared as integers.
+  const uint64_t need = uint64_t(std::ceil(target));
   uint64_t run = 0;  // the weight of the buckets before `edge`
   size_t edge = 0;
-  while (edge + 1 < buckets && double(run + mass[edge]) < target) run += mass[edge++];
+  while (edge + 1 < buckets && run + mass[edge] < need) run += mass[edge++];
   std::vector<int32_t>& members = m.edge_ids;  // the edge bucket's tokens, put in order
   members.clear();
   for (size_t i = 0; i < n; ++i)
     if (bucket[i] == edge) members.push_back(ids[i]);
   std::sort(members.begin(), members.end(), Better{l.data()});
   for (int32_t id : members)
-    if (double(run += w[size_t(id)]) >= target) return {id, run};
+    if ((run += w[size_t(id)]) >= need) return {id, run};
   return {members.back(), run};  // not reached: the last bucket holds the rest of the total
 }
 
@@ -170,14 +178,14 @@ int32_t sample(const float* logits, int64_t V, const Sampling& s, uint64_t* rng_
       if (!better(kth, int32_t(i))) ids.push_back(int32_t(i));
   }
 
-  // Their weights, by id, in whole units; the exponentials in a loop of their own, which
-  // the compiler vectorizes.
+  // Their weights, by id, in whole units; the exponentials in a loop of their own, with
+  // the active level's kernel.
   const size_t n = ids.size();
   std::vector<double>& e = m.exponentials;  // by position in ids
   e.resize(n);
   const double inverse_temperature = 1.0 / s.temperature;
   for (size_t i = 0; i < n; ++i) e[i] = (l[size_t(ids[i])] - top) * inverse_temperature;
-  for (size_t i = 0; i < n; ++i) e[i] = exp_step_by_step(e[i]);
+  weight_exps(e.data(), e.data(), int64_t(n));
   std::vector<uint64_t>& w = m.weights;
   w.resize(size_t(V));
   const double unit = weight_unit(V);
