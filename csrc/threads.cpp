@@ -5,6 +5,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <exception>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <utility>
@@ -198,25 +199,29 @@ int default_threads() {
   return cores == 0 ? 1 : int(cores);
 }
 
+// The pool, shared: each job holds it, so that set_num_threads, called on another thread
+// while a job runs, replaces it for later jobs and the job finishes on the old one (which
+// the last holder deletes). Leaked at exit on purpose: joining threads in a static
+// destructor can hang.
 std::mutex pool_mutex;
-Pool* pool = nullptr;  // leaked at exit on purpose: joining threads in a static destructor can hang
+std::shared_ptr<Pool>* pool = new std::shared_ptr<Pool>();
 
-Pool& get_pool() {
+std::shared_ptr<Pool> get_pool() {
   std::lock_guard<std::mutex> lock(pool_mutex);
-  if (pool == nullptr) pool = new Pool(default_threads());
+  if (*pool == nullptr) *pool = std::make_shared<Pool>(default_threads());
   return *pool;
 }
 
 }  // namespace
 
-int num_threads() { return get_pool().size(); }
+int num_threads() { return get_pool()->size(); }
 
 void set_num_threads(int n) {
   if (n < 1) n = default_threads();
+  std::shared_ptr<Pool> old;  // dropped after the lock is released: deleting a pool joins its threads
   std::lock_guard<std::mutex> lock(pool_mutex);
-  if (pool != nullptr && pool->size() == n) return;
-  delete pool;
-  pool = new Pool(n);
+  if (*pool != nullptr && (*pool)->size() == n) return;
+  old = std::exchange(*pool, std::make_shared<Pool>(n));
 }
 
 // The phase and the sleepers are sequentially consistent (Dekker's pattern): either the
@@ -266,7 +271,7 @@ void Barrier::wake_sleepers() {
 }
 
 void run_team(int threads, const std::function<void(int, int, Barrier&)>& fn) {
-  Pool* p = in_worker || threads <= 1 ? nullptr : &get_pool();
+  const std::shared_ptr<Pool> p = in_worker || threads <= 1 ? nullptr : get_pool();
   threads = p == nullptr ? 1 : std::min(threads, p->size());
   Barrier barrier(threads);
   if (threads == 1) return fn(0, 1, barrier);
@@ -289,12 +294,12 @@ void parallel_for_fn(int64_t n, int64_t grain, const std::function<void(int64_t,
     fn(0, n);
     return;
   }
-  Pool& p = get_pool();
-  if (p.size() == 1) {
+  const std::shared_ptr<Pool> p = get_pool();
+  if (p->size() == 1) {
     fn(0, n);
     return;
   }
-  p.run(n, grain, fn);
+  p->run(n, grain, fn);
 }
 
 }  // namespace tinylm

@@ -1,0 +1,39 @@
+"""The kernels' thread pool under a Python program's own threads."""
+import subprocess
+import sys
+import textwrap
+
+# One thread runs a kernel that releases the GIL, over and over, while another resizes the
+# pool under it. Before the pool was shared by the jobs using it, set_num_threads deleted
+# it mid-job and the program hung (or crashed) within a second.
+RESIZE_DURING_KERNELS = textwrap.dedent("""
+    import threading, time
+    import numpy as np
+    from tinylm import _C
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.standard_normal((2, 4, 256, 32)).astype(np.float32) for _ in range(3))
+    want = _C.attention_forward(q, k, v)[0]
+    stop, wrong, runs = threading.Event(), [], [0]
+    def kernels():
+        while not stop.is_set():
+            wrong.append(not np.array_equal(_C.attention_forward(q, k, v)[0], want))
+            runs[0] += 1
+    worker = threading.Thread(target=kernels)
+    worker.start()
+    resizes, end = 0, time.monotonic() + 1.0
+    while time.monotonic() < end or runs[0] < 20:
+        _C.set_num_threads(1 + resizes % 3)
+        resizes += 1
+    stop.set()
+    worker.join()
+    print(resizes, runs[0], sum(wrong))
+""")
+
+
+def test_resizing_the_pool_while_another_thread_runs_kernels():
+    out = subprocess.run([sys.executable, "-c", RESIZE_DURING_KERNELS], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    resizes, runs, wrong = map(int, out.stdout.split())
+    assert resizes > 100 and runs >= 20, (resizes, runs)
+    assert wrong == 0
