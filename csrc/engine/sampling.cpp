@@ -10,7 +10,9 @@
 // pick walks the kept tokens in id order. On 1,280 rows of logits of the `baby` preset
 // with random weights (257 byte tokens, a flat distribution; temperature 0.8, top-p
 // 0.95), a loop of calls took 3.0 us a call against 6.0 with the bucket sort this
-// replaces, alternated in one run; 2.8 with the exponentials vectorized.
+// replaces, alternated in one run; 2.8 with the exponentials vectorized. (Since then,
+// with the AVX-512 exponentials of sampling_avx512.cpp: 2.5 -> 1.9 us on 64 rows of 257
+// flat logits.)
 // Nothing here allocates once the scratch vectors have grown.
 #include <algorithm>
 #include <cmath>
