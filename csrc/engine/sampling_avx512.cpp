@@ -1,10 +1,12 @@
 // The sampler's e^x (sampling.cpp's exp_step_by_step, tinylm.sampling.weight_exp) eight
 // doubles at a time: the same IEEE operations in the same order, so the same bits. The
 // compiler must not fuse a multiply and the add after it into one FMA (-mfma is on for
-// this file, and GCC fuses intrinsics too): hence fp-contract=off for the whole file.
+// this file, and GCC fuses intrinsics too): hence fp-contract off for the whole file.
 // Uses only intrinsics SIMDe implements, so the native test driver can check it on a CPU
 // without AVX-512.
-#if defined(__GNUC__) && !defined(__clang__)
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#elif defined(__GNUC__)
 #pragma GCC optimize("fp-contract=off")
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
