@@ -30,9 +30,11 @@ RESIZE_DURING_KERNELS = textwrap.dedent("""
 """)
 
 
-def test_resizing_the_pool_while_another_thread_runs_kernels():
+def test_resizing_the_pool_while_another_thread_runs_kernels(tmp_path):
+    # from tmp_path: `-c` puts the working directory first on sys.path, and a checkout's
+    # tinylm/ there has no built extension
     out = subprocess.run([sys.executable, "-c", RESIZE_DURING_KERNELS], capture_output=True,
-                         text=True, timeout=120)
+                         text=True, timeout=120, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     resizes, runs, wrong = map(int, out.stdout.split())
     assert resizes > 100 and runs >= 20, (resizes, runs)
