@@ -700,11 +700,14 @@ void bind_engine(py::module_& m) {
       "engine_weight_exp",
       [](const py::handle& x_obj) {
         auto x = checked<double>(x_obj, "x", 1);
+        for (py::ssize_t i = 0; i < x.shape(0); ++i)
+          if (x.data()[i] > 0)  // (the sampler's arguments are logit - max <= 0)
+            throw std::invalid_argument("engine_weight_exp takes x <= 0 (or NaN)");
         py::array_t<double> out(x.shape(0));
         E::weight_exps(x.data(), out.mutable_data(), x.shape(0));
         return out;
       },
-      py::arg("x"), "The native sampler's e^x on a float64 array, with the active level's kernel (tests).");
+      py::arg("x"), "The native sampler's e^x for float64 x <= 0, with the active level's kernel (tests).");
   m.def(
       "floats_to_halves",
       [](py::object src_, py::object dst_) {

@@ -204,12 +204,17 @@ int default_threads() {
 // the last holder deletes). Leaked at exit on purpose: joining threads in a static
 // destructor can hang.
 std::mutex pool_mutex;
-std::shared_ptr<Pool>* pool = new std::shared_ptr<Pool>();
+
+std::shared_ptr<Pool>& current_pool() {  // under pool_mutex
+  static auto* pool = new std::shared_ptr<Pool>();
+  return *pool;
+}
 
 std::shared_ptr<Pool> get_pool() {
   std::lock_guard<std::mutex> lock(pool_mutex);
-  if (*pool == nullptr) *pool = std::make_shared<Pool>(default_threads());
-  return *pool;
+  std::shared_ptr<Pool>& pool = current_pool();
+  if (pool == nullptr) pool = std::make_shared<Pool>(default_threads());
+  return pool;
 }
 
 }  // namespace
@@ -220,8 +225,9 @@ void set_num_threads(int n) {
   if (n < 1) n = default_threads();
   std::shared_ptr<Pool> old;  // dropped after the lock is released: deleting a pool joins its threads
   std::lock_guard<std::mutex> lock(pool_mutex);
-  if (*pool != nullptr && (*pool)->size() == n) return;
-  old = std::exchange(*pool, std::make_shared<Pool>(n));
+  std::shared_ptr<Pool>& pool = current_pool();
+  if (pool != nullptr && pool->size() == n) return;
+  old = std::exchange(pool, std::make_shared<Pool>(n));
 }
 
 // The phase and the sleepers are sequentially consistent (Dekker's pattern): either the

@@ -17,7 +17,8 @@ namespace tinylm {
 // Threads the kernels use (including the caller). Defaults to the number of cores.
 int num_threads();
 
-// Resizes the pool; n < 1 means "one per core".
+// Resizes the pool; n < 1 means "one per core". Safe while another thread runs a kernel:
+// jobs already running finish on the old pool's threads, later ones use the new pool.
 void set_num_threads(int n);
 
 // Calls fn(begin, end) on disjoint ranges covering [0, n), in parallel, and returns when

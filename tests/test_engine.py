@@ -292,6 +292,8 @@ def test_native_weight_exp_is_the_reference_bit_for_bit():
                          [0.0, -0.0, -40.0, -40.000001, -np.inf, -1e308]])
     got, want = _C.engine_weight_exp(xs), weight_exp(xs)
     np.testing.assert_array_equal(got.view(np.uint64), want.view(np.uint64))
+    with pytest.raises(ValueError, match="x <= 0"):  # the kernels' range ends at 0
+        _C.engine_weight_exp(np.array([-1.0, 0.5]))
 
 
 @given(st.lists(st.floats(-1, 1, width=32), min_size=1, max_size=300), st.sampled_from([0.1, 3, 40]),

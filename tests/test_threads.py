@@ -7,26 +7,31 @@ import textwrap
 # pool under it. Before the pool was shared by the jobs using it, set_num_threads deleted
 # it mid-job and the program hung (or crashed) within a second.
 RESIZE_DURING_KERNELS = textwrap.dedent("""
-    import threading, time
+    import threading, time, traceback
     import numpy as np
     from tinylm import _C
     rng = np.random.default_rng(0)
     q, k, v = (rng.standard_normal((2, 4, 256, 32)).astype(np.float32) for _ in range(3))
     want = _C.attention_forward(q, k, v)[0]
-    stop, wrong, runs = threading.Event(), [], [0]
+    stop, wrong, runs, failed = threading.Event(), [], [0], [0]
     def kernels():
-        while not stop.is_set():
-            wrong.append(not np.array_equal(_C.attention_forward(q, k, v)[0], want))
-            runs[0] += 1
-    worker = threading.Thread(target=kernels)
+        try:
+            while not stop.is_set():
+                wrong.append(not np.array_equal(_C.attention_forward(q, k, v)[0], want))
+                runs[0] += 1
+        except BaseException:
+            failed[0] = 1
+            traceback.print_exc()
+    worker = threading.Thread(target=kernels, daemon=True)
     worker.start()
+    # at least a second, 100 resizes and 20 kernel runs, however slow the machine
     resizes, end = 0, time.monotonic() + 1.0
-    while time.monotonic() < end or runs[0] < 20:
+    while worker.is_alive() and (time.monotonic() < end or resizes < 100 or runs[0] < 20):
         _C.set_num_threads(1 + resizes % 3)
         resizes += 1
     stop.set()
     worker.join()
-    print(resizes, runs[0], sum(wrong))
+    print(resizes, runs[0], sum(wrong), failed[0])
 """)
 
 
@@ -36,6 +41,7 @@ def test_resizing_the_pool_while_another_thread_runs_kernels(tmp_path):
     out = subprocess.run([sys.executable, "-c", RESIZE_DURING_KERNELS], capture_output=True,
                          text=True, timeout=120, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    resizes, runs, wrong = map(int, out.stdout.split())
-    assert resizes > 100 and runs >= 20, (resizes, runs)
+    resizes, runs, wrong, failed = map(int, out.stdout.split())
+    assert not failed, out.stderr  # the kernel thread's traceback
+    assert resizes >= 100 and runs >= 20, (resizes, runs)
     assert wrong == 0

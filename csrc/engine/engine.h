@@ -210,7 +210,8 @@ uint64_t seed_state(uint64_t seed);
 uint64_t rng_next(uint64_t* state);
 double rng_uniform(uint64_t* state);
 // e^x for x <= 0 with tinylm.sampling.weight_exp's arithmetic, bit for bit (0 below -40);
-// weight_exps: y[i] = weight_exp(x[i]) with the active level's kernel (y may be x).
+// weight_exps: y[i] = weight_exp(x[i]) for x[i] <= 0 or NaN with the active level's
+// kernel (y may be x).
 double weight_exp(double x);
 void weight_exps(const double* x, double* y, int64_t n);
 // Logits with a NaN, +infinity or no finite value are refused (std::invalid_argument

@@ -37,7 +37,7 @@ void rescale_avx2(const int32_t* c, const float* scale, float x_scale, float* y,
 void gemv_ref(const float* W, const float* x, float* y, int64_t K, int64_t n0, int64_t n1);
 void silu_mul_ref(float* g, const float* u, int64_t n);
 
-// y[i] = weight_exp(x[i]) (engine.h), bit for bit; y may be x. (sampling.cpp)
+// y[i] = weight_exp(x[i]) (engine.h) for x[i] <= 0, bit for bit; y may be x. (sampling.cpp)
 void weight_exps_ref(const double* x, double* y, int64_t n);
 
 #if defined(__x86_64__) || defined(_M_X64)

@@ -10,9 +10,9 @@
 // pick walks the kept tokens in id order. On 1,280 rows of logits of the `baby` preset
 // with random weights (257 byte tokens, a flat distribution; temperature 0.8, top-p
 // 0.95), a loop of calls took 3.0 us a call against 6.0 with the bucket sort this
-// replaces, alternated in one run; 2.8 with the exponentials vectorized. (Since then,
-// with the AVX-512 exponentials of sampling_avx512.cpp: 2.5 -> 1.9 us on 64 rows of 257
-// flat logits.)
+// replaces, alternated in one run; 2.8 with the exponentials vectorized. Later, on 64
+// such rows, another machine state: 2.5 us before the AVX-512 exponentials of
+// sampling_avx512.cpp, 1.9 with them (alternated in one run).
 // Nothing here allocates once the scratch vectors have grown.
 #include <algorithm>
 #include <cmath>
@@ -131,8 +131,8 @@ Nucleus nucleus(const std::vector<double>& l, const std::vector<uint64_t>& w,
     mass[bucket[i]] += w[size_t(ids[i])];
   }
   // Weights are whole numbers below 2^53 (exact as doubles): a weight is below target
-  // when it is below its ceiling, compared as integers.
-  const uint64_t need = uint64_t(std::ceil(target));
+  // when it is below its ceiling, compared as integers (and never below a target <= 0).
+  const uint64_t need = target > 0 ? uint64_t(std::ceil(target)) : 0;
   uint64_t run = 0;  // the weight of the buckets before `edge`
   size_t edge = 0;
   while (edge + 1 < buckets && run + mass[edge] < need) run += mass[edge++];

@@ -280,26 +280,31 @@ TEST(engine_weight_exp_accuracy) {
 
 // Every level's e^x kernel against weight_exp (the scalar code, pinned to numpy's bits
 // above), bit for bit: arguments across [-41, 0] with the boundary at -40, -0, -inf and
-// NaN (weight 0), in vector bodies and masked tails of every length.
+// NaN (weight 0); whole vectors and tails of every length, into another array and in
+// place (as the sampler calls it).
 TEST(engine_weight_exps_are_weight_exp_bit_for_bit) {
   Gen gen(13);
   std::vector<double> x = {0.0, -0.0, -40.0, std::nextafter(-40.0, 0.0), std::nextafter(-40.0, -41.0),
                            -HUGE_VAL, std::nan(""), -1e-300, -0.34657359027997264};
   for (int i = 0; i < 100000; ++i) x.push_back(-41.0 * engine::rng_uniform(&gen.s));
+  std::vector<int64_t> lengths = {int64_t(x.size())};
+  for (int64_t n = 1; n <= 17; ++n) lengths.push_back(n);
   for (const auto& k : runnable_gemv()) {
-    for (int64_t n : {int64_t(x.size()), int64_t(1), int64_t(7), int64_t(9), int64_t(15)}) {
-      std::vector<double> y(size_t(n) + 1, 123.0);  // one more: nothing written past n
-      k.exps(x.data(), y.data(), n);
-      for (int64_t i = 0; i < n; ++i) {
-        const double want = engine::weight_exp(x[size_t(i)]);
-        if (std::memcmp(&y[size_t(i)], &want, 8) != 0) {
-          CHECK(false, "%s: e^%.17g = %.17g, weight_exp gives %.17g", k.name, x[size_t(i)],
-                y[size_t(i)], want);
-          break;
+    for (int64_t n : lengths)
+      for (const bool in_place : {false, true}) {
+        std::vector<double> y(size_t(n) + 1, 123.0);  // one more: nothing written past n
+        if (in_place) std::copy(x.begin(), x.begin() + n, y.begin());
+        k.exps(in_place ? y.data() : x.data(), y.data(), n);
+        for (int64_t i = 0; i < n; ++i) {
+          const double want = engine::weight_exp(x[size_t(i)]);
+          if (std::memcmp(&y[size_t(i)], &want, 8) != 0) {
+            CHECK(false, "%s (n %lld%s): e^%.17g = %.17g, weight_exp gives %.17g", k.name,
+                  (long long)n, in_place ? ", in place" : "", x[size_t(i)], y[size_t(i)], want);
+            break;
+          }
         }
+        CHECK(y[size_t(n)] == 123.0, "%s: wrote past n = %lld", k.name, (long long)n);
       }
-      CHECK(y[size_t(n)] == 123.0, "%s: wrote past n = %lld", k.name, (long long)n);
-    }
   }
 }
 
