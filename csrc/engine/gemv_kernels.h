@@ -39,6 +39,15 @@ void silu_mul_ref(float* g, const float* u, int64_t n);
 
 // y[i] = weight_exp(x[i]) (engine.h) for x[i] <= 0, bit for bit; y may be x. (sampling.cpp)
 void weight_exps_ref(const double* x, double* y, int64_t n);
+// weight_exp's constants, shared by its kernels: ln 2 in two parts (Cody and Waite),
+// log2(e), and e^r's Taylor coefficients from r^10 down, in Horner's order.
+namespace weight_exp_constants {
+constexpr double kLn2Hi = 6.93147180369123816490e-01, kLn2Lo = 1.90821492927058770002e-10;
+constexpr double kLog2e = 1.44269504088896338700e+00;
+constexpr double kTaylor[11] = {1.0 / 3628800, 1.0 / 362880, 1.0 / 40320, 1.0 / 5040,
+                                1.0 / 720,     1.0 / 120,    1.0 / 24,    1.0 / 6,
+                                1.0 / 2,       1.0,          1.0};
+}  // namespace weight_exp_constants
 
 #if defined(__x86_64__) || defined(_M_X64)
 void gemv_avx2(const float* W, const float* x, float* y, int64_t K, int64_t n0, int64_t n1);

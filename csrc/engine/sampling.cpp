@@ -51,16 +51,13 @@ namespace {
 // r^10, times 2^n. Without branches, so that a loop over it vectorizes. (Portable code:
 // no FMA contracts these, on x86 for want of -mfma, on ARM by -ffp-contract=off.)
 inline double exp_step_by_step(double x) {
-  constexpr double kLn2Hi = 6.93147180369123816490e-01, kLn2Lo = 1.90821492927058770002e-10;
-  constexpr double kLog2e = 1.44269504088896338700e+00;
+  using namespace weight_exp_constants;
   const bool small = !(x >= -40.0);
   x = small ? 0.0 : x;
   const double k = double(int32_t(-x * kLog2e + 0.5));  // n = -k; truncating a positive: the floor
   const double r = (x + k * kLn2Hi) + k * kLn2Lo;
-  double p = 1.0 / 3628800;
-  for (double c : {1.0 / 362880, 1.0 / 40320, 1.0 / 5040, 1.0 / 720, 1.0 / 120, 1.0 / 24,
-                   1.0 / 6, 1.0 / 2, 1.0, 1.0})
-    p = p * r + c;
+  double p = kTaylor[0];
+  for (int c = 1; c < 11; ++c) p = p * r + kTaylor[c];
   const int64_t bits = (1023 - int64_t(k)) << 52;  // 2^-k, k <= 58: a normal double
   double scale;
   std::memcpy(&scale, &bits, 8);

@@ -21,12 +21,10 @@ namespace tinylm::engine {
 namespace {
 
 __m512d weight_exp8(__m512d v) {
-  const __m512d ln2_hi = _mm512_set1_pd(6.93147180369123816490e-01);
-  const __m512d ln2_lo = _mm512_set1_pd(1.90821492927058770002e-10);
-  const __m512d minus_log2e = _mm512_set1_pd(-1.44269504088896338700e+00);
+  using namespace weight_exp_constants;
+  const __m512d ln2_hi = _mm512_set1_pd(kLn2Hi), ln2_lo = _mm512_set1_pd(kLn2Lo);
+  const __m512d minus_log2e = _mm512_set1_pd(-kLog2e);
   const __m512d two52 = _mm512_set1_pd(4503599627370496.0);
-  constexpr double kTaylor[] = {1.0 / 3628800, 1.0 / 362880, 1.0 / 40320, 1.0 / 5040, 1.0 / 720,
-                                1.0 / 120,     1.0 / 24,     1.0 / 6,     1.0 / 2,    1.0, 1.0};
   // below -40 (or NaN): weight 0, computed on 0 so that every step stays finite
   const __mmask8 big = _mm512_cmp_pd_mask(v, _mm512_set1_pd(-40.0), _CMP_GE_OQ);
   v = _mm512_maskz_mov_pd(big, v);
