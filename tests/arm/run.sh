@@ -3,12 +3,14 @@
 # package's own setup.py inside an ARM CPython running under qemu user-mode emulation,
 # installs it, and runs pytest on each emulated CPU.
 #
-#   bash tests/arm/run.sh                   arm64 (64-bit Raspberry Pi OS): pytest as
-#                                           cortex-a72 (Pi 4), cortex-a76 (Pi 5) and max
+#   bash tests/arm/run.sh                   arm64 (64-bit Raspberry Pi OS): the suite as
+#                                           cortex-a76 (Pi 5), its kernel tests as
+#                                           cortex-a72 (Pi 4) and max
 #   TINYLM_ARM_ARCH=armhf bash tests/arm/run.sh
-#                                           armhf (32-bit, ARMv7): pytest as cortex-a7
+#                                           armhf (32-bit, ARMv7): the suite as cortex-a7
 #                                           (Pi 2), `tinylm info` as cortex-a15
-#   TINYLM_ARM_CPUS="cortex-a72" bash tests/arm/run.sh        pytest on these CPUs
+#   TINYLM_ARM_CPUS="cortex-a72" bash tests/arm/run.sh        the suite on these CPUs
+#   TINYLM_ARM_KERNEL_CPUS="max" bash tests/arm/run.sh        the kernel tests on these
 #   TINYLM_ARM_JOBS=1 bash tests/arm/run.sh                    one CPU's suite at a time
 #                                           (default: as many side by side as cores)
 #   TINYLM_ARM_INFO_CPUS="cortex-a53" bash tests/arm/run.sh   only `tinylm info` on these
@@ -18,7 +20,9 @@
 # Emulation is ~20x slower than the host (more on 32-bit ARM), so tests marked `slow`
 # are deselected (TINYLM_ARM_PYTEST_ARGS replaces the default '-m "not slow"'), and
 # TINYLM_TEST_EMULATED=1 is set so that tests (and a hypothesis profile) can shrink their
-# case counts.
+# case counts. For the same reason the whole suite runs on one CPU per architecture, and
+# the other CPUs run only the tests whose code takes another path there (KERNEL_TESTS:
+# the kernels, each tried on every path the CPU has, and the engine against x86).
 #
 # No binfmt_misc is needed: a launcher script runs the ARM python under qemu-aarch64 or
 # qemu-arm and is itself sys.executable, so subprocesses and pip's build backend re-enter
@@ -58,7 +62,7 @@ PURE_WHEELS=(pytest hypothesis pybind11 "setuptools>=77" wheel pip)  # 77: pypro
 case "$ARCH" in
   arm64)
     QEMU=qemu-aarch64 TRIPLET=aarch64-linux-gnu BUILD_CPU=max
-    DEFAULT_CPUS="cortex-a72 cortex-a76 max" DEFAULT_INFO_CPUS=""
+    DEFAULT_CPUS="cortex-a76" DEFAULT_KERNEL_CPUS="cortex-a72 max" DEFAULT_INFO_CPUS=""
     DEBS=("python$PYVER" libstdc++6)
     WHEELS=(numpy safetensors sentencepiece "${PURE_WHEELS[@]}")
     PIP_PLATFORMS=(manylinux_2_28_aarch64 manylinux2014_aarch64)
@@ -68,7 +72,7 @@ case "$ARCH" in
     # emulated 32-bit ARM is slow, and both run the same code. `max` would add nothing:
     # it executes dotprod but does not advertise it, so tinylm (rightly) does not choose it.
     QEMU=qemu-arm TRIPLET=arm-linux-gnueabihf BUILD_CPU=cortex-a15
-    DEFAULT_CPUS="cortex-a7" DEFAULT_INFO_CPUS="cortex-a15"
+    DEFAULT_CPUS="cortex-a7" DEFAULT_KERNEL_CPUS="" DEFAULT_INFO_CPUS="cortex-a15"
     DEBS=("python$PYVER" libstdc++6 python3-numpy python3-sentencepiece)
     WHEELS=("${PURE_WHEELS[@]}")
     PIP_PLATFORMS=(linux_armv7l)
@@ -79,6 +83,7 @@ case "$ARCH" in
     ;;
 esac
 CPUS="${TINYLM_ARM_CPUS-$DEFAULT_CPUS}"
+KERNEL_CPUS="${TINYLM_ARM_KERNEL_CPUS-$DEFAULT_KERNEL_CPUS}"
 INFO_CPUS="${TINYLM_ARM_INFO_CPUS-$DEFAULT_INFO_CPUS}"
 
 # The path `tinylm info` must report on each CPU ("" = not checked).
@@ -292,24 +297,43 @@ run_pytest() {
      --rootdir "$REPO" "$@")
 }
 
-# The CPUs' suites run side by side, as many at a time as there are cores
-# (TINYLM_ARM_JOBS): each is one emulated process, busy on about one core. Each one's
-# output is shown once all have finished, CPU by CPU.
+# The tests that take another path on another CPU of the same architecture: the kernels
+# and the engine (each test tries every path the CPU has: on max, neon, dotprod and
+# i8mm), and the comparison with x86 on the CPU's own path. (On the whole suite's CPU
+# they took 96 of its 205 s; the rest, training, tokenizers, files, the sampler, the
+# CLI, runs the same code on every CPU of an architecture.)
+KERNEL_TESTS=(test_attention.py test_int8.py test_engine.py test_cross_machine.py)
+
+# The CPUs' runs go side by side, as many at a time as there are cores (TINYLM_ARM_JOBS):
+# each is one emulated process, busy on about one core. Each one's output is shown once
+# all have finished, CPU by CPU.
 JOBS="${TINYLM_ARM_JOBS:-$(nproc)}"
-for cpu in $CPUS; do
+runs=()
+start_run() {  # start_run CPU WHAT PYTEST_ARGUMENT...: pytest on CPU in the background
+  local cpu="$1" what="$2"
+  shift 2
   check_info "$cpu"
   while (($(jobs -rp | wc -l) >= JOBS)); do wait -n || true; done
   (
     status=0
-    run_pytest "$cpu" "$REPO/tests" --ignore="$REPO/tests/test_native_driver.py" \
-      --ignore="$REPO/tests/arm" "${PYTEST_ARGS[@]}" "$@" || status=$?
+    run_pytest "$cpu" "$@" "${PYTEST_ARGS[@]}" "${EXTRA_ARGS[@]}" || status=$?
     echo "$status" > "$WORK/status-$cpu"
   ) > "$WORK/pytest-$cpu.log" 2>&1 &
+  runs+=("$cpu:$what")
+}
+EXTRA_ARGS=("$@")
+for cpu in $CPUS; do
+  start_run "$cpu" "the suite" "$REPO/tests" --ignore="$REPO/tests/test_native_driver.py" \
+    --ignore="$REPO/tests/arm"
+done
+for cpu in $KERNEL_CPUS; do
+  start_run "$cpu" "the kernel tests" "${KERNEL_TESTS[@]/#/$REPO/tests/}"
 done
 wait
-for cpu in $CPUS; do
+for run in "${runs[@]}"; do
+  cpu="${run%%:*}"
   status="$(cat "$WORK/status-$cpu" 2>/dev/null || echo "none")"
-  step "pytest on QEMU_CPU=$cpu: exit $status"
+  step "pytest (${run#*:}) on QEMU_CPU=$cpu: exit $status"
   cat "$WORK/pytest-$cpu.log"
   if [[ "$status" != 0 ]]; then
     [[ "$status" == 5 ]] && echo "pytest collected no tests on $cpu" >&2
@@ -324,5 +348,6 @@ if ((${#failed[@]})); then
   echo "=== $ARCH: FAILED: ${failed[*]}" >&2
   exit 1
 fi
-echo "=== $ARCH: passed: the suite on ${CPUS:-no CPU}; tinylm info on ${INFO_CPUS:-no other CPU}" \
+echo "=== $ARCH: passed: the suite on ${CPUS:-no CPU}; the kernel tests on" \
+     "${KERNEL_CPUS:-no other CPU}; tinylm info on ${INFO_CPUS:-no other CPU}" \
      "($((SECONDS))s)"
