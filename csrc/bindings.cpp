@@ -697,17 +697,21 @@ void bind_engine(py::module_& m) {
       "tinylm.sampling.check_sampling when a Sampler is made.");
   m.def("engine_seed_state", &E::seed_state, py::arg("seed"), "splitmix64 seeding (tests).");
   m.def(
-      "engine_weight_exp",
-      [](const py::handle& x_obj) {
+      "engine_weigh",
+      [](const py::handle& x_obj, double top, double inverse_temperature, double unit) {
         auto x = checked<double>(x_obj, "x", 1);
         for (py::ssize_t i = 0; i < x.shape(0); ++i)
-          if (x.data()[i] > 0)  // (the sampler's arguments are logit - max <= 0)
-            throw std::invalid_argument("engine_weight_exp takes x <= 0 (or NaN)");
-        py::array_t<double> out(x.shape(0));
-        E::weight_exps(x.data(), out.mutable_data(), x.shape(0));
+          if (x.data()[i] > top)  // (the sampler's top is the largest logit)
+            throw std::invalid_argument("engine_weigh takes x <= top (or NaN)");
+        if (!(inverse_temperature > 0) || !(unit > 0 && unit <= 0x1p52))
+          throw std::invalid_argument("engine_weigh takes inverse_temperature > 0 and 0 < unit <= 2^52");
+        py::array_t<uint64_t> out(x.shape(0));
+        E::weigh(x.data(), x.shape(0), top, inverse_temperature, unit, out.mutable_data());
         return out;
       },
-      py::arg("x"), "The native sampler's e^x for float64 x <= 0, with the active level's kernel (tests).");
+      py::arg("x"), py::arg("top"), py::arg("inverse_temperature"), py::arg("unit"),
+      "The native sampler's weights floor(weight_exp((x - top) * inverse_temperature) * unit "
+      "+ 0.5) for float64 x <= top, with the active level's kernel (tests).");
   m.def(
       "floats_to_halves",
       [](py::object src_, py::object dst_) {

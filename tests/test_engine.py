@@ -282,18 +282,28 @@ def test_native_rng_matches_python():
         assert _C.engine_rng_next(r.state, 5) == [r.next_u64() for _ in range(5)]
 
 
-def test_native_weight_exp_is_the_reference_bit_for_bit():
+@pytest.mark.parametrize("top, temperature, unit", [(0.0, 1.0, 2.0**52), (1.5, 0.8, 2.0**44)])
+def test_native_weights_are_the_reference_bit_for_bit(top, temperature, unit):
     """The samplers' weights must agree to the last bit (a seed picks the same tokens in
-    both engines): the same arithmetic in the same order, no C library exp."""
+    both engines): the same arithmetic in the same order, no C library exp; on every
+    instruction-set path. (With unit 2^52, a last-bit change of e^x near 1 moves the
+    weight.)"""
     from tinylm.sampling import weight_exp
     rng = np.random.default_rng(8)
     xs = np.concatenate([-rng.uniform(0, 45, 200000), -rng.uniform(0, 1e-6, 1000),
                          -np.abs(rng.standard_normal(1000)) * 40,
-                         [0.0, -0.0, -40.0, -40.000001, -np.inf, -1e308]])
-    got, want = _C.engine_weight_exp(xs), weight_exp(xs)
-    np.testing.assert_array_equal(got.view(np.uint64), want.view(np.uint64))
-    with pytest.raises(ValueError, match="x <= 0"):  # the kernels' range ends at 0
-        _C.engine_weight_exp(np.array([-1.0, 0.5]))
+                         [0.0, -0.0, -40.0, -40.000001, -np.inf, -1e308]]) * temperature + top
+    want = np.floor(weight_exp((xs - top) * (1.0 / temperature)) * unit + 0.5).astype(np.uint64)
+    isa = _C.active_isa()
+    try:
+        for name in _C.available_isas():
+            _C.set_isa(name)
+            got = _C.engine_weigh(xs, top, 1.0 / temperature, unit)
+            np.testing.assert_array_equal(got, want, err_msg=name)
+    finally:
+        _C.set_isa(isa)
+    with pytest.raises(ValueError, match="x <= top"):  # the kernels' range ends at the top
+        _C.engine_weigh(np.array([-1.0, top + 0.5]), top, 1.0, unit)
 
 
 @given(st.lists(st.floats(-1, 1, width=32), min_size=1, max_size=300), st.sampled_from([0.1, 3, 40]),

@@ -72,10 +72,9 @@ struct Sampling {
 };
 
 struct SampleScratch {  // the sampler's working memory, kept between calls
-  std::vector<double> logits, exponentials;
+  std::vector<double> logits, chosen;
   std::vector<uint64_t> weights, bucket_weight;
-  std::vector<int32_t> ids, edge_ids;
-  std::vector<uint32_t> bucket;
+  std::vector<int32_t> ids, bucket, edge;
 };
 
 // Throws std::invalid_argument describing the first inconsistency between config and
@@ -181,19 +180,20 @@ void gemv(const float* x, const Product* products, int n_products, RowShare shar
 // The float kernels of one instruction-set level: the GEMV, rows [n0, n1) of y = W x
 // (W [N, K] row-major), the MLP's g = silu(g) * u (silu.h), the key/value cache's
 // float-to-half conversion (bit for bit float_to_half of half.h, NaN payloads aside), and
-// the sampler's e^x (bit for bit weight_exp).
+// the sampler's weights (bit for bit weigh's scalar arithmetic).
 using GemvKernel = void (*)(const float* W, const float* x, float* y, int64_t K, int64_t n0,
                             int64_t n1);
 using SiluKernel = void (*)(float* g, const float* u, int64_t n);
 using HalvesKernel = void (*)(const float* x, uint16_t* h, int64_t n);
-using ExpsKernel = void (*)(const double* x, double* y, int64_t n);
+using WeighKernel = uint64_t (*)(const double* x, int64_t n, double top,
+                                 double inverse_temperature, double unit, uint64_t* w);
 struct GemvInfo {
   const char* name;
   uint32_t features;
   GemvKernel fn;
   SiluKernel silu;
   HalvesKernel halves;
-  ExpsKernel exps;
+  WeighKernel weigh;
 };
 const std::vector<GemvInfo>& gemv_kernels();  // best first; the last is the scalar reference
 const char* active_gemv();
@@ -209,11 +209,13 @@ void to_halves(const float* x, uint16_t* h, int64_t n);
 uint64_t seed_state(uint64_t seed);
 uint64_t rng_next(uint64_t* state);
 double rng_uniform(uint64_t* state);
-// e^x for x <= 0 with tinylm.sampling.weight_exp's arithmetic, bit for bit (0 below -40);
-// weight_exps: y[i] = weight_exp(x[i]) for x[i] <= 0 or NaN with the active level's
-// kernel (y may be x).
+// e^x for x <= 0 with tinylm.sampling.weight_exp's arithmetic, bit for bit (0 below -40).
 double weight_exp(double x);
-void weight_exps(const double* x, double* y, int64_t n);
+// The sampler's weights, tinylm.sampling's rule 3, with the active level's kernel:
+// w[i] = floor(weight_exp((x[i] - top) * inverse_temperature) * unit + 0.5) for x[i] <= top
+// (0 for -inf or NaN) and unit <= 2^52; returns their sum.
+uint64_t weigh(const double* x, int64_t n, double top, double inverse_temperature, double unit,
+               uint64_t* w);
 // Logits with a NaN, +infinity or no finite value are refused (std::invalid_argument
 // with this message): nothing can be sampled from them.
 inline constexpr const char* kNotFinite =

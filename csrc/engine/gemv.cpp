@@ -150,13 +150,13 @@ void gemv_int8(const float* x, const Product* products, int n_products, RowShare
 const std::vector<GemvInfo>& gemv_kernels() {
   static const std::vector<GemvInfo> list = {
 #if defined(__x86_64__) || defined(_M_X64)
-      {"avx512", kAVX2 | kAVX512, gemv_avx512, silu_mul_avx512, halves_f16c, weight_exps_avx512},
-      {"avx2", kAVX2, gemv_avx2, silu_mul_avx2, halves_f16c, weight_exps_ref},
+      {"avx512", kAVX2 | kAVX512, gemv_avx512, silu_mul_avx512, halves_f16c, weigh_avx512},
+      {"avx2", kAVX2, gemv_avx2, silu_mul_avx2, halves_f16c, weigh_ref},
 #endif
 #if defined(__aarch64__) || defined(__arm__)
-      {"neon", kNEON, gemv_neon, silu_mul_neon, floats_to_halves, weight_exps_ref},
+      {"neon", kNEON, gemv_neon, silu_mul_neon, floats_to_halves, weigh_ref},
 #endif
-      {"scalar", 0, gemv_ref, silu_mul_ref, floats_to_halves, weight_exps_ref},
+      {"scalar", 0, gemv_ref, silu_mul_ref, floats_to_halves, weigh_ref},
   };
   return list;
 }
@@ -167,7 +167,10 @@ void silu_mul(float* g, const float* u, int64_t n) { select_gemv().silu(g, u, n)
 
 void to_halves(const float* x, uint16_t* h, int64_t n) { select_gemv().halves(x, h, n); }
 
-void weight_exps(const double* x, double* y, int64_t n) { select_gemv().exps(x, y, n); }
+uint64_t weigh(const double* x, int64_t n, double top, double inverse_temperature, double unit,
+               uint64_t* w) {
+  return select_gemv().weigh(x, n, top, inverse_temperature, unit, w);
+}
 
 std::string active_gemv_int8() {
   const I8Info* own = select_i8();

@@ -37,8 +37,9 @@ void rescale_avx2(const int32_t* c, const float* scale, float x_scale, float* y,
 void gemv_ref(const float* W, const float* x, float* y, int64_t K, int64_t n0, int64_t n1);
 void silu_mul_ref(float* g, const float* u, int64_t n);
 
-// y[i] = weight_exp(x[i]) (engine.h) for x[i] <= 0, bit for bit; y may be x. (sampling.cpp)
-void weight_exps_ref(const double* x, double* y, int64_t n);
+// engine.h's weigh, one weight at a time (sampling.cpp).
+uint64_t weigh_ref(const double* x, int64_t n, double top, double inverse_temperature,
+                   double unit, uint64_t* w);
 // weight_exp's constants, shared by its kernels: ln 2 in two parts (Cody and Waite),
 // log2(e), and e^r's Taylor coefficients from r^10 down, in Horner's order.
 namespace weight_exp_constants {
@@ -55,7 +56,8 @@ void silu_mul_avx2(float* g, const float* u, int64_t n);
 void halves_f16c(const float* x, uint16_t* h, int64_t n);  // F16C comes with our AVX2 level
 void gemv_avx512(const float* W, const float* x, float* y, int64_t K, int64_t n0, int64_t n1);
 void silu_mul_avx512(float* g, const float* u, int64_t n);
-void weight_exps_avx512(const double* x, double* y, int64_t n);
+uint64_t weigh_avx512(const double* x, int64_t n, double top, double inverse_temperature,
+                      double unit, uint64_t* w);
 #endif
 
 #if defined(__aarch64__) || defined(__arm__)

@@ -68,8 +68,14 @@ inline double exp_step_by_step(double x) {
 
 double weight_exp(double x) { return exp_step_by_step(x); }
 
-void weight_exps_ref(const double* x, double* y, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) y[i] = exp_step_by_step(x[i]);
+uint64_t weigh_ref(const double* x, int64_t n, double top, double inverse_temperature,
+                   double unit, uint64_t* w) {
+  uint64_t total = 0;
+  for (int64_t i = 0; i < n; ++i) {  // floor(e * unit + 0.5): below 2^53, not negative, so
+    const double e = exp_step_by_step((x[i] - top) * inverse_temperature);  // the truncation
+    total += w[i] = uint64_t(int64_t(e * unit + 0.5));
+  }
+  return total;
 }
 
 namespace {
@@ -106,41 +112,43 @@ struct Nucleus {
   uint64_t weight;  // its tokens' weight
 };
 
-// The shortest best-first run of the candidates `ids` (in id order) whose weights w (by
-// id) reach `target`; lo is the lowest finite logit among them, hi the highest.
-Nucleus nucleus(const std::vector<double>& l, const std::vector<uint64_t>& w,
-                const std::vector<int32_t>& ids, double hi, double lo, double target,
-                SampleScratch& m) {
+// The shortest best-first run of the candidates ids (in id order; their logits `chosen`
+// and weights w by position) whose weights reach `target`; lo is the lowest finite logit
+// among them, hi the highest.
+Nucleus nucleus(const double* chosen, const uint64_t* w, const std::vector<int32_t>& ids,
+                const Better& better, double hi, double lo, double target, SampleScratch& m) {
   // Buckets follow the best-first order: a higher logit never lands in a later bucket
   // (every operation here is monotonic), equal logits share one, and -inf goes last.
   // (The logits come as float32, so hi - lo, when not 0, is far above 2^-1000 and the
-  // scale finite.)
+  // scale finite.) The buckets first, in a loop of their own that the compiler
+  // vectorizes, then their weights.
   const size_t n = ids.size(), buckets = n;  // one per candidate
   const double scale = hi > lo ? double(buckets) / (hi - lo) : 0.0;
-  std::vector<uint32_t>& bucket = m.bucket;  // by position in ids
+  const double last = double(buckets - 1);
+  std::vector<int32_t>& bucket = m.bucket;  // by position
   std::vector<uint64_t>& mass = m.bucket_weight;
   bucket.resize(n);
   mass.assign(buckets, 0);
   for (size_t i = 0; i < n; ++i) {
-    const double v = l[size_t(ids[i])];
-    const double at = v > -HUGE_VAL ? (hi - v) * scale : double(buckets);
-    bucket[i] = uint32_t(std::min(at, double(buckets - 1)));
-    mass[bucket[i]] += w[size_t(ids[i])];
+    const double v = chosen[i];
+    bucket[i] = int32_t(std::min(v > -HUGE_VAL ? (hi - v) * scale : last, last));
   }
+  for (size_t i = 0; i < n; ++i) mass[size_t(bucket[i])] += w[i];
   // Weights are whole numbers below 2^53 (exact as doubles): a weight is below target
   // when it is below its ceiling, compared as integers (and never below a target <= 0).
   const uint64_t need = target > 0 ? uint64_t(std::ceil(target)) : 0;
   uint64_t run = 0;  // the weight of the buckets before `edge`
-  size_t edge = 0;
-  while (edge + 1 < buckets && run + mass[edge] < need) run += mass[edge++];
-  std::vector<int32_t>& members = m.edge_ids;  // the edge bucket's tokens, put in order
+  int32_t edge = 0;
+  while (size_t(edge) + 1 < buckets && run + mass[size_t(edge)] < need) run += mass[size_t(edge++)];
+  std::vector<int32_t>& members = m.edge;  // the edge bucket's positions, put in order
   members.clear();
   for (size_t i = 0; i < n; ++i)
-    if (bucket[i] == edge) members.push_back(ids[i]);
-  std::sort(members.begin(), members.end(), Better{l.data()});
-  for (int32_t id : members)
-    if ((run += w[size_t(id)]) >= need) return {id, run};
-  return {members.back(), run};  // not reached: the last bucket holds the rest of the total
+    if (bucket[i] == edge) members.push_back(int32_t(i));
+  std::sort(members.begin(), members.end(),
+            [&](int32_t a, int32_t b) { return better(ids[size_t(a)], ids[size_t(b)]); });
+  for (int32_t i : members)
+    if ((run += w[size_t(i)]) >= need) return {ids[size_t(i)], run};
+  return {ids[size_t(members.back())], run};  // not reached: the last bucket holds the rest
 }
 
 }  // namespace
@@ -177,29 +185,27 @@ int32_t sample(const float* logits, int64_t V, const Sampling& s, uint64_t* rng_
       if (!better(kth, int32_t(i))) ids.push_back(int32_t(i));
   }
 
-  // Their weights, by id, in whole units; the exponentials in a loop of their own, with
-  // the active level's kernel.
+  // Their logits side by side (all of l when every token is a candidate), and their
+  // weights in whole units, by position, with the active level's kernel.
   const size_t n = ids.size();
-  std::vector<double>& e = m.exponentials;  // by position in ids
-  e.resize(n);
-  const double inverse_temperature = 1.0 / s.temperature;
-  for (size_t i = 0; i < n; ++i) e[i] = (l[size_t(ids[i])] - top) * inverse_temperature;
-  weight_exps(e.data(), e.data(), int64_t(n));
+  const double* chosen = l.data();
+  if (n < size_t(V)) {
+    m.chosen.resize(n);
+    for (size_t i = 0; i < n; ++i) m.chosen[i] = l[size_t(ids[i])];
+    chosen = m.chosen.data();
+  }
   std::vector<uint64_t>& w = m.weights;
-  w.resize(size_t(V));
-  const double unit = weight_unit(V);
-  uint64_t total = 0;
-  for (size_t i = 0; i < n; ++i)  // floor(e * unit + 0.5): below 2^53, not negative, so
-    total += w[size_t(ids[i])] = uint64_t(int64_t(e[i] * unit + 0.5));  // the truncation
+  w.resize(n);
+  const uint64_t total = weigh(chosen, int64_t(n), top, 1.0 / s.temperature, weight_unit(V), w.data());
 
   // The pick: the first kept candidate, in id order, whose running weight exceeds r;
   // top-p keeps those no worse than the nucleus's last, else all are kept.
   Nucleus kept{-1, total};
-  if (s.top_p < 1.0) kept = nucleus(l, w, ids, top, lo, s.top_p * double(total), m);
+  if (s.top_p < 1.0) kept = nucleus(chosen, w.data(), ids, better, top, lo, s.top_p * double(total), m);
   const uint64_t r = std::min(uint64_t(rng_uniform(rng_state) * double(kept.weight)), kept.weight - 1);
   uint64_t run = 0;
-  for (int32_t id : ids)
-    if ((kept.last < 0 || !better(kept.last, id)) && (run += w[size_t(id)]) > r) return id;
+  for (size_t i = 0; i < n; ++i)
+    if ((kept.last < 0 || !better(kept.last, ids[i])) && (run += w[i]) > r) return ids[i];
   return ids.back();  // not reached: the kept tokens' running weight ends above r
 }
 

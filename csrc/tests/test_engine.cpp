@@ -278,34 +278,45 @@ TEST(engine_weight_exp_accuracy) {
   }
 }
 
-// Every level's e^x kernel against weight_exp (the scalar code, pinned to numpy's bits
-// above), bit for bit: arguments across [-41, 0] with the boundary at -40, -0, -inf and
-// NaN (weight 0); whole vectors and tails of every length, into another array and in
-// place (as the sampler calls it).
-TEST(engine_weight_exps_are_weight_exp_bit_for_bit) {
+// Every level's weights against weight_exp (the scalar code, pinned to numpy's bits
+// above) scaled as the sampler scales it, bit for bit: arguments across [-41, 0] with the
+// boundary at -40, -0, -inf and NaN (weight 0); with the finest unit (2^52: a last-bit
+// change in e^x near 1 moves the weight) and `baby`'s (2^44), a temperature and a top;
+// whole vectors and tails of every length.
+TEST(engine_weigh_kernels_are_weight_exp_bit_for_bit) {
   Gen gen(13);
   std::vector<double> x = {0.0, -0.0, -40.0, std::nextafter(-40.0, 0.0), std::nextafter(-40.0, -41.0),
                            -HUGE_VAL, std::nan(""), -1e-300, -0.34657359027997264};
   for (int i = 0; i < 100000; ++i) x.push_back(-41.0 * engine::rng_uniform(&gen.s));
   std::vector<int64_t> lengths = {int64_t(x.size())};
   for (int64_t n = 1; n <= 17; ++n) lengths.push_back(n);
-  for (const auto& k : runnable_gemv()) {
-    for (int64_t n : lengths)
-      for (const bool in_place : {false, true}) {
-        std::vector<double> y(size_t(n) + 1, 123.0);  // one more: nothing written past n
-        if (in_place) std::copy(x.begin(), x.begin() + n, y.begin());
-        k.exps(in_place ? y.data() : x.data(), y.data(), n);
+  struct Scaling { double top, inverse_temperature, unit; };
+  const Scaling scalings[] = {{0.0, 1.0, 0x1p52}, {2.5, 1.0 / 0.8, 0x1p44}};
+  for (const auto& k : runnable_gemv())
+    for (const Scaling& c : scalings)
+      for (int64_t n : lengths) {
+        // the arguments shifted by the top and unscaled by the temperature: the same
+        // exponents reach the kernel (up to the rounding of these two operations)
+        std::vector<double> logits(static_cast<size_t>(n));
+        for (int64_t i = 0; i < n; ++i) logits[size_t(i)] = x[size_t(i)] / c.inverse_temperature + c.top;
+        std::vector<uint64_t> w(size_t(n) + 1, 123);  // one more: nothing written past n
+        const uint64_t total = k.weigh(logits.data(), n, c.top, c.inverse_temperature, c.unit, w.data());
+        uint64_t want_total = 0;
         for (int64_t i = 0; i < n; ++i) {
-          const double want = engine::weight_exp(x[size_t(i)]);
-          if (std::memcmp(&y[size_t(i)], &want, 8) != 0) {
-            CHECK(false, "%s (n %lld%s): e^%.17g = %.17g, weight_exp gives %.17g", k.name,
-                  (long long)n, in_place ? ", in place" : "", x[size_t(i)], y[size_t(i)], want);
+          const double e = engine::weight_exp((logits[size_t(i)] - c.top) * c.inverse_temperature);
+          const uint64_t want = uint64_t(int64_t(e * c.unit + 0.5));
+          want_total += want;
+          if (w[size_t(i)] != want) {
+            CHECK(false, "%s (n %lld, unit 2^%d): weight of %.17g is %llu, weight_exp gives %llu",
+                  k.name, (long long)n, std::ilogb(c.unit), logits[size_t(i)],
+                  (unsigned long long)w[size_t(i)], (unsigned long long)want);
             break;
           }
         }
-        CHECK(y[size_t(n)] == 123.0, "%s: wrote past n = %lld", k.name, (long long)n);
+        CHECK(total == want_total, "%s (n %lld): total %llu, the weights add to %llu", k.name,
+              (long long)n, (unsigned long long)total, (unsigned long long)want_total);
+        CHECK(w[size_t(n)] == 123, "%s: wrote past n = %lld", k.name, (long long)n);
       }
-  }
 }
 
 TEST(engine_rng_pinned) {  // the same numbers as tests/test_sampling.py
