@@ -704,7 +704,8 @@ void bind_engine(py::module_& m) {
           if (x.data()[i] > top)  // (the sampler's top is the largest logit)
             throw std::invalid_argument("engine_weigh takes x <= top (or NaN)");
         if (!(inverse_temperature > 0) || !(unit > 0 && unit <= 0x1p52))
-          throw std::invalid_argument("engine_weigh takes inverse_temperature > 0 and 0 < unit <= 2^52");
+          throw std::invalid_argument(
+              "engine_weigh takes inverse_temperature > 0 and 0 < unit <= 2^52");
         py::array_t<uint64_t> out(x.shape(0));
         E::weigh(x.data(), x.shape(0), top, inverse_temperature, unit, out.mutable_data());
         return out;

@@ -140,7 +140,8 @@ Nucleus nucleus(const double* chosen, const uint64_t* w, const std::vector<int32
   const uint64_t need = target > 0 ? uint64_t(std::ceil(target)) : 0;
   uint64_t run = 0;  // the weight of the buckets before `edge`
   int32_t edge = 0;
-  while (size_t(edge) + 1 < buckets && run + mass[size_t(edge)] < need) run += mass[size_t(edge++)];
+  while (size_t(edge) + 1 < buckets && run + mass[size_t(edge)] < need)
+    run += mass[size_t(edge++)];
   std::vector<int32_t>& members = m.edge;  // the edge bucket's positions, put in order
   members.clear();
   for (size_t i = 0; i < n; ++i)
@@ -197,12 +198,14 @@ int32_t sample(const float* logits, int64_t V, const Sampling& s, uint64_t* rng_
   }
   std::vector<uint64_t>& w = m.weights;
   w.resize(n);
-  const uint64_t total = weigh(chosen, int64_t(n), top, 1.0 / s.temperature, weight_unit(V), w.data());
+  const uint64_t total =
+      weigh(chosen, int64_t(n), top, 1.0 / s.temperature, weight_unit(V), w.data());
 
   // The pick: the first kept candidate, in id order, whose running weight exceeds r;
   // top-p keeps those no worse than the nucleus's last, else all are kept.
   Nucleus kept{-1, total};
-  if (s.top_p < 1.0) kept = nucleus(chosen, w.data(), ids, better, top, lo, s.top_p * double(total), m);
+  if (s.top_p < 1.0)
+    kept = nucleus(chosen, w.data(), ids, better, top, lo, s.top_p * double(total), m);
   const uint64_t r = std::min(uint64_t(rng_uniform(rng_state) * double(kept.weight)), kept.weight - 1);
   uint64_t run = 0;
   for (size_t i = 0; i < n; ++i)

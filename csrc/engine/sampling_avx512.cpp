@@ -1,8 +1,8 @@
 // The sampler's weights (sampling.cpp's weigh_ref: e^x by exp_step_by_step, as
 // tinylm.sampling.weight_exp, scaled to whole units) eight doubles at a time: the same
-// IEEE operations in the same order, so the same bits. The
-// compiler must not fuse a multiply and the add after it into one FMA (-mfma is on for
-// this file, and GCC fuses intrinsics too): hence fp-contract off for the whole file.
+// IEEE operations in the same order, so the same bits. The compiler must not fuse a
+// multiply and the add after it into one FMA (-mfma is on for this file, and GCC fuses
+// intrinsics too): hence fp-contract off for the whole file.
 // Uses only intrinsics SIMDe implements, so the native test driver can check it on a CPU
 // without AVX-512.
 #if defined(__clang__)
@@ -43,7 +43,8 @@ __m512d weight_exp8(__m512d v) {
   __m512d p = _mm512_set1_pd(kTaylor[0]);
   for (int c = 1; c < 11; ++c) p = _mm512_add_pd(_mm512_mul_pd(p, r), _mm512_set1_pd(kTaylor[c]));
   // 2^-k (k is 0 to 58)
-  const __m512i bits = _mm512_slli_epi64(_mm512_sub_epi64(_mm512_set1_epi64(1023), whole_to_int(k)), 52);
+  const __m512i exponent = _mm512_sub_epi64(_mm512_set1_epi64(1023), whole_to_int(k));
+  const __m512i bits = _mm512_slli_epi64(exponent, 52);
   return _mm512_maskz_mul_pd(big, p, _mm512_castsi512_pd(bits));
 }
 

@@ -298,9 +298,11 @@ TEST(engine_weigh_kernels_are_weight_exp_bit_for_bit) {
         // the arguments shifted by the top and unscaled by the temperature: the same
         // exponents reach the kernel (up to the rounding of these two operations)
         std::vector<double> logits(static_cast<size_t>(n));
-        for (int64_t i = 0; i < n; ++i) logits[size_t(i)] = x[size_t(i)] / c.inverse_temperature + c.top;
+        for (int64_t i = 0; i < n; ++i)
+          logits[size_t(i)] = x[size_t(i)] / c.inverse_temperature + c.top;
         std::vector<uint64_t> w(size_t(n) + 1, 123);  // one more: nothing written past n
-        const uint64_t total = k.weigh(logits.data(), n, c.top, c.inverse_temperature, c.unit, w.data());
+        const uint64_t total =
+            k.weigh(logits.data(), n, c.top, c.inverse_temperature, c.unit, w.data());
         uint64_t want_total = 0;
         for (int64_t i = 0; i < n; ++i) {
           const double e = engine::weight_exp((logits[size_t(i)] - c.top) * c.inverse_temperature);
