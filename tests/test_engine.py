@@ -340,16 +340,29 @@ def test_non_finite_logits_are_refused_by_both_samplers(logits, mode):
     assert str(native.value) == NOT_FINITE
 
 
-def test_masked_tokens_sort_last():
-    """-inf logits (tokens masked through the library API) with top-k over all tokens:
-    the native sort puts them last, as the reference does."""
-    rng = np.random.default_rng(4)
-    logits = rng.normal(0, 1, 600).astype(np.float32)
-    logits[::2] = -np.inf
-    for seed in range(20):
-        sampler = Sampler(2.0, 600, 1.0, 1.0, seed)
-        got, _ = _C.engine_sample(logits, 2.0, 600, 1.0, 1.0, sampler.rng.state, ())
-        assert got == sampler(logits)
+def masked_and_tied_logits():
+    """-inf logits (tokens masked through the library API) and many ties."""
+    logits = np.round(np.random.default_rng(4).normal(0, 2, 600)).astype(np.float32)
+    logits[::3] = -np.inf
+    return logits
+
+
+@pytest.mark.parametrize("logits", [np.linspace(-3, 3, 600, dtype=np.float32),
+                                    masked_and_tied_logits()], ids=["ascending", "masked, tied"])
+@pytest.mark.parametrize("top_k", [598, 599, 600, 601])
+@pytest.mark.parametrize("top_p", [1.0, 0.9])
+def test_top_k_around_the_vocabulary_size(logits, top_k, top_p):
+    """Top-k just below, at and above the vocabulary's 600 tokens, top-p off and on: the
+    native sampler gathers the candidates' logits only when top-k leaves some out (with
+    ascending logits, the first tokens: every candidate's position moves), and sorts
+    masked tokens last, as the reference does."""
+    for seed in range(10):
+        sampler = Sampler(2.0, top_k, top_p, 1.0, seed)
+        state = sampler.rng.state
+        for _ in range(5):
+            want = sampler(logits)
+            got, state = _C.engine_sample(logits, 2.0, top_k, top_p, 1.0, state, ())
+            assert got == want
 
 
 def test_signed_zeros_are_equal_logits():

@@ -79,7 +79,7 @@ def test_int8_model(model_path, capsys, tmp_path):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--prompt", "x", "--temperature", "-1"], "--temperature must be in [0, 100]"),
+    (["--prompt", "x", "--temperature", "-1"], "--temperature must be 0 (greedy) or in [1e-06, 100]"),
     (["--prompt", "x", "--top-p", "0"], "--top-p must be in (0, 1]"),
     (["--prompt", "x", "--top-k", "-2"], "--top-k must be a non-negative integer"),
     (["--prompt", "x", "--repetition-penalty", "0.1"], "--repetition-penalty must be in [1, 10]"),

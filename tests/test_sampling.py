@@ -109,6 +109,8 @@ def test_repetition_penalty():
 @pytest.mark.parametrize("kwargs, message", [
     (dict(temperature=-0.1), "temperature"),
     (dict(temperature=1e9), "temperature"),
+    (dict(temperature=1e-310), "temperature"),  # 1 / t overflows
+    (dict(temperature=1e-7), "temperature"),
     (dict(temperature=float("nan")), "temperature"),
     (dict(top_k=-1), "top_k"),
     (dict(top_k=2.5), "top_k"),

@@ -1,7 +1,7 @@
 """Choosing the next token: greedy, temperature, top-k, top-p, repetition penalty.
 
 The random numbers come from a small generator, xorshift64* seeded through splitmix64,
-written out here in plain integer arithmetic and again in C++ (csrc/engine/sampling.h),
+written out here in plain integer arithmetic and again in C++ (csrc/engine/sampling.cpp),
 so that a seed gives the same sequence of numbers from the reference and the native
 engine on every machine (numpy's generators are not promised to stay stable across
 versions, and a C++ port of them would be long).
@@ -42,6 +42,9 @@ from .errors import TinylmError
 MASK64 = (1 << 64) - 1
 REPETITION_WINDOW = 64  # tokens of history the repetition penalty looks at
 MAX_TEMPERATURE = 100.0
+# The lowest temperature above 0 (greedy): far below it, 1 / temperature overflows (a
+# subnormal temperature) and the best token's weight would be NaN.
+MIN_TEMPERATURE = 1e-6
 MAX_REPETITION_PENALTY = 10.0
 # weight_exp's constants: ln 2 in two parts (the first with 21 trailing zero bits, so that
 # n * LN2_HI is exact), log2(e), and the Taylor coefficients 1/k!, k = 10 down to 0
@@ -100,9 +103,9 @@ def check_sampling(temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0, 
         return float(value)
 
     t = number("temperature", temperature)
-    if not 0 <= t <= MAX_TEMPERATURE:
-        raise TinylmError(f"{called('temperature')} must be in [0, {MAX_TEMPERATURE:g}] "
-                          f"(0 = greedy), got {t:g}")
+    if not (t == 0 or MIN_TEMPERATURE <= t <= MAX_TEMPERATURE):
+        raise TinylmError(f"{called('temperature')} must be 0 (greedy) or in "
+                          f"[{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}], got {t:g}")
     if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 0:
         raise TinylmError(f"{called('top_k')} must be a non-negative integer (0 = off), "
                           f"got {top_k!r}")

@@ -74,7 +74,7 @@ struct Sampling {
 struct SampleScratch {  // the sampler's working memory, kept between calls
   std::vector<double> logits, chosen;
   std::vector<uint64_t> weights, bucket_weight;
-  std::vector<int32_t> ids, bucket, edge;
+  std::vector<int32_t> ids, bucket, edge_positions;
 };
 
 // Throws std::invalid_argument describing the first inconsistency between config and
@@ -180,7 +180,7 @@ void gemv(const float* x, const Product* products, int n_products, RowShare shar
 // The float kernels of one instruction-set level: the GEMV, rows [n0, n1) of y = W x
 // (W [N, K] row-major), the MLP's g = silu(g) * u (silu.h), the key/value cache's
 // float-to-half conversion (bit for bit float_to_half of half.h, NaN payloads aside), and
-// the sampler's weights (bit for bit weigh's scalar arithmetic).
+// the sampler's weights (bit for bit weigh_ref's arithmetic).
 using GemvKernel = void (*)(const float* W, const float* x, float* y, int64_t K, int64_t n0,
                             int64_t n1);
 using SiluKernel = void (*)(float* g, const float* u, int64_t n);

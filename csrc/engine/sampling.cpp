@@ -71,10 +71,17 @@ double weight_exp(double x) { return exp_step_by_step(x); }
 
 uint64_t weigh_ref(const double* x, int64_t n, double top, double inverse_temperature,
                    double unit, uint64_t* w) {
+  // In blocks: e * unit + 0.5 in a loop of its own, which vectorizes (a conversion of
+  // doubles to 64-bit integers in it would stop that on SSE2), then those to integers.
+  constexpr int64_t kBlock = 64;
+  double y[kBlock];
   uint64_t total = 0;
-  for (int64_t i = 0; i < n; ++i) {  // floor(e * unit + 0.5): below 2^53, not negative, so
-    const double e = exp_step_by_step((x[i] - top) * inverse_temperature);  // the truncation
-    total += w[i] = uint64_t(int64_t(e * unit + 0.5));
+  for (int64_t i0 = 0; i0 < n; i0 += kBlock) {
+    const int64_t m = std::min(kBlock, n - i0);
+    for (int64_t i = 0; i < m; ++i)
+      y[i] = exp_step_by_step((x[i0 + i] - top) * inverse_temperature) * unit + 0.5;
+    for (int64_t i = 0; i < m; ++i)  // floor(y): below 2^53, not negative, so the truncation
+      total += w[i0 + i] = uint64_t(int64_t(y[i]));
   }
   return total;
 }
@@ -125,14 +132,14 @@ Nucleus nucleus(const double* chosen, const uint64_t* w, const std::vector<int32
   // vectorizes, then their weights.
   const size_t n = ids.size(), buckets = n;  // one per candidate
   const double scale = hi > lo ? double(buckets) / (hi - lo) : 0.0;
-  const double last = double(buckets - 1);
+  const double last_bucket = double(buckets - 1);
   std::vector<int32_t>& bucket = m.bucket;  // by position
   std::vector<uint64_t>& mass = m.bucket_weight;
   bucket.resize(n);
   mass.assign(buckets, 0);
   for (size_t i = 0; i < n; ++i) {
     const double v = chosen[i];
-    bucket[i] = int32_t(std::min(v > -HUGE_VAL ? (hi - v) * scale : last, last));
+    bucket[i] = int32_t(std::min(v > -HUGE_VAL ? (hi - v) * scale : last_bucket, last_bucket));
   }
   for (size_t i = 0; i < n; ++i) mass[size_t(bucket[i])] += w[i];
   // Weights are whole numbers below 2^53 (exact as doubles): a weight is below target
@@ -142,7 +149,7 @@ Nucleus nucleus(const double* chosen, const uint64_t* w, const std::vector<int32
   int32_t edge = 0;
   while (size_t(edge) + 1 < buckets && run + mass[size_t(edge)] < need)
     run += mass[size_t(edge++)];
-  std::vector<int32_t>& members = m.edge;  // the edge bucket's positions, put in order
+  std::vector<int32_t>& members = m.edge_positions;  // the edge bucket's, put in order
   members.clear();
   for (size_t i = 0; i < n; ++i)
     if (bucket[i] == edge) members.push_back(int32_t(i));

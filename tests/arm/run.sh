@@ -11,10 +11,12 @@
 #                                           (Pi 2), `tinylm info` as cortex-a15
 #   TINYLM_ARM_CPUS="cortex-a72" bash tests/arm/run.sh        the suite on these CPUs
 #   TINYLM_ARM_KERNEL_CPUS="max" bash tests/arm/run.sh        the kernel tests on these
-#   TINYLM_ARM_JOBS=1 bash tests/arm/run.sh                    one CPU's suite at a time
+#   TINYLM_ARM_JOBS=1 bash tests/arm/run.sh                    one CPU's run at a time
 #                                           (default: as many side by side as cores)
 #   TINYLM_ARM_INFO_CPUS="cortex-a53" bash tests/arm/run.sh   only `tinylm info` on these
-#   bash tests/arm/run.sh -k attention      extra arguments go to pytest
+#   bash tests/arm/run.sh -k attention      extra arguments go to every pytest run (a
+#                                           kernel-tests run they select nothing from
+#                                           passes, saying so)
 #   TINYLM_ARM_WHEEL_DIR=dist bash tests/arm/run.sh   also keep the wheel
 #
 # Emulation is ~20x slower than the host (more on 32-bit ARM), so tests marked `slow`
@@ -306,38 +308,40 @@ KERNEL_TESTS=(test_attention.py test_int8.py test_engine.py test_cross_machine.p
 
 # The CPUs' runs go side by side, as many at a time as there are cores (TINYLM_ARM_JOBS):
 # each is one emulated process, busy on about one core. Each one's output is shown once
-# all have finished, CPU by CPU.
+# all have finished, run by run (a CPU may have two: the suite and the kernel tests).
 JOBS="${TINYLM_ARM_JOBS:-$(nproc)}"
+EXTRA_ARGS=("$@")
 runs=()
 start_run() {  # start_run CPU WHAT PYTEST_ARGUMENT...: pytest on CPU in the background
-  local cpu="$1" what="$2"
+  local cpu="$1" what="$2" i="${#runs[@]}"
   shift 2
   check_info "$cpu"
   while (($(jobs -rp | wc -l) >= JOBS)); do wait -n || true; done
   (
     status=0
     run_pytest "$cpu" "$@" "${PYTEST_ARGS[@]}" "${EXTRA_ARGS[@]}" || status=$?
-    echo "$status" > "$WORK/status-$cpu"
-  ) > "$WORK/pytest-$cpu.log" 2>&1 &
+    echo "$status" > "$WORK/run-$i.status"
+  ) > "$WORK/run-$i.log" 2>&1 &
   runs+=("$cpu:$what")
 }
-EXTRA_ARGS=("$@")
 for cpu in $CPUS; do
   start_run "$cpu" "the suite" "$REPO/tests" --ignore="$REPO/tests/test_native_driver.py" \
     --ignore="$REPO/tests/arm"
 done
 for cpu in $KERNEL_CPUS; do
-  start_run "$cpu" "the kernel tests" "${KERNEL_TESTS[@]/#/$REPO/tests/}"
+  start_run "$cpu" "the kernel tests" "${KERNEL_TESTS[@]/#/"$REPO"/tests/}"
 done
 wait
-for run in "${runs[@]}"; do
-  cpu="${run%%:*}"
-  status="$(cat "$WORK/status-$cpu" 2>/dev/null || echo "none")"
-  step "pytest (${run#*:}) on QEMU_CPU=$cpu: exit $status"
-  cat "$WORK/pytest-$cpu.log"
-  if [[ "$status" != 0 ]]; then
+for i in "${!runs[@]}"; do
+  cpu="${runs[$i]%%:*}" what="${runs[$i]#*:}"
+  status="$(cat "$WORK/run-$i.status" 2>/dev/null || echo "none")"
+  step "pytest ($what) on QEMU_CPU=$cpu: exit $status"
+  cat "$WORK/run-$i.log"
+  if [[ "$status" == 5 && "$what" == "the kernel tests" && ${#EXTRA_ARGS[@]} -gt 0 ]]; then
+    echo "(the arguments given select none of the kernel tests on $cpu)"
+  elif [[ "$status" != 0 ]]; then
     [[ "$status" == 5 ]] && echo "pytest collected no tests on $cpu" >&2
-    failed+=("$cpu: pytest exit $status")
+    failed+=("$cpu ($what): pytest exit $status")
   fi
 done
 for cpu in $INFO_CPUS; do
