@@ -24,6 +24,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <initializer_list>
 #include <stdexcept>
 #include <string>
 
@@ -340,8 +341,11 @@ void Engine::attend_causal(int64_t layer, int64_t T, const float* q, float* out)
 namespace {
 
 // y [T, m.rows] = x [T, m.cols] m^T, with the int8 GEMM (tinylm/quant.py's linear)
-void linear(const float* x, int64_t T, const Matrix& m, float* y) {
-  int8::linear(x, T, m.cols, m.q, m.scale, m.rows, y);
+// y = x m^T for each product, x [T, K] quantized once for all of them
+void linear(const float* x, int64_t T, std::initializer_list<Product> products) {
+  std::vector<int8::Linear> layers;
+  for (const Product& p : products) layers.push_back({p.m->q, p.m->scale, p.m->rows, p.y});
+  int8::linear(x, T, products.begin()->m->cols, layers.data(), int(layers.size()));
 }
 
 }  // namespace
@@ -369,9 +373,7 @@ void Engine::prefill(const int32_t* ids, int64_t T, int64_t pos, float* logits, 
   for (int64_t i = 0; i < cfg_.n_layer; ++i) {
     const Layer& L = w_.layers[size_t(i)];
     norm_rows(L.attn_norm, 0);
-    linear(h.data(), T, L.q, q.data());
-    linear(h.data(), T, L.k, k.data());
-    linear(h.data(), T, L.v, v.data());
+    linear(h.data(), T, {{&L.q, q.data()}, {&L.k, k.data()}, {&L.v, v.data()}});
     for (int64_t t = 0; t < T; ++t) {
       const float* cos = st_.cos + (pos + t) * (D / 2);
       const float* sin = st_.sin + (pos + t) * (D / 2);
@@ -387,18 +389,17 @@ void Engine::prefill(const int32_t* ids, int64_t T, int64_t pos, float* logits, 
           attend(i, 0, Hkv, pos + t + 1, &q[size_t(t * d)], &att[size_t(t * d)]);
       });
     }
-    linear(att.data(), T, L.o, y.data());
+    linear(att.data(), T, {{&L.o, y.data()}});
     add(x.data(), y.data(), T * d);
     norm_rows(L.mlp_norm, 0);
-    linear(h.data(), T, L.gate, g.data());
-    linear(h.data(), T, L.up, u.data());
+    linear(h.data(), T, {{&L.gate, g.data()}, {&L.up, u.data()}});
     silu_mul(g.data(), u.data(), T * ff);
-    linear(g.data(), T, L.down, y.data());
+    linear(g.data(), T, {{&L.down, y.data()}});
     add(x.data(), y.data(), T * d);
   }
   const int64_t first = all_logits ? 0 : T - 1;
   norm_rows(w_.final_norm, first);
-  linear(h.data(), T - first, E, logits);
+  linear(h.data(), T - first, {{&E, logits}});
 }
 
 }  // namespace tinylm::engine

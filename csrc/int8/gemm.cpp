@@ -156,6 +156,11 @@ void gemm_i32(const int8_t* a, const int8_t* b, int32_t* c, int64_t M, int64_t N
 
 void linear(const float* x, int64_t M, int64_t K, const int8_t* wq, const float* w_scale,
             int64_t N, float* y) {
+  const Linear layer{wq, w_scale, N, y};
+  linear(x, M, K, &layer, 1);
+}
+
+void linear(const float* x, int64_t M, int64_t K, const Linear* layers, int n_layers) {
   const KernelInfo& kernel = select(active_features());
   Scratch& s = scratch();
   const int64_t stride = round_up(K, kPad);
@@ -169,9 +174,12 @@ void linear(const float* x, int64_t M, int64_t K, const int8_t* wq, const float*
   parallel_for(M, rows_per_chunk, [&](int64_t m0, int64_t m1) {
     quantize_rows(x + m0 * K, m1 - m0, K, xq + m0 * stride, stride, x_scale + m0, x_sum + m0);
   });
-  Problem p{xq, stride, x_sum, M, wq, N, K, nullptr, N};
-  p.x_scale = x_scale, p.w_scale = w_scale, p.y = y;  // dequantized in the kernels
-  for_row_blocks(M, N, K, [&](int64_t n0, int64_t n1) { kernel.fn(p, n0, n1); });
+  for (int i = 0; i < n_layers; ++i) {
+    const Linear& l = layers[i];
+    Problem p{xq, stride, x_sum, M, l.wq, l.N, K, nullptr, l.N};
+    p.x_scale = x_scale, p.w_scale = l.w_scale, p.y = l.y;  // dequantized in the kernels
+    for_row_blocks(M, l.N, K, [&](int64_t n0, int64_t n1) { kernel.fn(p, n0, n1); });
+  }
 }
 
 uint64_t read_checksum(const uint64_t* data, int64_t n_words) {

@@ -39,6 +39,15 @@ void gemm_i32(const int8_t* a, const int8_t* b, int32_t* c, int64_t M, int64_t N
 // M == 1 is the decode GEMV, M > 1 the prefill/evaluation GEMM.
 void linear(const float* x, int64_t M, int64_t K, const int8_t* wq, const float* w_scale,
             int64_t N, float* y);
+// The same for several weight matrices applied to one x (a layer's q, k and v, or its
+// gate and up): x is quantized once for all of them.
+struct Linear {
+  const int8_t* wq;
+  const float* w_scale;
+  int64_t N;
+  float* y;
+};
+void linear(const float* x, int64_t M, int64_t K, const Linear* layers, int n_layers);
 
 // Name of the kernel the active level selects (e.g. "avx512vnni", "avx2", "scalar").
 std::string active_kernel();
