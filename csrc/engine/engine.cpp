@@ -340,8 +340,8 @@ void Engine::attend_causal(int64_t layer, int64_t T, const float* q, float* out)
 
 namespace {
 
-// y [T, m.rows] = x [T, m.cols] m^T, with the int8 GEMM (tinylm/quant.py's linear)
-// y = x m^T for each product, x [T, K] quantized once for all of them
+// y [T, m.rows] = x [T, m.cols] m^T for each product (all of the same m.cols), with the int8
+// GEMM (tinylm/quant.py's linear), x quantized once for all of them
 void linear(const float* x, int64_t T, std::initializer_list<Product> products) {
   std::vector<int8::Linear> layers;
   for (const Product& p : products) layers.push_back({p.m->q, p.m->scale, p.m->rows, p.y});
