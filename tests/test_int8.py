@@ -254,9 +254,15 @@ def test_bad_arguments_raise_value_error_naming_them():
         quant.Int8Weight(w, np.ones(2, np.float32))
 
 
-def test_read_checksum(rng):
-    a = rng.integers(0, 2**63, 100001, dtype=np.uint64)
-    assert _C.int8_read_checksum(a) == int(a.sum(dtype=np.uint64))
+@pytest.mark.parametrize("path", ISAS)
+def test_read_checksum(path, rng):
+    # every level's read (16-, 32- and 64-byte loads), over lengths that leave every
+    # size of tail, from an offset that is not a whole vector, and one larger than a
+    # thread's chunk
+    a = rng.integers(0, 2**64, 100001, dtype=np.uint64)
+    with isa(path), threads(2):
+        for n in list(range(1, 70)) + [100000]:
+            assert _C.int8_read_checksum(a[1:1 + n]) == int(a[1:1 + n].sum(dtype=np.uint64)), n
 
 
 # ---------------------------------------------------------------- model files

@@ -12,6 +12,7 @@
 #include "../cpu.h"
 #include "../threads.h"
 #include "kernels.h"
+#include "read.h"
 
 namespace tinylm::int8 {
 namespace {
@@ -51,6 +52,25 @@ void for_row_blocks(int64_t M, int64_t N, int64_t K, Fn&& fn) {
   parallel_for(blocks, grain, [&](int64_t b0, int64_t b1) {
     fn(b0 * kRowBlock, std::min(N, b1 * kRowBlock));
   });
+}
+
+// read.h's Ops in the compiler's 16-byte vectors (GCC and Clang), which are the
+// baseline's widest loads: SSE2's, NEON's.
+struct PortableWords {
+  using V = uint64_t __attribute__((vector_size(16)));
+  static constexpr int64_t kWords = 2;
+  static V zero() { return V{0, 0}; }
+  static V load(const uint64_t* p) {
+    V v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+  }
+  static V add(V a, V b) { return a + b; }
+  static uint64_t sum(V v) { return v[0] + v[1]; }
+};
+
+uint64_t read_words_portable(const uint64_t* data, int64_t n) {
+  return read::sum_words<PortableWords>(data, n);
 }
 
 const KernelInfo& select(uint32_t features) {
@@ -183,18 +203,17 @@ void linear(const float* x, int64_t M, int64_t K, const Linear* layers, int n_la
 }
 
 uint64_t read_checksum(const uint64_t* data, int64_t n_words) {
+  uint64_t (*read_words)(const uint64_t*, int64_t) = read_words_portable;
+#if defined(__x86_64__) || defined(_M_X64)
+  const uint32_t active = active_features();
+  if (active & kAVX512)
+    read_words = read_words_avx512;
+  else if (active & kAVX2)
+    read_words = read_words_avx2;
+#endif
   std::atomic<uint64_t> total{0};
-  parallel_for(n_words, int64_t(1) << 15, [&](int64_t b, int64_t e) {
-    // Four streams at once (like a GEMV tile reading four weight rows) and independent
-    // sums, so neither one prefetch stream nor one add chain limits the read rate.
-    const int64_t q = (e - b) / 4;
-    const uint64_t* s[4] = {data + b, data + b + q, data + b + 2 * q, data + b + 3 * q};
-    uint64_t sum[4] = {0, 0, 0, 0};
-    for (int64_t i = 0; i < q; ++i)
-      for (int j = 0; j < 4; ++j) sum[j] += s[j][i];
-    for (int64_t i = b + 4 * q; i < e; ++i) sum[0] += data[i];
-    total += sum[0] + sum[1] + sum[2] + sum[3];
-  });
+  parallel_for(n_words, int64_t(1) << 15,
+               [&](int64_t b, int64_t e) { total += read_words(data + b, e - b); });
   return total.load();
 }
 

@@ -113,8 +113,9 @@ const std::vector<KernelInfo>& kernels();
 void gemm_i32_with(const KernelInfo& kernel, const int8_t* a, const int8_t* b, int32_t* c,
                    int64_t M, int64_t N, int64_t K);
 
-// Reads n_words 64-bit words and returns their wrapping sum. The benchmark uses it to
-// measure the machine's streaming read bandwidth with the same thread pool.
+// Reads n_words 64-bit words and returns their wrapping sum, in the widest loads of the
+// active instruction-set level. The benchmarks use it to measure the machine's streaming
+// read bandwidth with the same thread pool: the roofline of a decode step.
 uint64_t read_checksum(const uint64_t* data, int64_t n_words);
 
 }  // namespace tinylm::int8

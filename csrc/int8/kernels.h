@@ -16,6 +16,9 @@ void gemm_avx512vnni(const Problem& p, int64_t n_begin, int64_t n_end);  // gemm
 // code, and the sum of its q; returns false, writing nothing, for a row with NaN/inf or
 // a max below kMinAmax.
 bool quantize_row_avx2(const float* x, int64_t K, int8_t* q, float* scale, int32_t* sum);
+// read_checksum's read of n words in 32- and 64-byte loads (read.h)
+uint64_t read_words_avx2(const uint64_t* data, int64_t n);    // read_avx2.cpp
+uint64_t read_words_avx512(const uint64_t* data, int64_t n);  // read_avx512.cpp
 #endif
 
 #if defined(__aarch64__) || defined(__arm__)

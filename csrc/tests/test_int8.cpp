@@ -9,6 +9,7 @@
 
 #include "../cpu.h"
 #include "../int8/int8.h"
+#include "../int8/kernels.h"
 #include "../threads.h"
 #include "check.h"
 
@@ -274,5 +275,23 @@ TEST(int8_read_checksum) {
   for (size_t i = 0; i < v.size(); ++i) want += (v[i] = i * 0x9E3779B97F4A7C15ull);
   CHECK(int8::read_checksum(v.data(), int64_t(v.size())) == want, "checksum differs");
 }
+
+#if defined(__x86_64__) || defined(_M_X64)
+// The wide reads themselves, whatever the active level (under SIMDe, the AVX-512 one on
+// any CPU), over every size of tail and from an odd word.
+TEST(int8_read_words_kernels) {
+  std::vector<uint64_t> v(200);
+  for (size_t i = 0; i < v.size(); ++i) v[i] = (i + 1) * 0x9E3779B97F4A7C15ull;
+  std::vector<std::pair<const char*, uint64_t (*)(const uint64_t*, int64_t)>> reads;
+  if (force_all_kernels() || (cpu_features() & kAVX2)) reads.push_back({"avx2", int8::read_words_avx2});
+  if (force_all_kernels() || (cpu_features() & kAVX512)) reads.push_back({"avx512", int8::read_words_avx512});
+  for (const auto& [name, read] : reads)
+    for (int64_t n = 0; n < 150; ++n) {
+      uint64_t want = 0;
+      for (int64_t i = 0; i < n; ++i) want += v[size_t(1 + i)];
+      CHECK(read(v.data() + 1, n) == want, "%s read of %lld words", name, (long long)n);
+    }
+}
+#endif
 
 }  // namespace
