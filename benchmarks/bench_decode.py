@@ -3,7 +3,8 @@ RSS, fp32 and int8, against the memory-read roofline.
 
 Every decode step reads all of the weights once, so the floor on a step's time is one
 streaming read of that many bytes. The script measures that read in the same run, on
-the weights themselves (warm, as they are when decoding, with the same thread count),
+the weights themselves (warm, as they are when decoding, with the same thread count, in
+the CPU's widest vector loads: `int8_read_checksum`),
 and reports each decode step as a multiple of it. (A step also reads the KV cache, which
 this floor leaves out: at the `small` preset's average position here, 2.6 MB of it in
 float32, 11% of the fp32 weights; the int8 models' cache is float16, 1.3 MB, 21% of
