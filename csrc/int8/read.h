@@ -17,13 +17,12 @@ template <class O>
 uint64_t sum_words(const uint64_t* data, int64_t n) {
   using V = typename O::V;
   const int64_t q = n / 4 / O::kWords * O::kWords;  // each stream's words, whole vectors
-  const uint64_t* s = data;
   V a0 = O::zero(), a1 = a0, a2 = a0, a3 = a0;
   for (int64_t i = 0; i < q; i += O::kWords) {
-    a0 = O::add(a0, O::load(s + i));
-    a1 = O::add(a1, O::load(s + q + i));
-    a2 = O::add(a2, O::load(s + 2 * q + i));
-    a3 = O::add(a3, O::load(s + 3 * q + i));
+    a0 = O::add(a0, O::load(data + i));
+    a1 = O::add(a1, O::load(data + q + i));
+    a2 = O::add(a2, O::load(data + 2 * q + i));
+    a3 = O::add(a3, O::load(data + 3 * q + i));
   }
   uint64_t total = O::sum(O::add(O::add(a0, a1), O::add(a2, a3)));
   for (int64_t i = 4 * q; i < n; ++i) total += data[i];
