@@ -42,12 +42,13 @@ void parallel_for(int64_t n, int64_t grain, Fn&& fn) {
 // `threads` have called it. Reusable; spins briefly, then yields the core, and sleeps
 // once it has waited longer than the pool's threads stay awake (a member that lost its
 // core, e.g. to a container's CPU quota, is not held up further by the others' spinning).
-// Once broken (a member failed), wait() returns at once.
+// Once broken (a member failed), wait() returns at once, and broken() says so.
 class Barrier {
  public:
   explicit Barrier(int threads) : threads_(threads) {}
   void wait();
   void break_();
+  bool broken() const { return broken_.load(); }
 
  private:
   void wake_sleepers();

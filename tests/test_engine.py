@@ -407,14 +407,32 @@ def test_seed_gives_the_same_text_from_both_engines(model_files, kwargs):
     assert a != "".join(native.generate("The ", max_tokens=60, seed=12, **kwargs))
 
 
+@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("int8", [False, True], ids=["fp32", "int8"])
-def test_decode_many_tokens_in_one_call_equals_one_at_a_time(params, int8):
+def test_decode_many_tokens_in_one_call_equals_one_at_a_time(params, int8, threads):
     """decode(n) picks what n one-token steps pick, stops after the stop token and when
-    the cache is full, and gives the repetition penalty the same recent tokens."""
+    the cache is full, and gives the repetition penalty the same recent tokens; also when
+    a team of threads runs the whole call (thread 0 samples, the others take its pick)."""
     p = quantize_params(params) if int8 else params
     prompt = [256, 10, 20, 30, 20, 10]
+    saved = _C.num_threads()
+    _C.set_num_threads(threads)
+    try:
+        check_decode_calls(p, prompt)
+    finally:
+        _C.set_num_threads(saved)
+
+
+def native_engine(p, threads):
+    engine = NativeEngine(CFG, p)
+    engine._native.max_threads = threads  # this model is too small to split by default
+    return engine
+
+
+def check_decode_calls(p, prompt):
+    threads = _C.num_threads()
     for n in (1, 3, 7, 100):
-        engines = NativeEngine(CFG, p), ReferenceEngine(CFG, p, int8_impl="numpy")
+        engines = native_engine(p, threads), ReferenceEngine(CFG, p, int8_impl="numpy")
         runs = []
         for eng in engines:
             sampler = Sampler(1.1, 0, 0.9, 1.5, seed=5)
@@ -431,12 +449,55 @@ def test_decode_many_tokens_in_one_call_equals_one_at_a_time(params, int8):
             runs.append(out)
         assert runs[0] == runs[1], n
         assert len(runs[0]) == CFG.context - len(prompt) + 1  # the cache stopped it
-    eng, sampler = NativeEngine(CFG, p), Sampler(0)
+    eng = native_engine(p, threads)
     eng.prefill(prompt)
     stop = eng.decode(30, 3, Sampler(0), prompt + [30])[1]  # the second greedy pick
     eng.reset()
     eng.prefill(prompt)
     assert eng.decode(30, 10, Sampler(0), prompt + [30], stop_token=stop)[-1] == stop
+
+
+NAN_DECODE = """
+import numpy as np
+from tinylm import _C
+from tinylm.config import ModelConfig
+from tinylm.engine import NativeEngine
+from tinylm.errors import TinylmError
+from tinylm.model import FINAL_NORM, init_params
+from tinylm.sampling import Sampler
+cfg = ModelConfig(**{cfg})
+threads = {threads}
+_C.set_num_threads(threads)
+p = init_params(cfg, seed=0)
+norm = p[FINAL_NORM][0]
+p[FINAL_NORM][0] = np.nan
+eng = NativeEngine(cfg, p)
+eng._native.max_threads = threads
+eng.prefill([256, 10, 20])
+try:
+    eng.decode(30, 5, Sampler(0.8, seed=1), [256, 10, 20, 30])
+    raise SystemExit("decoded NaN logits")
+except TinylmError as e:
+    assert "logits are NaN or infinite" in str(e), e
+p[FINAL_NORM][0] = norm  # the engine reads the array in place
+eng.reset()
+eng.prefill([256, 10, 20])
+assert len(eng.decode(30, 5, Sampler(0.8, seed=1), [256, 10, 20, 30])) == 5
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_decode_refuses_non_finite_logits_on_a_team(tmp_path, threads):
+    """A NaN in the weights makes the logits NaN: the decode call fails with the sampler's
+    message, the same with a team of two (thread 0's failure must not leave the other
+    waiting for its pick: run in a subprocess, so a hang is a clean failure), and the
+    engine still decodes once the weights are fixed."""
+    code = NAN_DECODE.format(cfg=CFG.__dict__, threads=threads)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       cwd=tmp_path, timeout=120,
+                       env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
 
 
 def test_long_generation_with_penalty_matches_reference(model_files):

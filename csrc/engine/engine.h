@@ -134,6 +134,9 @@ class Engine {
     Barrier& barrier;
   };
   void forward(int32_t token, int64_t pos, float* logits);  // step() without the clock
+  void check_token(int32_t token) const;
+  void check_position(int64_t pos) const;
+  int team_size();  // the threads a step runs on, each with its lane
   void embed(int32_t token, float* x) const;  // x [d_model] = the token's embedding row
   void forward_share(int32_t token, int64_t pos, float* logits, const Share& s);
   void attention_share(const Layer& L, int64_t layer, int64_t pos, Lane& me, const Share& s);
