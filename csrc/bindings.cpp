@@ -453,6 +453,8 @@ void bind_int8(py::module_& m) {
       py::arg("data"),
       "Wrapping sum of a uint64 array, read with the kernels' threads (measures the "
       "streaming read bandwidth in benchmarks/bench_int8.py).");
+  m.def("int8_read_path", [] { return std::string(tinylm::int8::read_path()); },
+        "The loads int8_read_checksum uses at the active level: avx512, avx2 or portable.");
 }
 
 

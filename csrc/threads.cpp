@@ -21,7 +21,7 @@ namespace {
 thread_local bool in_worker = false;
 
 // How long a thread waits awake before it sleeps. Kernels issue jobs a few microseconds
-// apart (a prefill's products, a generation's one team job a token), and waking a
+// apart (a prefill's products, a generation's one team job a decode call), and waking a
 // sleeping thread costs 5-10 us (more on a busy machine): a worker that stays awake
 // through the gaps takes the next job at once. A thread with nothing to do sleeps after
 // this long.

@@ -254,6 +254,14 @@ def test_bad_arguments_raise_value_error_naming_them():
         quant.Int8Weight(w, np.ones(2, np.float32))
 
 
+def test_read_checksum_uses_the_widest_loads_of_each_level():
+    # the roofline's read in 16-byte loads measured the load ports, not the memory
+    widest = {"avx2": "avx2", "avxvnni": "avx2", "avx512": "avx512", "avx512vnni": "avx512"}
+    for path in ISAS:
+        with isa(path):
+            assert _C.int8_read_path() == widest.get(path, "portable"), path
+
+
 @pytest.mark.parametrize("path", ISAS)
 def test_read_checksum(path, rng):
     # every level's read (16-, 32- and 64-byte loads), over lengths that leave every

@@ -281,7 +281,7 @@ int64_t Engine::decode(int32_t token, int64_t pos, int64_t max_tokens, const Sam
   Stopwatch watch(native_seconds_);
   check_token(token);
   check_position(pos);
-  // the recent tokens, oldest first, trimmed to the window when grown to twice that
+  // the recent tokens, oldest first
   const int64_t keep = std::min(n_history, kRepetitionWindow);
   recent_.assign(history + n_history - keep, history + n_history);
   int64_t n = 0;
@@ -289,7 +289,10 @@ int64_t Engine::decode(int32_t token, int64_t pos, int64_t max_tokens, const Sam
   // One team for the whole call: each token's step runs on all of its threads, thread 0
   // samples, and the others take the token from it at a barrier. (A team per token,
   // handed out to the pool again each time, made `baby` fp32 at 2 threads 4% slower a
-  // step and `medium` int8 2%.) A member that fails breaks the barrier; the others leave.
+  // step and `medium` int8 2%.) The team holds the pool for the call (`generate`'s calls
+  // last ~20 ms at most): other work on the pool waits for it. A member that fails breaks
+  // the barrier, and the others leave. token, pos, n and done are written by thread 0
+  // between the two barriers only.
   run_team(team_size(), [&](int t, int T, Barrier& barrier) {
     for (;;) {
       forward_share(token, pos, logits_.data(), Share{t, T, barrier});
@@ -299,16 +302,23 @@ int64_t Engine::decode(int32_t token, int64_t pos, int64_t max_tokens, const Sam
         token = sample(logits_.data(), cfg_.vocab_size, s, rng_state, recent_.data(),
                        int64_t(recent_.size()), sample_scratch_);
         out[n++] = token;
-        done = n == max_tokens || token == stop_token || ++pos == cfg_.context;
-        if (int64_t(recent_.size()) >= 2 * kRepetitionWindow)
-          recent_.erase(recent_.begin(), recent_.end() - kRepetitionWindow);
-        recent_.push_back(token);
+        ++pos;
+        done = n == max_tokens || token == stop_token || pos == cfg_.context;
+        if (!done) remember(token);
       }
       barrier.wait();  // the token picked
-      if (done || barrier.broken()) return;
+      if (barrier.broken() || done) return;
     }
   });
   return n;
+}
+
+// Adds a pick to the recent tokens (the repetition penalty's window), trimming them to
+// the window when they have grown to twice that.
+void Engine::remember(int32_t token) {
+  if (int64_t(recent_.size()) >= 2 * kRepetitionWindow)
+    recent_.erase(recent_.begin(), recent_.end() - kRepetitionWindow);
+  recent_.push_back(token);
 }
 
 void Engine::check_token(int32_t token) const {

@@ -1,6 +1,7 @@
-// The native decode step: one call runs a token through every layer and the tied head
-// (and, optionally, samples the next token), so Python is crossed once per token; and
-// for int8 models the batched pass over a prompt (prefill).
+// The native decode step: a token through every layer and the tied head (step), or
+// several tokens a call, each sampled from the last one's logits (decode: Python is
+// crossed once per call, not per token); and for int8 models the batched pass over a
+// prompt (prefill).
 //
 // The engine owns no weights and no cache: it reads the model's arrays where they
 // already are (memory-mapped from the model file) and the key/value cache arrays that
@@ -134,6 +135,7 @@ class Engine {
     Barrier& barrier;
   };
   void forward(int32_t token, int64_t pos, float* logits);  // step() without the clock
+  void remember(int32_t token);  // decode(): a pick joins the recent tokens
   void check_token(int32_t token) const;
   void check_position(int64_t pos) const;
   int team_size();  // the threads a step runs on, each with its lane

@@ -202,19 +202,32 @@ void linear(const float* x, int64_t M, int64_t K, const Linear* layers, int n_la
   }
 }
 
-uint64_t read_checksum(const uint64_t* data, int64_t n_words) {
-  uint64_t (*read_words)(const uint64_t*, int64_t) = read_words_portable;
+namespace {
+
+struct ReadKernel {
+  const char* name;
+  uint64_t (*fn)(const uint64_t* data, int64_t n);
+};
+
+ReadKernel select_read() {
 #if defined(__x86_64__) || defined(_M_X64)
   const uint32_t active = active_features();
-  if (active & kAVX512)
-    read_words = read_words_avx512;
-  else if (active & kAVX2)
-    read_words = read_words_avx2;
+  if (active & kAVX512) return {"avx512", read_words_avx512};
+  if (active & kAVX2) return {"avx2", read_words_avx2};
 #endif
+  return {"portable", read_words_portable};
+}
+
+}  // namespace
+
+uint64_t read_checksum(const uint64_t* data, int64_t n_words) {
+  const ReadKernel read = select_read();
   std::atomic<uint64_t> total{0};
   parallel_for(n_words, int64_t(1) << 15,
-               [&](int64_t b, int64_t e) { total += read_words(data + b, e - b); });
+               [&](int64_t b, int64_t e) { total += read.fn(data + b, e - b); });
   return total.load();
 }
+
+const char* read_path() { return select_read().name; }
 
 }  // namespace tinylm::int8

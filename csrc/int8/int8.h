@@ -117,5 +117,8 @@ void gemm_i32_with(const KernelInfo& kernel, const int8_t* a, const int8_t* b, i
 // active instruction-set level. The benchmarks use it to measure the machine's streaming
 // read bandwidth with the same thread pool: the roofline of a decode step.
 uint64_t read_checksum(const uint64_t* data, int64_t n_words);
+// The loads read_checksum uses at the active level: "avx512", "avx2" or "portable" (the
+// baseline's 16-byte vectors).
+const char* read_path();
 
 }  // namespace tinylm::int8

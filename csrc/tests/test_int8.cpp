@@ -269,11 +269,19 @@ TEST(int8_threads_do_not_change_results) {
   CHECK(one == reference(a, b, M, N, K), "threaded result differs from reference");
 }
 
+// The active level's read (on ARM and x86 without AVX2, the portable one), over every
+// size of tail from an odd word, and over more words than one thread's chunk.
 TEST(int8_read_checksum) {
   std::vector<uint64_t> v(100003);
   uint64_t want = 0;
   for (size_t i = 0; i < v.size(); ++i) want += (v[i] = i * 0x9E3779B97F4A7C15ull);
   CHECK(int8::read_checksum(v.data(), int64_t(v.size())) == want, "checksum differs");
+  for (int64_t n = 0; n < 150; ++n) {
+    uint64_t part = 0;
+    for (int64_t i = 0; i < n; ++i) part += v[size_t(1 + i)];
+    CHECK(int8::read_checksum(v.data() + 1, n) == part, "%s read of %lld words",
+          int8::read_path(), (long long)n);
+  }
 }
 
 #if defined(__x86_64__) || defined(_M_X64)

@@ -338,6 +338,39 @@ void check_cover(int64_t n, int64_t grain) {
   CHECK(expect_begin == n, "ranges end at %lld, n=%lld", (long long)expect_begin, (long long)n);
 }
 
+// A loop that runs until the team is done, as a decode call's does, ends once a member
+// fails: the others see broken() after their wait and leave (without the check they
+// would loop on forever past a barrier that no longer waits). A member may see it right
+// after the last wait that all completed (the thrower fails after it), never earlier.
+TEST(runtime_barrier_broken_ends_an_open_loop) {
+  KeepThreads keep;
+  tinylm::set_num_threads(3);
+  for (int thrower : {0, 2}) {
+    std::atomic<int> left{0}, broken_early{0};
+    std::string message;
+    try {
+      tinylm::run_team(3, [&](int t, int, tinylm::Barrier& barrier) {
+        for (int i = 0; i < 1000; ++i) {  // (bounded: a broken() that never says so fails)
+          if (t == thrower && i == 7) throw std::runtime_error("member " + std::to_string(t));
+          barrier.wait();
+          if (barrier.broken()) {
+            broken_early += i < 6;
+            ++left;
+            return;
+          }
+        }
+      });
+    } catch (const std::runtime_error& e) {
+      message = e.what();
+    }
+    CHECK(message == "member " + std::to_string(thrower), "thrower %d: caught '%s'", thrower,
+          message.c_str());
+    CHECK(left.load() == 2 && broken_early.load() == 0,
+          "thrower %d: %d members left, %d saw the barrier broken before it was", thrower,
+          left.load(), broken_early.load());
+  }
+}
+
 }  // namespace
 
 TEST(runtime_parallel_for_covers_every_index_once) {
