@@ -241,6 +241,12 @@ def greedy_ids(engine, prompt, n):
     return out
 
 
+def native_engine(p, threads):
+    engine = NativeEngine(CFG, p)
+    engine._native.max_threads = threads  # this model is too small to split by default
+    return engine
+
+
 @pytest.mark.parametrize("int8", [False, True], ids=["fp32", "int8"])
 def test_greedy_identical_across_threads_and_isas(params, int8):
     p = quantize_params(params) if int8 else params
@@ -252,9 +258,7 @@ def test_greedy_identical_across_threads_and_isas(params, int8):
             _C.set_isa(name)
             for t in (1, 2, 3):
                 _C.set_num_threads(t)
-                engine = NativeEngine(CFG, p)
-                engine._native.max_threads = t  # this model is too small to split by default
-                assert greedy_ids(engine, prompt, n) == expected, (name, t)
+                assert greedy_ids(native_engine(p, t), prompt, n) == expected, (name, t)
     finally:
         _C.set_isa(isa)
         _C.set_num_threads(threads)
@@ -421,12 +425,6 @@ def test_decode_many_tokens_in_one_call_equals_one_at_a_time(params, int8, threa
         check_decode_calls(p, prompt)
     finally:
         _C.set_num_threads(saved)
-
-
-def native_engine(p, threads):
-    engine = NativeEngine(CFG, p)
-    engine._native.max_threads = threads  # this model is too small to split by default
-    return engine
 
 
 def check_decode_calls(p, prompt):

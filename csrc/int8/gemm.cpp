@@ -3,7 +3,6 @@
 // the thread pool. Portable C++ (no ISA flags): it only calls the kernels through
 // kernels() after checking the CPU level.
 #include <algorithm>
-#include <atomic>
 #include <cfloat>
 #include <cmath>
 #include <cstring>
@@ -12,7 +11,6 @@
 #include "../cpu.h"
 #include "../threads.h"
 #include "kernels.h"
-#include "read.h"
 
 namespace tinylm::int8 {
 namespace {
@@ -52,25 +50,6 @@ void for_row_blocks(int64_t M, int64_t N, int64_t K, Fn&& fn) {
   parallel_for(blocks, grain, [&](int64_t b0, int64_t b1) {
     fn(b0 * kRowBlock, std::min(N, b1 * kRowBlock));
   });
-}
-
-// read.h's Ops in the compiler's 16-byte vectors (GCC and Clang), which are the
-// baseline's widest loads: SSE2's, NEON's.
-struct PortableWords {
-  using V = uint64_t __attribute__((vector_size(16)));
-  static constexpr int64_t kWords = 2;
-  static V zero() { return V{0, 0}; }
-  static V load(const uint64_t* p) {
-    V v;
-    std::memcpy(&v, p, sizeof v);
-    return v;
-  }
-  static V add(V a, V b) { return a + b; }
-  static uint64_t sum(V v) { return v[0] + v[1]; }
-};
-
-uint64_t read_words_portable(const uint64_t* data, int64_t n) {
-  return read::sum_words<PortableWords>(data, n);
 }
 
 const KernelInfo& select(uint32_t features) {
@@ -201,33 +180,5 @@ void linear(const float* x, int64_t M, int64_t K, const Linear* layers, int n_la
     for_row_blocks(M, l.N, K, [&](int64_t n0, int64_t n1) { kernel.fn(p, n0, n1); });
   }
 }
-
-namespace {
-
-struct ReadKernel {
-  const char* name;
-  uint64_t (*fn)(const uint64_t* data, int64_t n);
-};
-
-ReadKernel select_read() {
-#if defined(__x86_64__) || defined(_M_X64)
-  const uint32_t active = active_features();
-  if (active & kAVX512) return {"avx512", read_words_avx512};
-  if (active & kAVX2) return {"avx2", read_words_avx2};
-#endif
-  return {"portable", read_words_portable};
-}
-
-}  // namespace
-
-uint64_t read_checksum(const uint64_t* data, int64_t n_words) {
-  const ReadKernel read = select_read();
-  std::atomic<uint64_t> total{0};
-  parallel_for(n_words, int64_t(1) << 15,
-               [&](int64_t b, int64_t e) { total += read.fn(data + b, e - b); });
-  return total.load();
-}
-
-const char* read_path() { return select_read().name; }
 
 }  // namespace tinylm::int8

@@ -1,5 +1,6 @@
 // The per-instruction-set int8 kernels (one per file, each compiled with its own flags by
-// build_isa.py). Only the dispatcher (gemm.cpp) and the tests call these directly.
+// build_isa.py). Only the dispatchers (gemm.cpp, read.cpp) and the tests call these
+// directly.
 #pragma once
 
 #include "int8.h"

@@ -2,7 +2,7 @@
 // as four sequential streams (like a GEMV reading four weight rows) into independent
 // sums, so that neither one prefetch stream nor one chain of adds limits the rate. A
 // template on the vector "Ops" of each instruction-set file (read_avx2.cpp,
-// read_avx512.cpp; the portable loop in gemm.cpp), compiled with that file's flags: the
+// read_avx512.cpp; the portable loop in read.cpp), compiled with that file's flags: the
 // read must use the widest loads the CPU has, as the kernels do, or it measures the load
 // ports rather than the memory (from one core's L2, in a C++ loop, 0.9 MB took 12.3 us
 // in 16-byte loads and 6.0 us in 64-byte ones).
