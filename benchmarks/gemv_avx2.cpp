@@ -1,0 +1,222 @@
+// The experiment behind benchmarks/NOTES.md's "AVX2 without VNNI": the decode step's
+// int8 GEMV on a CPU whose only int8 products are AVX2's (the engine's kernel,
+// csrc/engine/gemv_i8_avx2.cpp) against a 32-byte read of the same bytes, and against two
+// other ways of forming the products, on one preset's matrices back to back, one thread.
+// It also times the instructions involved on their own, to show which of them limit it.
+//
+// From the repository's root (one command):
+//   g++ -O3 -std=c++17 -Icsrc -mavx2 -mfma -mf16c benchmarks/gemv_avx2.cpp
+//       csrc/engine/gemv_i8_avx2.cpp csrc/engine/gemv_i8_ref.cpp csrc/int8/read_avx2.cpp
+//       -o /tmp/gemv_avx2 && /tmp/gemv_avx2 small
+#include <immintrin.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "engine/gemv_kernels.h"
+#include "int8/kernels.h"
+#include "int8/x86_reduce.h"
+
+namespace {
+
+struct Matrix {
+  int64_t N, K;
+  const int8_t* w;  // [N, K], as in the model file
+};
+
+// The engine's loop shape (four rows from the four quarters of the matrix, x prepared
+// once for them, the four horizontal sums done together), for N a multiple of 4 (a row
+// reads on to a whole vector, meeting x's zero padding; the engine takes its matrix's
+// last rows apart, this does not need to), with the product of one vector of weights
+// with x, and what the accumulator's lanes sum to, left to Dot.
+template <class Dot>
+void quarters(const Matrix& m, const int8_t* x, int32_t* c) {
+  const int64_t q = m.N / 4, stride = q * m.K, vectors = (m.K + 31) / 32;
+  for (int64_t n = 0; n < q; ++n) {
+    const int8_t* w = m.w + n * m.K;
+    typename Dot::Acc a[4] = {};
+    for (int64_t v = 0; v < vectors; ++v) {
+      const typename Dot::X xv = Dot::prepare(x + 32 * v);
+      for (int r = 0; r < 4; ++r) Dot::dot(a[r], w + r * stride + 32 * v, xv);
+    }
+    alignas(16) int32_t sums[4];
+    _mm_store_si128(reinterpret_cast<__m128i*>(sums),
+                    tinylm::int8::lane_sums4(Dot::lanes(a[0], vectors), Dot::lanes(a[1], vectors),
+                                             Dot::lanes(a[2], vectors), Dot::lanes(a[3], vectors)));
+    for (int r = 0; r < 4; ++r) c[n + r * q] = sums[r];
+  }
+}
+
+// One multiply a vector: vpmaddubsw's int16 pair sums p taken into int32 without
+// vpmaddwd. As an int32 lane, p ^ 0x8000 is hi * 65536 + lo + 32768 (hi, lo its signed
+// halves), so with raw the sum of those and hi_sum the sum of p >> 16 (= hi),
+// hi + lo summed = raw - 65535 * hi_sum - 32768 * vectors, lane by lane (exact mod 2^32).
+struct OneMultiply {
+  struct Acc {
+    __m256i raw = _mm256_setzero_si256(), hi = _mm256_setzero_si256();
+  };
+  struct X {
+    __m256i x, ax;
+  };
+  static X prepare(const int8_t* p) {
+    const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    return {x, _mm256_abs_epi8(x)};
+  }
+  static void dot(Acc& a, const int8_t* w, const X& x) {
+    const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w));
+    const __m256i p = _mm256_maddubs_epi16(x.ax, _mm256_sign_epi8(wv, x.x));
+    a.raw = _mm256_add_epi32(a.raw, _mm256_xor_si256(p, _mm256_set1_epi32(0x8000)));
+    a.hi = _mm256_add_epi32(a.hi, _mm256_srai_epi32(p, 16));
+  }
+  static __m256i lanes(const Acc& a, int64_t vectors) {
+    const __m256i hi = _mm256_mullo_epi32(a.hi, _mm256_set1_epi32(65535));
+    return _mm256_sub_epi32(_mm256_sub_epi32(a.raw, hi), _mm256_set1_epi32(int32_t(32768 * vectors)));
+  }
+};
+
+// No vpmaddubsw and no sign trick: the weights sign-extended to int16 (vpmovsxbw) and
+// multiplied by x's int16 with vpmaddwd.
+struct Int16 {
+  using Acc = __m256i;
+  struct X {
+    __m256i lo, hi;
+  };
+  static X prepare(const int8_t* p) {
+    return {_mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))),
+            _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16)))};
+  }
+  static void dot(Acc& a, const int8_t* w, const X& x) {
+    const __m256i lo = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w)));
+    const __m256i hi = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 16)));
+    a = _mm256_add_epi32(a, _mm256_add_epi32(_mm256_madd_epi16(lo, x.lo), _mm256_madd_epi16(hi, x.hi)));
+  }
+  static __m256i lanes(const Acc& a, int64_t) { return a; }
+};
+
+template <class Fn>
+double best_us(Fn&& fn, int reps) {
+  double best = 1e9;
+  for (int r = 0; r < reps; ++r) {
+    const auto t0 = std::chrono::steady_clock::now();
+    fn();
+    best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  return best * 1e6;
+}
+
+// Instructions a nanosecond for op applied to eight independent vectors over and over.
+template <class Op>
+double per_ns(Op op) {
+  constexpr long kSteps = 25000000;
+  __m256i a[8];
+  for (int i = 0; i < 8; ++i) a[i] = _mm256_set1_epi32(i + 1);
+  const __m256i b = _mm256_set1_epi8(3);
+  const auto t0 = std::chrono::steady_clock::now();
+  for (long i = 0; i < kSteps; ++i) {
+    a[0] = op(a[0], b), a[1] = op(a[1], b), a[2] = op(a[2], b), a[3] = op(a[3], b);
+    a[4] = op(a[4], b), a[5] = op(a[5], b), a[6] = op(a[6], b), a[7] = op(a[7], b);
+  }
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  volatile int32_t sink = 0;
+  for (const __m256i& v : a) sink = sink + _mm256_extract_epi32(v, 0);
+  return 8.0 * kSteps / s / 1e9;
+}
+
+// Dependent 64-bit adds a nanosecond: the clock, in GHz, as near as a loop tells it.
+double clock_ghz() {
+  constexpr long kSteps = 100000000;
+  long a = 0;
+  const auto t0 = std::chrono::steady_clock::now();
+  for (long i = 0; i < kSteps; ++i)
+    asm volatile("add $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\tadd $1, %0" : "+r"(a));
+  return 4.0 * kSteps / std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / 1e9;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  __builtin_cpu_init();
+  if (!__builtin_cpu_supports("avx2")) {
+    std::puts("needs a CPU with AVX2");
+    return 1;
+  }
+  const std::string preset = argc > 1 ? argv[1] : "small";
+  struct Shape { int64_t d, ff; int layers, reps; };
+  const Shape s = preset == "baby"     ? Shape{128, 344, 4, 3000}
+                  : preset == "medium" ? Shape{512, 1376, 8, 200}
+                                       : Shape{288, 768, 6, 1000};
+  // q, k, v, o, gate, up, down a layer, then the head (256 rows here, where the model
+  // has 257: every matrix splits into quarters), one after another as in the file
+  std::vector<std::pair<int64_t, int64_t>> shapes;
+  for (int layer = 0; layer < s.layers; ++layer)
+    for (auto nk : {std::pair<int64_t, int64_t>{s.d, s.d}, {s.d, s.d}, {s.d, s.d}, {s.d, s.d},
+                    {s.ff, s.d}, {s.ff, s.d}, {s.d, s.ff}})
+      shapes.push_back(nk);
+  shapes.push_back({256, s.d});
+  int64_t bytes = 0;
+  for (auto [N, K] : shapes) bytes += N * K;
+  std::vector<int8_t> buf(size_t(bytes) + 64);
+  int8_t* base = buf.data() + (64 - uintptr_t(buf.data()) % 64) % 64;
+  std::mt19937 rng(1);
+  for (int64_t i = 0; i < bytes; ++i) base[i] = int8_t(int(rng() % 255) - 127);
+  std::vector<Matrix> matrices;
+  int64_t offset = 0;
+  for (auto [N, K] : shapes) {
+    matrices.push_back({N, K, base + offset});
+    offset += N * K;
+  }
+  alignas(64) int8_t x[1408] = {};  // zero-padded to whole vectors, as the engine pads it
+  for (int64_t k = 0; k < s.ff; ++k) x[k] = int8_t(int(rng() % 255) - 127);
+  std::vector<int32_t> c(2048), want(2048);
+
+  auto engine = [&](const Matrix& m) {
+    tinylm::engine::gemv_i8_avx2({m.w, m.N, m.K, x, 0, c.data()}, 0, m.N);
+  };
+  // every variant must give the engine's products
+  for (const Matrix& m : matrices) {
+    engine(m);
+    want = c;
+    quarters<OneMultiply>(m, x, c.data());
+    const bool one_ok = std::equal(c.begin(), c.begin() + m.N, want.begin());
+    quarters<Int16>(m, x, c.data());
+    if (!one_ok || !std::equal(c.begin(), c.begin() + m.N, want.begin())) {
+      std::puts("a variant's products differ from the engine's");
+      return 1;
+    }
+  }
+
+  std::printf("clock ~%.2f GHz; instructions a ns, on eight independent vectors:\n", clock_ghz());
+  std::printf("  vpmaddubsw %.2f, vpmaddwd %.2f, vpsignb %.2f, vpaddd %.2f, vpsrad %.2f\n",
+              per_ns([](__m256i a, __m256i b) { return _mm256_maddubs_epi16(a, b); }),
+              per_ns([](__m256i a, __m256i b) { return _mm256_madd_epi16(a, b); }),
+              per_ns([](__m256i a, __m256i b) { return _mm256_sign_epi8(a, b); }),
+              per_ns([](__m256i a, __m256i b) { return _mm256_add_epi32(a, b); }),
+              per_ns([](__m256i a, __m256i) { return _mm256_srai_epi32(a, 3); }));
+  std::printf("  the engine's product of one vector (sign, maddubs, madd, add): %.2f\n",
+              per_ns([](__m256i a, __m256i b) {
+                return _mm256_add_epi32(
+                    a, _mm256_madd_epi16(_mm256_maddubs_epi16(b, _mm256_sign_epi8(b, a)), b));
+              }));
+  volatile uint64_t sink = 0;
+  std::printf("%s (%.2f MB), best of %d passes over all %zu matrices, us:\n", preset.c_str(),
+              double(bytes) / 1e6, s.reps, matrices.size());
+  for (int round = 0; round < 3; ++round) {
+    const double e = best_us([&] { for (const Matrix& m : matrices) engine(m); }, s.reps);
+    const double read = best_us([&] {
+      sink = sink + tinylm::int8::read_words_avx2(reinterpret_cast<const uint64_t*>(base), bytes / 8);
+    }, s.reps);
+    const double one = best_us([&] { for (const Matrix& m : matrices) quarters<OneMultiply>(m, x, c.data()); }, s.reps);
+    const double i16 = best_us([&] { for (const Matrix& m : matrices) quarters<Int16>(m, x, c.data()); }, s.reps);
+    const Matrix& first = matrices[0];
+    const double hot = best_us([&] { engine(first); }, 10 * s.reps);
+    std::printf("  engine %.1f | read %.1f | one multiply %.1f | int16 %.1f || the first matrix "
+                "alone, from L1/L2: %.2f us, %.1f GB/s\n",
+                e, read, one, i16, hot, double(first.N * first.K) / hot / 1e3);
+  }
+}
