@@ -151,7 +151,7 @@ const std::vector<GemvInfo>& gemv_kernels() {
   static const std::vector<GemvInfo> list = {
 #if defined(__x86_64__) || defined(_M_X64)
       {"avx512", kAVX2 | kAVX512, gemv_avx512, silu_mul_avx512, halves_f16c, weigh_avx512},
-      {"avx2", kAVX2, gemv_avx2, silu_mul_avx2, halves_f16c, weigh_ref},
+      {"avx2", kAVX2, gemv_avx2, silu_mul_avx2, halves_f16c, weigh_avx2},
 #endif
 #if defined(__aarch64__) || defined(__arm__)
       {"neon", kNEON, gemv_neon, silu_mul_neon, floats_to_halves, weigh_ref},

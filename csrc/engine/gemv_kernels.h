@@ -54,6 +54,8 @@ constexpr double kTaylor[11] = {1.0 / 3628800, 1.0 / 362880, 1.0 / 40320, 1.0 / 
 void gemv_avx2(const float* W, const float* x, float* y, int64_t K, int64_t n0, int64_t n1);
 void silu_mul_avx2(float* g, const float* u, int64_t n);
 void halves_f16c(const float* x, uint16_t* h, int64_t n);  // F16C comes with our AVX2 level
+uint64_t weigh_avx2(const double* x, int64_t n, double top, double inverse_temperature,
+                    double unit, uint64_t* w);
 void gemv_avx512(const float* W, const float* x, float* y, int64_t K, int64_t n0, int64_t n1);
 void silu_mul_avx512(float* g, const float* u, int64_t n);
 uint64_t weigh_avx512(const double* x, int64_t n, double top, double inverse_temperature,
