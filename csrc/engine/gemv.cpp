@@ -99,6 +99,7 @@ const std::vector<I8Info>& i8_kernels() {
   static const std::vector<I8Info> list = {
 #if defined(__x86_64__) || defined(_M_X64)
       {"avx512vnni", kAVX2 | kAVX512 | kAVX512VNNI, gemv_i8_avx512vnni, rescale_avx2},
+      {"avxvnni", kAVX2 | kAVXVNNI, gemv_i8_avxvnni, rescale_avx2},
       {"avx2", kAVX2, gemv_i8_avx2, rescale_avx2},
       {"scalar", 0, gemv_i8_ref, rescale_ref},
 #endif

@@ -31,6 +31,7 @@ void rescale_ref(const int32_t* c, const float* scale, float x_scale, float* y, 
 #if defined(__x86_64__) || defined(_M_X64)
 void gemv_i8_avx2(const GemvI8& g, int64_t n0, int64_t n1);
 void gemv_i8_avx512vnni(const GemvI8& g, int64_t n0, int64_t n1);
+void gemv_i8_avxvnni(const GemvI8& g, int64_t n0, int64_t n1);
 void rescale_avx2(const int32_t* c, const float* scale, float x_scale, float* y, int64_t count);
 #endif
 

@@ -101,6 +101,7 @@ TEST(engine_int8_gemv_kernels_exact) {
   std::vector<NamedKernel<engine::GemvI8Kernel>> kernels;
 #if defined(__x86_64__) || defined(_M_X64)
   kernels.push_back({"avx512vnni", kAVX2 | kAVX512 | kAVX512VNNI, engine::gemv_i8_avx512vnni});
+  kernels.push_back({"avxvnni", kAVX2 | kAVXVNNI, engine::gemv_i8_avxvnni});
   kernels.push_back({"avx2", kAVX2, engine::gemv_i8_avx2});
 #endif
   kernels.push_back({"scalar", 0, engine::gemv_i8_ref});
