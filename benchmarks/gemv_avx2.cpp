@@ -1,4 +1,5 @@
-// The experiment behind benchmarks/NOTES.md's "AVX2 without VNNI": the decode step's
+// The experiment behind benchmarks/NOTES.md's "The ninth session: a machine without
+// AVX-512": the decode step's
 // int8 GEMV on a CPU whose only int8 products are AVX2's (the engine's kernel,
 // csrc/engine/gemv_i8_avx2.cpp) against a 32-byte read of the same bytes, and against two
 // other ways of forming the products, on one preset's matrices back to back, one thread.
@@ -128,6 +129,30 @@ double per_ns(Op op) {
   return 8.0 * kSteps / s / 1e9;
 }
 
+// The engine's product of 32 bytes (vpsignb, vpmaddubsw, vpmaddwd, vpaddd) a nanosecond,
+// formed as its loop forms them: eight accumulators, each product's weights loaded (from
+// 2 KB that stay in L1) and only the add waiting on the product before.
+double products_per_ns() {
+  constexpr long kSteps = 25000000;
+  alignas(32) int8_t w[2048];
+  for (int i = 0; i < 2048; ++i) w[i] = int8_t(i * 37 % 255 - 127);
+  const __m256i x = _mm256_set1_epi8(-3), ax = _mm256_abs_epi8(x), ones = _mm256_set1_epi16(1);
+  __m256i a[8];
+  for (__m256i& v : a) v = _mm256_setzero_si256();
+  const auto t0 = std::chrono::steady_clock::now();
+  for (long i = 0; i < kSteps; ++i) {
+    const int8_t* p = w + (i & 7) * 256;
+    for (int j = 0; j < 8; ++j) {
+      const __m256i wv = _mm256_load_si256(reinterpret_cast<const __m256i*>(p + 32 * j));
+      a[j] = _mm256_add_epi32(a[j], _mm256_madd_epi16(_mm256_maddubs_epi16(ax, _mm256_sign_epi8(wv, x)), ones));
+    }
+  }
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  volatile int32_t sink = 0;
+  for (const __m256i& v : a) sink = sink + _mm256_extract_epi32(v, 0);
+  return 8.0 * kSteps / s / 1e9;
+}
+
 // Dependent 64-bit adds a nanosecond: the clock, in GHz, as near as a loop tells it.
 double clock_ghz() {
   constexpr long kSteps = 100000000;
@@ -198,11 +223,8 @@ int main(int argc, char** argv) {
               per_ns([](__m256i a, __m256i b) { return _mm256_sign_epi8(a, b); }),
               per_ns([](__m256i a, __m256i b) { return _mm256_add_epi32(a, b); }),
               per_ns([](__m256i a, __m256i) { return _mm256_srai_epi32(a, 3); }));
-  std::printf("  the engine's product of one vector (sign, maddubs, madd, add): %.2f\n",
-              per_ns([](__m256i a, __m256i b) {
-                return _mm256_add_epi32(
-                    a, _mm256_madd_epi16(_mm256_maddubs_epi16(b, _mm256_sign_epi8(b, a)), b));
-              }));
+  std::printf("  the engine's product of 32 bytes (sign, maddubs, madd, add): %.2f\n",
+              products_per_ns());
   volatile uint64_t sink = 0;
   std::printf("%s (%.2f MB), best of %d passes over all %zu matrices, us:\n", preset.c_str(),
               double(bytes) / 1e6, s.reps, matrices.size());

@@ -3,19 +3,12 @@
 // gemv_streams.h with 32 bytes per step, as gemv_i8_avx512vnni.cpp does with 64. One
 // instruction a product of 32 bytes (and an XOR) where the AVX2 kernel needs four.
 // vpdpbusd multiplies unsigned by signed bytes, so w is biased to unsigned
-// (w ^ 0x80 = w + 128) and 128 * sum(x) is taken off at the end. Under SIMDe
-// (TINYLM_SIMDE) the AVX-512VL form of the same instruction stands in, which computes
-// the identical result.
+// (w ^ 0x80 = w + 128) and 128 * sum(x) is taken off at the end. (Under SIMDe,
+// simd_x86.h has the AVX-512VL form of the instruction stand in: the same result.)
 #include "../int8/x86_reduce.h"
 #include "../simd_x86.h"
 #include "gemv_kernels.h"
 #include "gemv_streams.h"
-
-#if defined(TINYLM_SIMDE)
-#define TINYLM_DPBUSD256(acc, a, b) _mm256_dpbusd_epi32(acc, a, b)
-#else
-#define TINYLM_DPBUSD256(acc, a, b) _mm256_dpbusd_avx_epi32(acc, a, b)
-#endif
 
 namespace tinylm::engine {
 namespace {
@@ -30,7 +23,7 @@ struct AvxVnniI8 {
     return _mm256_xor_si256(_mm256_loadu_si256((const __m256i*)p), _mm256_set1_epi8(char(0x80)));
   }
   static X prepare_x(const int8_t* p) { return _mm256_loadu_si256((const __m256i*)p); }
-  static Acc dot(Acc acc, __m256i w, X x) { return TINYLM_DPBUSD256(acc, w, x); }
+  static Acc dot(Acc acc, __m256i w, X x) { return _mm256_dpbusd_avx_epi32(acc, w, x); }
   static __m128i hsum4(Acc a0, Acc a1, Acc a2, Acc a3) { return int8::lane_sums4(a0, a1, a2, a3); }
 };
 

@@ -1,10 +1,11 @@
 // The sampler's weights (sampling.cpp's weigh_ref: e^x by exp_step_by_step, as
 // tinylm.sampling.weight_exp, scaled to whole units) four doubles at a time: the same
 // IEEE operations in the same order as weigh_ref and sampling_avx512.cpp, so the same
-// bits. (GCC does not vectorize weigh_ref's loop for AVX2 at all: its conversion of
-// doubles to 64-bit integers has no AVX2 instruction.) The compiler must not fuse a
-// multiply and the add after it into one FMA (-mfma is on for this file, and GCC fuses
-// intrinsics too): hence fp-contract off for the whole file.
+// bits. (The avx2 level used to run weigh_ref as the baseline build compiles it, two
+// doubles a vector; built with -mavx2, GCC 12 does not vectorize it at all, for its two
+// conversions: k through int32 and back, 2^-k's bits through int64.) The compiler must
+// not fuse a multiply and the add after it into one FMA (-mfma is on for this file, and
+// GCC fuses intrinsics too): hence fp-contract off for the whole file.
 #if defined(__clang__)
 #pragma clang fp contract(off)
 #elif defined(__GNUC__)

@@ -62,6 +62,34 @@ struct NamedKernel {
   Fn fn;
 };
 
+// Which kernels each level selects: the kernels of two levels compute the same bits, so
+// the tests that compare results cannot tell a level that fell back to the slower one.
+TEST(engine_levels_choose_their_own_kernels) {
+#if defined(__x86_64__) || defined(_M_X64)
+  const struct {
+    const char* level;
+    const char* int8_gemv;
+  } expected[] = {{"scalar", "scalar"},    {"avx2", "avx2"},
+                  {"avxvnni", "avxvnni"},  {"avx512", "avx2"},  // VNNI comes with avx512vnni
+                  {"avx512vnni", "avx512vnni"}};
+  const std::string saved = active_isa();
+  const std::vector<std::string> available = available_isas();
+  int checked = 0;
+  for (const auto& e : expected) {
+    if (std::find(available.begin(), available.end(), e.level) == available.end()) continue;
+    set_isa(e.level);
+    CHECK(engine::active_gemv_int8() == e.int8_gemv, "level %s: int8 decode GEMV %s, want %s",
+          e.level, engine::active_gemv_int8().c_str(), e.int8_gemv);
+    ++checked;
+  }
+  set_isa(saved);
+  CHECK(checked >= 1, "no level checked (%d)", checked);  // scalar is always there
+  for (const auto& k : engine::gemv_kernels())
+    if (std::string(k.name) == "avx2")
+      CHECK(k.weigh == engine::weigh_avx2, "the avx2 level's sampler weights are not weigh_avx2");
+#endif
+}
+
 TEST(engine_gemv_kernels_match_reference) {
   const int64_t Ks[] = {1, 3, 7, 8, 15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 288, 1001};
   for (const auto& kernel : runnable_gemv()) {
