@@ -57,12 +57,14 @@ def frequencies(sampler, logits, n=4000):
     return counts / n
 
 
+@pytest.mark.slow  # frequencies of many draws in Python: the same logic on every machine
 def test_temperature_one_matches_softmax():
     p = np.array([0.5, 0.25, 0.15, 0.1])
     f = frequencies(Sampler(temperature=1.0, seed=1), np.log(p))
     np.testing.assert_allclose(f, p, atol=0.03)
 
 
+@pytest.mark.slow  # frequencies of many draws in Python: the same logic on every machine
 def test_temperature_sharpens_and_flattens():
     logits = np.log(np.array([0.6, 0.3, 0.1]))
     cold = frequencies(Sampler(temperature=0.25, seed=2), logits)
@@ -72,6 +74,7 @@ def test_temperature_sharpens_and_flattens():
     assert np.all(np.abs(hot - 1 / 3) < 0.05)
 
 
+@pytest.mark.slow  # frequencies of many draws in Python: the same logic on every machine
 def test_top_p_keeps_the_smallest_nucleus():
     p = np.array([0.05, 0.5, 0.3, 0.15])  # sorted: 1 (0.5), 2 (0.8), 3 (0.95), 0
     f = frequencies(Sampler(temperature=1.0, top_p=0.79, seed=4), np.log(p))
