@@ -111,46 +111,43 @@ double best_us(Fn&& fn, int reps) {
   return best * 1e6;
 }
 
-// Instructions a nanosecond for op applied to eight independent vectors over and over.
-template <class Op>
-double per_ns(Op op) {
+// Steps a nanosecond of step(i, a), which updates eight independent vectors a[0..7].
+template <class Step>
+double per_ns(Step step) {
   constexpr long kSteps = 25000000;
   __m256i a[8];
   for (int i = 0; i < 8; ++i) a[i] = _mm256_set1_epi32(i + 1);
-  const __m256i b = _mm256_set1_epi8(3);
   const auto t0 = std::chrono::steady_clock::now();
-  for (long i = 0; i < kSteps; ++i) {
-    a[0] = op(a[0], b), a[1] = op(a[1], b), a[2] = op(a[2], b), a[3] = op(a[3], b);
-    a[4] = op(a[4], b), a[5] = op(a[5], b), a[6] = op(a[6], b), a[7] = op(a[7], b);
-  }
+  for (long i = 0; i < kSteps; ++i) step(i, a);
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   volatile int32_t sink = 0;
   for (const __m256i& v : a) sink = sink + _mm256_extract_epi32(v, 0);
   return 8.0 * kSteps / s / 1e9;
 }
 
-// The engine's product of 32 bytes (vpsignb, vpmaddubsw, vpmaddwd, vpaddd) a nanosecond,
-// formed as its loop forms them: eight accumulators, each product's weights loaded (from
-// 2 KB that stay in L1) and only the add waiting on the product before.
+// One instruction, op(a, b), on each of the eight vectors.
+template <class Op>
+double instructions_per_ns(Op op) {
+  const __m256i b = _mm256_set1_epi8(3);
+  return per_ns([&](long, __m256i* a) {
+    for (int j = 0; j < 8; ++j) a[j] = op(a[j], b);
+  });
+}
+
+// The engine's product of 32 bytes (vpsignb, vpmaddubsw, vpmaddwd, vpaddd) into each of
+// the eight, formed as its loop forms them: the weights loaded (from 2 KB that stay in
+// L1), only the add waiting on the product before.
 double products_per_ns() {
-  constexpr long kSteps = 25000000;
-  alignas(32) int8_t w[2048];
+  alignas(32) static int8_t w[2048];
   for (int i = 0; i < 2048; ++i) w[i] = int8_t(i * 37 % 255 - 127);
   const __m256i x = _mm256_set1_epi8(-3), ax = _mm256_abs_epi8(x), ones = _mm256_set1_epi16(1);
-  __m256i a[8];
-  for (__m256i& v : a) v = _mm256_setzero_si256();
-  const auto t0 = std::chrono::steady_clock::now();
-  for (long i = 0; i < kSteps; ++i) {
+  return per_ns([&](long i, __m256i* a) {
     const int8_t* p = w + (i & 7) * 256;
     for (int j = 0; j < 8; ++j) {
       const __m256i wv = _mm256_load_si256(reinterpret_cast<const __m256i*>(p + 32 * j));
       a[j] = _mm256_add_epi32(a[j], _mm256_madd_epi16(_mm256_maddubs_epi16(ax, _mm256_sign_epi8(wv, x)), ones));
     }
-  }
-  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  volatile int32_t sink = 0;
-  for (const __m256i& v : a) sink = sink + _mm256_extract_epi32(v, 0);
-  return 8.0 * kSteps / s / 1e9;
+  });
 }
 
 // Dependent 64-bit adds a nanosecond: the clock, in GHz, as near as a loop tells it.
@@ -218,11 +215,11 @@ int main(int argc, char** argv) {
 
   std::printf("clock ~%.2f GHz; instructions a ns, on eight independent vectors:\n", clock_ghz());
   std::printf("  vpmaddubsw %.2f, vpmaddwd %.2f, vpsignb %.2f, vpaddd %.2f, vpsrad %.2f\n",
-              per_ns([](__m256i a, __m256i b) { return _mm256_maddubs_epi16(a, b); }),
-              per_ns([](__m256i a, __m256i b) { return _mm256_madd_epi16(a, b); }),
-              per_ns([](__m256i a, __m256i b) { return _mm256_sign_epi8(a, b); }),
-              per_ns([](__m256i a, __m256i b) { return _mm256_add_epi32(a, b); }),
-              per_ns([](__m256i a, __m256i) { return _mm256_srai_epi32(a, 3); }));
+              instructions_per_ns([](__m256i a, __m256i b) { return _mm256_maddubs_epi16(a, b); }),
+              instructions_per_ns([](__m256i a, __m256i b) { return _mm256_madd_epi16(a, b); }),
+              instructions_per_ns([](__m256i a, __m256i b) { return _mm256_sign_epi8(a, b); }),
+              instructions_per_ns([](__m256i a, __m256i b) { return _mm256_add_epi32(a, b); }),
+              instructions_per_ns([](__m256i a, __m256i) { return _mm256_srai_epi32(a, 3); }));
   std::printf("  the engine's product of 32 bytes (sign, maddubs, madd, add): %.2f\n",
               products_per_ns());
   volatile uint64_t sink = 0;
