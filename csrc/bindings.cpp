@@ -92,7 +92,8 @@ void bind_runtime(py::module_& m) {
       py::arg("name"), "Caps the kernels at an instruction-set level (like TINYLM_ISA).");
   m.def("num_threads", &tinylm::num_threads, "Threads the kernels use.");
   m.def("set_num_threads", &tinylm::set_num_threads, py::arg("n"),
-        "Sets the kernels' thread count; n < 1 means one per core.");
+        "Sets the kernels' thread count; n < 1 means one per core, at most MAX_THREADS.");
+  m.attr("MAX_THREADS") = tinylm::kMaxThreads;
 }
 
 // ---------------------------------------------------------------- attention kernels

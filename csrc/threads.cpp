@@ -5,6 +5,8 @@
 #include <chrono>
 #include <condition_variable>
 #include <exception>
+#include <stdexcept>
+#include <string>
 #include <memory>
 #include <mutex>
 #include <thread>
@@ -222,6 +224,10 @@ std::shared_ptr<Pool> get_pool() {
 int num_threads() { return get_pool()->size(); }
 
 void set_num_threads(int n) {
+  if (n > kMaxThreads)
+    throw std::invalid_argument("set_num_threads: " + std::to_string(n) + " threads is more than the " +
+                                std::to_string(kMaxThreads) + " tinylm allows (this machine has " +
+                                std::to_string(default_threads()) + " cores)");
   if (n < 1) n = default_threads();
   std::shared_ptr<Pool> old;  // dropped after the lock is released: deleting a pool joins its threads
   std::lock_guard<std::mutex> lock(pool_mutex);

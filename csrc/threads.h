@@ -17,8 +17,13 @@ namespace tinylm {
 // Threads the kernels use (including the caller). Defaults to the number of cores.
 int num_threads();
 
-// Resizes the pool; n < 1 means "one per core". Safe while another thread runs a kernel:
-// jobs already running finish on the old pool's threads, later ones use the new pool.
+// The most threads the pool takes: far beyond any core count tinylm runs on, and far
+// below what makes creating the threads themselves hang the process (100,000 did).
+constexpr int kMaxThreads = 1024;
+
+// Resizes the pool; n < 1 means "one per core", n > kMaxThreads throws
+// std::invalid_argument. Safe while another thread runs a kernel: jobs already running
+// finish on the old pool's threads, later ones use the new pool.
 void set_num_threads(int n);
 
 // Calls fn(begin, end) on disjoint ranges covering [0, n), in parallel, and returns when

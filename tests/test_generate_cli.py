@@ -85,6 +85,9 @@ def test_int8_model(model_path, capsys, tmp_path):
     (["--prompt", "x", "--repetition-penalty", "0.1"], "--repetition-penalty must be in [1, 10]"),
     (["--prompt", "x", "--max-tokens", "-5"], "--max-tokens must be at least 0"),
     (["--prompt-file", "/nonexistent/prompt.txt"], "prompt-file"),
+    (["--prompt", "x", "--threads", "0"], "--threads must be at least 1, got 0"),
+    # 100,000 used to hang creating the threads
+    (["--prompt", "x", "--threads", "100000"], "--threads must be at most 1024, got 100000"),
 ])
 def test_bad_values_exit_2_with_one_line(model_path, capsys, argv, message):
     code, out, err = run(capsys, model_path, *argv)

@@ -3,6 +3,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 # One thread runs a kernel that releases the GIL, over and over, while another resizes the
 # pool under it. Before the pool was shared by the jobs using it, set_num_threads deleted
 # it mid-job and the program hung (or crashed) within a second.
@@ -45,3 +47,14 @@ def test_resizing_the_pool_while_another_thread_runs_kernels(tmp_path):
     assert not failed, out.stderr  # the kernel thread's traceback
     assert resizes >= 100 and runs >= 20, (resizes, runs)
     assert wrong == 0
+
+
+def test_a_thread_count_past_the_limit_is_refused_and_changes_nothing():
+    from tinylm import _C
+    before = _C.num_threads()
+    with pytest.raises(ValueError, match=f"100000 threads is more than the {_C.MAX_THREADS} tinylm allows"):
+        _C.set_num_threads(100000)
+    assert _C.num_threads() == before
+    _C.set_num_threads(_C.MAX_THREADS)  # the limit itself is allowed
+    assert _C.num_threads() == _C.MAX_THREADS
+    _C.set_num_threads(before)

@@ -22,10 +22,13 @@ def set_threads(n):
         return
     if n < 1:
         raise TinylmError(f"--threads must be at least 1, got {n}")
+    from . import _C  # light: numpy is not imported yet, so the variables below still count
+    if n > _C.MAX_THREADS:
+        raise TinylmError(f"--threads must be at most {_C.MAX_THREADS}, got {n} "
+                          f"(this machine has {os.cpu_count()} cores)")
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
                 "VECLIB_MAXIMUM_THREADS"):
         os.environ[var] = str(n)
-    from . import _C
     _C.set_num_threads(n)
 
 
