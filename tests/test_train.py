@@ -154,6 +154,11 @@ def test_recipe_is_read_and_flags_override_it(corpus, tmp_path, cache):
     (["--data", "{tmp}/short.txt", "--d-model", "30", "--n-head", "4"], "divisible by n_head"),
     (["--resume", "{tmp}"], "no run to resume"),
     (["--config", "{tmp}/bad.toml"], "unknown option"),
+    (["--data", "{tmp}/short.txt", "--seed", "-1"], "seed must be a non-negative integer, got -1"),
+    # refused before anything is allocated (the first ran until the kernel killed it)
+    (["--data", "{tmp}/short.txt", "--batch-size", "100000000"], "lower --batch-size"),
+    (["--data", "{tmp}/short.txt", "--d-model", "65536", "--n-layer", "512", "--n-head", "1"],
+     "choose a smaller model"),
 ])
 def test_bad_input_gets_a_one_line_error(tmp_path, cache, args, message):
     (tmp_path / "empty.txt").write_bytes(b"")
@@ -207,3 +212,38 @@ def test_sentencepiece_tokenizer_is_trained_and_stored_in_the_model(corpus, tmp_
     bad = tinylm("train", "--data", corpus, "--out", tmp_path / "x", "--tokenizer",
                  "sentencepiece", "--vocab-size", 100, check=False, cache=cache)
     assert bad.returncode == 2 and "too small" in bad.stderr
+
+
+def test_the_memory_estimate_is_a_lower_bound_of_a_training_step():
+    """training_memory's activations are what forward's tape holds: at most a step's
+    measured peak (less the gradients, allocated by backward), and most of it."""
+    import tracemalloc
+
+    from tinylm.config import ModelConfig
+    from tinylm.model import init_params, loss_and_grads
+    from tinylm.trainer import training_memory
+    cfg = ModelConfig(d_model=64, n_layer=2, n_head=4, n_kv_head=2, d_ff=96, context=32)
+    params = init_params(cfg, seed=0)
+    ids = np.random.default_rng(0).integers(0, cfg.vocab_size, (8, cfg.context))
+    tracemalloc.start()
+    loss_and_grads(params, cfg, ids, ids)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    model, batch = training_memory(cfg, batch_size=8)
+    assert model == 16 * cfg.num_params()
+    activations = peak - model // 4  # the gradients: one float32 copy of the parameters
+    assert 0.6 * activations < batch <= activations
+
+
+def test_a_run_that_cannot_fit_is_refused_with_the_fix():
+    from tinylm.config import preset
+    from tinylm.errors import TinylmError
+    from tinylm.trainer import check_memory, training_memory
+    cfg = preset("small")
+    model, batch = training_memory(cfg, batch_size=16)
+    check_memory(cfg, 16, available=model + batch)  # just fits
+    check_memory(cfg, 10**9, available=None)  # the system does not say: no check
+    with pytest.raises(TinylmError, match="lower --batch-size .and raise --grad-accum"):
+        check_memory(cfg, 16, available=model + batch - 1)
+    with pytest.raises(TinylmError, match="choose a smaller model"):
+        check_memory(cfg, 1, available=model // 2)

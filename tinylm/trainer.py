@@ -72,11 +72,59 @@ class TrainConfig:
             raise TinylmError(f"val-fraction must be between 0 and 1, got {self.val_fraction}")
         if self.warmup < 0 or self.weight_decay < 0 or self.grad_clip < 0:
             raise TinylmError("warmup, weight-decay and grad-clip cannot be negative")
+        if self.seed < 0:
+            raise TinylmError(f"seed must be a non-negative integer, got {self.seed}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def training_memory(cfg: ModelConfig, batch_size: int) -> tuple[int, int]:
+    """A lower bound of a training step's memory, in bytes: (the float32 parameters, their
+    gradients and AdamW's two moments; what model.forward keeps for the backward pass of
+    one micro-batch). The second counts the tape's arrays a token: per layer the two
+    norms' outputs and scales, the attention block's input, q, k, v, output, log-sum-exps
+    and merged heads, the MLP's input and four d_ff-wide arrays; then the final norm and
+    the log-probabilities. (The step's peak is higher: temporaries come and go.)"""
+    d, ff, H = cfg.d_model, cfg.d_ff, cfg.n_head
+    kv = cfg.n_kv_head * cfg.head_dim
+    per_token = cfg.n_layer * (7 * d + 2 * kv + 4 * ff + H + 2) + 2 * d + 1 + cfg.vocab_size
+    return 4 * 4 * cfg.num_params(), 4 * per_token * batch_size * cfg.context
+
+
+def available_memory() -> int | None:
+    """Bytes of memory the system can give without swapping (Linux's MemAvailable), or
+    None where it does not say."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _bytes(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
+
+
+def check_memory(cfg: ModelConfig, batch_size: int, available: int | None):
+    """Refuses a run that cannot fit in memory before it allocates anything (a typo in
+    --batch-size used to run until the kernel killed the process, having taken every
+    byte the machine had)."""
+    model, batch = training_memory(cfg, batch_size)
+    if available is None or model + batch <= available:
+        return
+    fix = ("lower --batch-size (and raise --grad-accum to keep the tokens per step)"
+           if batch > model else "choose a smaller model")
+    raise TinylmError(
+        f"training this needs at least {_bytes(model + batch)} of memory ({_bytes(model)} for "
+        f"the parameters, their gradients and AdamW's moments, {_bytes(batch)} for the "
+        f"activations of a micro-batch of {batch_size} x {cfg.context} tokens), but "
+        f"{_bytes(available)} is available; {fix}")
 
 
 def keep_freed_memory_in_the_heap():
@@ -121,6 +169,7 @@ class Run:
     def __init__(self, out_dir, model_cfg: ModelConfig, train_cfg: TrainConfig, tokenizer,
                  log=print):
         train_cfg.validate()
+        check_memory(model_cfg, train_cfg.batch_size, available_memory())
         self.dir = Path(out_dir)
         self.cfg, self.tcfg, self.tokenizer = model_cfg, train_cfg, tokenizer
         self.log = log
