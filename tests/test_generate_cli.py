@@ -56,6 +56,22 @@ def test_prompt_file_and_stdin(model_path, capsys, tmp_path, monkeypatch):
     assert run(capsys, *args)[1] == from_flag
 
 
+def test_a_prompt_past_the_size_limit_is_refused(model_path, capsys, tmp_path, monkeypatch):
+    # (--prompt-file /dev/zero read until memory ran out)
+    import tinylm.cli
+    monkeypatch.setattr(tinylm.cli, "MAX_PROMPT_BYTES", 1000)
+    f = tmp_path / "p.txt"
+    f.write_bytes(b"a" * 1000)
+    args = [model_path, "--temperature", "0", "--max-tokens", "3"]
+    assert run(capsys, *args, "--prompt-file", str(f))[0] == 0  # at the limit: read
+    f.write_bytes(b"a" * 1001)
+    code, _, err = run(capsys, *args, "--prompt-file", str(f))
+    assert code == 2 and f"--prompt-file '{f}' is over 1,000 bytes" in err
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"b" * 1001)))
+    code, _, err = run(capsys, *args)
+    assert code == 2 and "the prompt from standard input is over" in err and err.count("\n") == 1
+
+
 def test_stop_and_stats(model_path, capsys):
     args = [model_path, "--prompt", "a", "--temperature", "0", "--max-tokens", "30"]
     _, full, _ = run(capsys, *args)

@@ -154,6 +154,7 @@ def test_recipe_is_read_and_flags_override_it(corpus, tmp_path, cache):
     (["--data", "{tmp}/short.txt", "--d-model", "30", "--n-head", "4"], "divisible by n_head"),
     (["--resume", "{tmp}"], "no run to resume"),
     (["--config", "{tmp}/bad.toml"], "unknown option"),
+    (["--data", "/dev/null"], "neither a file nor a folder"),
     (["--data", "{tmp}/short.txt", "--seed", "-1"], "seed must be a non-negative integer, got -1"),
     # refused before anything is allocated (the first ran until the kernel killed it)
     (["--data", "{tmp}/short.txt", "--batch-size", "100000000"], "lower --batch-size"),

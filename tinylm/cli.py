@@ -295,20 +295,34 @@ def add_generate_parser(sub):
     p.set_defaults(func=cmd_generate)
 
 
+# A prompt longer than the context is read from its end (README, "Generating"), but it is
+# read whole first: past this, a file (or /dev/zero, or an endless pipe) is refused rather
+# than filling memory.
+MAX_PROMPT_BYTES = 64 << 20
+
+
 def read_prompt(args):
     if args.prompt is not None:
         return args.prompt
     if args.prompt_file is not None:
         if args.prompt_file == "-":
-            return sys.stdin.buffer.read()
+            return read_limited(sys.stdin.buffer, "standard input")
         try:
             with open(args.prompt_file, "rb") as f:
-                return f.read()
+                return read_limited(f, f"--prompt-file '{args.prompt_file}'")
         except OSError as e:
             raise TinylmError(f"cannot read --prompt-file '{args.prompt_file}': {e.strerror}") from None
     if sys.stdin is not None and not sys.stdin.isatty():
-        return sys.stdin.buffer.read()
+        return read_limited(sys.stdin.buffer, "standard input")
     return ""
+
+
+def read_limited(f, what):
+    data = f.read(MAX_PROMPT_BYTES + 1)
+    if len(data) > MAX_PROMPT_BYTES:
+        raise TinylmError(f"the prompt from {what} is over {MAX_PROMPT_BYTES:,} bytes; pass "
+                          "its end (the model reads at most its context of it)")
+    return data
 
 
 def write_utf8(text):

@@ -46,6 +46,9 @@ def corpus_files(source: str) -> list:
         raise TinylmError(f"corpus '{source}' does not exist; pass a file, a folder, or - for stdin")
     if path.is_file():
         return [path]
+    if not path.is_dir():
+        raise TinylmError(f"corpus '{source}' is neither a file nor a folder (a device or a "
+                          "pipe?); for a stream, pass - and pipe it to stdin")
     files = sorted(p for p in path.rglob("*") if p.is_file()
                    and not any(part.startswith(".") for part in p.relative_to(path).parts))
     if not files:
