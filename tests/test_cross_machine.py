@@ -72,27 +72,43 @@ def decode_logits(model, ids):
     return np.stack(rows).astype(np.float32)
 
 
+def paths():
+    """Every instruction-set path this CPU has (on `max`: scalar, neon, dotprod and i8mm),
+    so that one emulated CPU checks the paths of the CPUs that have fewer."""
+    from tinylm import _C
+    return _C.available_isas()
+
+
 @pytest.mark.parametrize("fmt", ["fp32", "int8"])
 def test_logits_at_every_position_match_x86(reference, fmt):
+    from kernel_paths import isa
+
     from tinylm.engine import load
     folder, info, ref = reference
     model = load(str(folder / FILES[fmt]))
     ids = ref["ids"]
     assert model.tokenizer.encode(info["text"]).tolist() == ids[1:].tolist()
-    assert_close_rows(model.logits(ids), ref[f"{fmt}_prefill"], TOL[fmt], f"{fmt} prefill")
-    assert_close_rows(decode_logits(model, ids), ref[f"{fmt}_decode"], TOL[fmt], f"{fmt} decode")
+    for path in paths():
+        with isa(path):
+            what = f"{fmt} on {path}"
+            assert_close_rows(model.logits(ids), ref[f"{fmt}_prefill"], TOL[fmt], f"{what} prefill")
+            assert_close_rows(decode_logits(model, ids), ref[f"{fmt}_decode"], TOL[fmt], f"{what} decode")
 
 
 @pytest.mark.parametrize("fmt", ["fp32", "int8"])
 def test_greedy_text_matches_x86(reference, fmt):
+    from kernel_paths import isa
+
     from tinylm.engine import load
     folder, info, _ = reference
     model = load(str(folder / FILES[fmt]))
-    text = "".join(model.generate(info["prompt"], max_tokens=info["greedy_tokens"], temperature=0))
     want = info[fmt]
-    assert text == want["greedy_text"], (
-        f"{fmt} greedy text differs from x86's (smallest top-1/top-2 logit gap on the x86 "
-        f"path: {want['min_top2_gap']:.3g}; a near-tie would explain it, a large gap not)")
+    for path in paths():
+        with isa(path):
+            text = "".join(model.generate(info["prompt"], max_tokens=info["greedy_tokens"], temperature=0))
+        assert text == want["greedy_text"], (
+            f"{fmt} greedy text on {path} differs from x86's (smallest top-1/top-2 logit gap on "
+            f"the x86 path: {want['min_top2_gap']:.3g}; a near-tie would explain it, a large gap not)")
 
 
 def test_info_reports_the_expected_path():
