@@ -7,6 +7,7 @@
 #include <exception>
 #include <stdexcept>
 #include <string>
+#include <system_error>
 #include <memory>
 #include <mutex>
 #include <thread>
@@ -60,18 +61,21 @@ constexpr int kPausesBeforeYield = 200;
 
 class Pool {
  public:
+  // Where the system will not start them all (a 32-bit process runs out of address space
+  // for their stacks at a few hundred), the threads started are stopped and the error
+  // says so: unjoined, they would have ended the process in std::terminate.
   explicit Pool(int threads) : ranges_(size_t(threads)) {
-    for (int i = 1; i < threads; ++i) workers_.emplace_back([this, i] { work(i); });
+    try {
+      for (int i = 1; i < threads; ++i) workers_.emplace_back([this, i] { work(i); });
+    } catch (const std::system_error& e) {
+      const size_t started = workers_.size();
+      stop_workers();
+      throw std::runtime_error("could not start " + std::to_string(threads) + " threads: the system refused the " +
+                               std::to_string(started + 2) + "th (" + e.what() + "); use fewer");
+    }
   }
 
-  ~Pool() {
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      stop_ = true;
-    }
-    wake_.notify_all();
-    for (auto& t : workers_) t.join();
-  }
+  ~Pool() { stop_workers(); }
 
   int size() const { return int(workers_.size()) + 1; }
 
@@ -173,6 +177,15 @@ class Pool {
         done_.notify_one();
       }
     }
+  }
+
+  void stop_workers() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stop_ = true;
+    }
+    wake_.notify_all();
+    for (auto& t : workers_) t.join();
   }
 
   std::vector<std::thread> workers_;

@@ -22,7 +22,8 @@ int num_threads();
 constexpr int kMaxThreads = 1024;
 
 // Resizes the pool; n < 1 means "one per core", n > kMaxThreads throws
-// std::invalid_argument. Safe while another thread runs a kernel: jobs already running
+// std::invalid_argument, and threads the system will not start std::runtime_error (the
+// pool is then unchanged). Safe while another thread runs a kernel: jobs already running
 // finish on the old pool's threads, later ones use the new pool.
 void set_num_threads(int n);
 

@@ -1,4 +1,5 @@
 """The kernels' thread pool under a Python program's own threads."""
+import os
 import subprocess
 import sys
 import textwrap
@@ -57,3 +58,34 @@ def test_a_thread_count_past_the_limit_is_refused_and_changes_nothing():
     assert _C.num_threads() == before
     with pytest.raises(ValueError, match="more than the"):
         _C.set_num_threads(_C.MAX_THREADS + 1)  # the first count past the limit
+
+
+# Thread stacks take address space: with little left (as a 32-bit process has for a few
+# hundred threads), starting the pool's threads fails part way. That used to end the
+# process in std::terminate (threads destroyed unjoined); now the ones started stop.
+FEW_STACKS = textwrap.dedent("""
+    import resource
+    from tinylm import _C
+    _C.set_num_threads(1)
+    used = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
+    resource.setrlimit(resource.RLIMIT_AS, (used + (100 << 20), resource.RLIM_INFINITY))
+    try:
+        _C.set_num_threads(200)
+    except RuntimeError as e:
+        print("refused:", e)
+    resource.setrlimit(resource.RLIMIT_AS, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    print("threads", _C.num_threads())
+    _C.set_num_threads(2)
+    print("threads", _C.num_threads())
+""")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or bool(os.environ.get("TINYLM_TEST_EMULATED")),
+                    reason="limits the address space (Linux); under qemu that would limit the emulator's own")
+def test_threads_the_system_will_not_start_are_refused_and_change_nothing(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", FEW_STACKS], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("refused: could not start 200 threads: the system refused the "), lines
+    assert lines[1:] == ["threads 1", "threads 2"]

@@ -29,7 +29,10 @@ def set_threads(n):
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
                 "VECLIB_MAXIMUM_THREADS"):
         os.environ[var] = str(n)
-    _C.set_num_threads(n)
+    try:
+        _C.set_num_threads(n)
+    except RuntimeError as e:  # the system would not start that many threads
+        raise TinylmError(f"--threads {n}: {e}") from None
 
 
 class DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
