@@ -157,6 +157,20 @@ def test_console_streams_through_a_pipe(model_path, tmp_path):
     assert r.stdout.endswith(b"\n") and b"tokens/s" in r.stderr
 
 
+def test_a_reader_that_leaves_early_is_not_an_error(model_path, tmp_path):
+    """`tinylm generate ... | head -c 1`: the pipe closes under the stream, and the
+    command ends quietly with status 0 (it said "tinylm: error: : Broken pipe"). Greedy,
+    this model writes all 100,000 tokens (no end-of-text), far more than a pipe holds, so
+    the write after the close must fail."""
+    proc = subprocess.Popen([sys.executable, "-m", "tinylm", "generate", model_path, "--prompt",
+                             "x", "--max-tokens", "100000", "--temperature", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
+    proc.stdout.read(1)
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and err == b"", err
+
+
 def test_help_shows_each_default_once(capsys):
     """Defaults that mean something are shown, once: not again after a help that states
     its own (--seed, --threads: their None then showed too), and no empty one at all."""

@@ -458,14 +458,15 @@ def main(argv=None):
             raise
         print(f"tinylm: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader left early (`tinylm ... | head`): not an error
+        # (before OSError, its base class, which had taken it: "tinylm: error: : Broken pipe")
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     except OSError as e:  # e.g. --out on a read-only disk, or a full disk
         print(f"tinylm: error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("tinylm: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # the reader left early (`tinylm ... | head`): not an error
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 
