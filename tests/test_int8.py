@@ -3,6 +3,8 @@ exactly the numpy int32 reference; quantization error stays within its bound; ba
 arguments raise ValueError naming the argument; int8 model files round-trip and a
 tampered one is refused."""
 
+import os
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -287,6 +289,19 @@ def tiny_model(tmp_path):
     path = tmp_path / "fp32.safetensors"
     save_model(path, cfg, params, ByteTokenizer())
     return cfg, params, path
+
+
+def test_quantize_refuses_to_write_over_its_input(tiny_model, tmp_path):
+    """`tinylm quantize m.safetensors m.safetensors` replaced the fp32 model with its int8
+    copy; the same file by another name (a hard link) too."""
+    _, _, path = tiny_model
+    before = path.read_bytes()
+    link = tmp_path / "link.safetensors"
+    os.link(path, link)
+    for out in (path, link):
+        with pytest.raises(TinylmError, match="is the input model"):
+            quant.quantize_file(path, out)
+    assert path.read_bytes() == before
 
 
 def test_quantize_file_round_trip(tiny_model, tmp_path):
