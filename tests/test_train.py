@@ -155,6 +155,7 @@ def test_recipe_is_read_and_flags_override_it(corpus, tmp_path, cache):
     (["--resume", "{tmp}"], "no run to resume"),
     (["--config", "{tmp}/bad.toml"], "unknown option"),
     (["--data", "/dev/null"], "neither a file nor a folder"),
+    (["--data", "{tmp}/short.txt", "--out", "{tmp}/has_model"], "already holds a model.safetensors"),
     (["--data", "{tmp}/short.txt", "--seed", "-1"], "seed must be a non-negative integer, got -1"),
     # refused before anything is allocated (the first ran until the kernel killed it)
     (["--data", "{tmp}/short.txt", "--batch-size", "100000000"], "lower --batch-size"),
@@ -165,6 +166,8 @@ def test_bad_input_gets_a_one_line_error(tmp_path, cache, args, message):
     (tmp_path / "empty.txt").write_bytes(b"")
     (tmp_path / "short.txt").write_bytes(b"abc" * 20)
     (tmp_path / "bad.toml").write_text("stepz = 3\n")
+    (tmp_path / "has_model").mkdir()
+    (tmp_path / "has_model" / "model.safetensors").write_bytes(b"a model of the user's")
     proc = tinylm("train", *[a.format(tmp=tmp_path) for a in args], "--steps", "2",
                   check=False, cache=cache) if "--resume" not in args else tinylm(
         "train", *[a.format(tmp=tmp_path) for a in args], check=False, cache=cache)

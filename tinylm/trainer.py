@@ -188,6 +188,9 @@ class Run:
         if (out / CHECKPOINT).exists():
             raise TinylmError(f"'{out}' already holds a run; continue it with "
                               f"`tinylm train --resume {out}` or choose another --out")
+        if (out / MODEL).exists():  # a finished run's, its checkpoint deleted, or the user's
+            raise TinylmError(f"'{out}' already holds a {MODEL}, which this run would replace; "
+                              "choose another --out")
         run = cls(out, model_cfg, train_cfg, tokenizer, log=log)
         if params is None:
             params = init_params(model_cfg, seed=train_cfg.seed)
