@@ -63,15 +63,19 @@ class Pool {
  public:
   // Where the system will not start them all (a 32-bit process runs out of address space
   // for their stacks at a few hundred), the threads started are stopped and the error
-  // says so: unjoined, they would have ended the process in std::terminate.
+  // says so: left running, they hung the process (or ended it in std::terminate).
   explicit Pool(int threads) : ranges_(size_t(threads)) {
+    workers_.reserve(size_t(threads - 1));
     try {
       for (int i = 1; i < threads; ++i) workers_.emplace_back([this, i] { work(i); });
     } catch (const std::system_error& e) {
-      const size_t started = workers_.size();
+      const int fit = size();  // the caller and the workers that did start
       stop_workers();
-      throw std::runtime_error("could not start " + std::to_string(threads) + " threads: the system refused the " +
-                               std::to_string(started + 2) + "th (" + e.what() + "); use fewer");
+      throw std::runtime_error("could not start " + std::to_string(threads) + " threads: the system started " +
+                               std::to_string(fit) + " (" + e.what() + "); use at most " + std::to_string(fit));
+    } catch (...) {  // std::bad_alloc
+      stop_workers();
+      throw;
     }
   }
 
@@ -228,7 +232,7 @@ std::shared_ptr<Pool>& current_pool() {  // under pool_mutex
 std::shared_ptr<Pool> get_pool() {
   std::lock_guard<std::mutex> lock(pool_mutex);
   std::shared_ptr<Pool>& pool = current_pool();
-  if (pool == nullptr) pool = std::make_shared<Pool>(default_threads());
+  if (pool == nullptr) pool = std::make_shared<Pool>(std::min(default_threads(), kMaxThreads));
   return pool;
 }
 
@@ -241,7 +245,7 @@ void set_num_threads(int n) {
     throw std::invalid_argument("set_num_threads: " + std::to_string(n) + " threads is more than the " +
                                 std::to_string(kMaxThreads) + " tinylm allows (this machine has " +
                                 std::to_string(default_threads()) + " cores)");
-  if (n < 1) n = default_threads();
+  if (n < 1) n = std::min(default_threads(), kMaxThreads);
   std::shared_ptr<Pool> old;  // dropped after the lock is released: deleting a pool joins its threads
   std::lock_guard<std::mutex> lock(pool_mutex);
   std::shared_ptr<Pool>& pool = current_pool();

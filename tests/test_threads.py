@@ -1,5 +1,6 @@
 """The kernels' thread pool under a Python program's own threads."""
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -61,8 +62,10 @@ def test_a_thread_count_past_the_limit_is_refused_and_changes_nothing():
 
 
 # Thread stacks take address space: with little left (as a 32-bit process has for a few
-# hundred threads), starting the pool's threads fails part way. That used to end the
-# process in std::terminate (threads destroyed unjoined); now the ones started stop.
+# hundred threads), starting the pool's threads fails part way. That used to hang the
+# process (threads left running); now the ones started stop. The child's stacks are 8 MiB
+# (RLIMIT_STACK, set before it starts), so 100 MiB holds about a dozen; it asks for the
+# limit itself, which the limit check lets through.
 FEW_STACKS = textwrap.dedent("""
     import resource
     from tinylm import _C
@@ -70,7 +73,7 @@ FEW_STACKS = textwrap.dedent("""
     used = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
     resource.setrlimit(resource.RLIMIT_AS, (used + (100 << 20), resource.RLIM_INFINITY))
     try:
-        _C.set_num_threads(200)
+        _C.set_num_threads(_C.MAX_THREADS)
     except RuntimeError as e:
         print("refused:", e)
     resource.setrlimit(resource.RLIMIT_AS, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
@@ -83,9 +86,15 @@ FEW_STACKS = textwrap.dedent("""
 @pytest.mark.skipif(not sys.platform.startswith("linux") or bool(os.environ.get("TINYLM_TEST_EMULATED")),
                     reason="limits the address space (Linux); under qemu that would limit the emulator's own")
 def test_threads_the_system_will_not_start_are_refused_and_change_nothing(tmp_path):
+    import resource
+
+    def eight_mib_stacks():
+        resource.setrlimit(resource.RLIMIT_STACK, (8 << 20, resource.getrlimit(resource.RLIMIT_STACK)[1]))
+
     proc = subprocess.run([sys.executable, "-c", FEW_STACKS], capture_output=True, text=True,
-                          cwd=tmp_path, timeout=60)
+                          cwd=tmp_path, timeout=60, preexec_fn=eight_mib_stacks)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert lines[0].startswith("refused: could not start 200 threads: the system refused the "), lines
+    assert re.fullmatch(r"refused: could not start 1024 threads: the system started (\d+) \(.*\); "
+                        r"use at most \1", lines[0]), lines
     assert lines[1:] == ["threads 1", "threads 2"]

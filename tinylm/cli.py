@@ -24,8 +24,9 @@ def set_threads(n):
         raise TinylmError(f"--threads must be at least 1, got {n}")
     from . import _C  # light: numpy is not imported yet, so the variables below still count
     if n > _C.MAX_THREADS:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         raise TinylmError(f"--threads must be at most {_C.MAX_THREADS}, got {n} "
-                          f"(this machine has {os.cpu_count()} cores)")
+                          f"(this machine has {cores} cores)")
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
                 "VECLIB_MAXIMUM_THREADS"):
         os.environ[var] = str(n)
@@ -324,7 +325,8 @@ def read_limited(f, what):
     data = f.read(MAX_PROMPT_BYTES + 1)
     if len(data) > MAX_PROMPT_BYTES:
         raise TinylmError(f"the prompt from {what} is over {MAX_PROMPT_BYTES:,} bytes; pass "
-                          "its end (the model reads at most its context of it)")
+                          "its end (the model reads at most its context of it), e.g. "
+                          "`tail -c 100000 FILE | tinylm generate MODEL`")
     return data
 
 

@@ -9,6 +9,7 @@ A run directory holds:
 A run killed at any moment resumes from its last checkpoint and, because the data order
 and every update are deterministic, ends with the same weights as an uninterrupted run.
 """
+import contextlib
 import ctypes
 import json
 import math
@@ -81,49 +82,75 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
-def training_memory(cfg: ModelConfig, batch_size: int) -> tuple[int, int]:
+def training_memory(cfg: ModelConfig, batch_size: int, grad_accum: int = 1) -> tuple[int, int]:
     """A lower bound of a training step's memory, in bytes: (the float32 parameters, their
-    gradients and AdamW's two moments; what model.forward keeps for the backward pass of
-    one micro-batch). The second counts the tape's arrays a token: per layer the two
-    norms' outputs and scales, the attention block's input, q, k, v, output, log-sum-exps
-    and merged heads, the MLP's input and four d_ff-wide arrays; then the final norm and
-    the log-probabilities. (The step's peak is higher: temporaries come and go.)"""
+    gradients and AdamW's two moments, and with gradient accumulation a second set of
+    gradients; what model.forward keeps for the backward pass of one micro-batch). The
+    second counts the tape's arrays a token: per layer the two norms' outputs and scales,
+    the attention block's input, q, k, v, output, log-sum-exps and merged heads, the MLP's
+    input and four d_ff-wide arrays; then the final norm and the log-probabilities. (The
+    step's peak is higher: temporaries come and go.)"""
     d, ff, H = cfg.d_model, cfg.d_ff, cfg.n_head
     kv = cfg.n_kv_head * cfg.head_dim
     per_token = cfg.n_layer * (7 * d + 2 * kv + 4 * ff + H + 2) + 2 * d + 1 + cfg.vocab_size
-    return 4 * 4 * cfg.num_params(), 4 * per_token * batch_size * cfg.context
+    copies = 5 if grad_accum > 1 else 4
+    return 4 * copies * cfg.num_params(), 4 * per_token * batch_size * cfg.context
 
 
 def available_memory() -> int | None:
-    """Bytes of memory the system can give without swapping (Linux's MemAvailable), or
-    None where it does not say."""
+    """Bytes this process can still allocate without swapping, or None where the system
+    does not say: Linux's MemAvailable, lowered by a cgroup's memory limit (a container),
+    an address-space limit (ulimit -v) and, for a 32-bit process, its ~3 GB of address
+    space."""
     try:
         with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
+            free = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+    try:  # cgroup v2
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+            free = min(free, int(limit) - used)
+    except (OSError, ValueError):
         pass
-    return None
+    try:
+        import resource
+        mapped = int(Path("/proc/self/statm").read_text().split()[0]) * resource.getpagesize()
+        space = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if sys.maxsize < 2**32:
+            space = 3 << 30 if space == resource.RLIM_INFINITY else min(space, 3 << 30)
+        if space != resource.RLIM_INFINITY:
+            free = min(free, space - mapped)
+    except (ImportError, OSError, ValueError, IndexError):
+        pass
+    return max(free, 0)
 
 
 def _bytes(n: int) -> str:
     return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
 
 
-def check_memory(cfg: ModelConfig, batch_size: int, available: int | None):
-    """Refuses a run that cannot fit in memory before it allocates anything (a typo in
+def check_memory(cfg: ModelConfig, tcfg: "TrainConfig", available: int | None):
+    """Refuses a run that cannot fit in memory before it builds the model (a typo in
     --batch-size used to run until the kernel killed the process, having taken every
-    byte the machine had)."""
-    model, batch = training_memory(cfg, batch_size)
+    byte the machine had), saying what would fit."""
+    model, batch = training_memory(cfg, tcfg.batch_size, tcfg.grad_accum)
     if available is None or model + batch <= available:
         return
-    fix = ("lower --batch-size (and raise --grad-accum to keep the tokens per step)"
-           if batch > model else "choose a smaller model")
+    sequence = batch // tcfg.batch_size  # one sequence's activations
+    fits = (available - model) // sequence if available > model else 0
+    if fits >= 1:
+        fix = (f"lower --batch-size (at most {fits} could fit; --grad-accum keeps the tokens "
+               "per step)")
+    elif available > model:
+        fix = f"lower --context (a sequence of {cfg.context} tokens needs {_bytes(sequence)})"
+    else:
+        fix = "choose a smaller model"
     raise TinylmError(
         f"training this needs at least {_bytes(model + batch)} of memory ({_bytes(model)} for "
         f"the parameters, their gradients and AdamW's moments, {_bytes(batch)} for the "
-        f"activations of a micro-batch of {batch_size} x {cfg.context} tokens), but "
+        f"activations of a micro-batch of {tcfg.batch_size} x {cfg.context} tokens), but "
         f"{_bytes(available)} is available; {fix}")
 
 
@@ -169,7 +196,7 @@ class Run:
     def __init__(self, out_dir, model_cfg: ModelConfig, train_cfg: TrainConfig, tokenizer,
                  log=print):
         train_cfg.validate()
-        check_memory(model_cfg, train_cfg.batch_size, available_memory())
+        check_memory(model_cfg, train_cfg, available_memory())
         self.dir = Path(out_dir)
         self.cfg, self.tcfg, self.tokenizer = model_cfg, train_cfg, tokenizer
         self.log = log
@@ -204,7 +231,7 @@ class Run:
         if not path.exists():
             raise TinylmError(f"no run to resume in '{out}' (no {CHECKPOINT}); start one with "
                               f"`tinylm train --out {out}`")
-        try:
+        with _checkpoint_errors(path):
             tensors, meta = load_safetensors(path)
             if STATE_KEY not in meta:
                 raise ValueError("it is not a training checkpoint (no training state)")
@@ -217,14 +244,13 @@ class Run:
                 raise ValueError("the run read its corpus from stdin, which cannot be read "
                                  "again; resume with --data FILE holding the same text")
             tcfg = TrainConfig.from_dict({**saved, **(overrides or {})})
-            run = cls(out, model_cfg, tcfg, tokenizer, log=log)
+        run = cls(out, model_cfg, tcfg, tokenizer, log=log)  # its errors are the settings'
+        with _checkpoint_errors(path):
             run.params = {k: np.array(tensors[k]) for k in param_shapes(model_cfg)}
             run.opt.load_state({k: v for k, v in tensors.items() if k.startswith("adam.")},
                                state["adam_t"])
             run.rng.bit_generator.state = state["rng"]
             run.step, run.elapsed = state["step"], state["elapsed"]
-        except (CheckpointError, KeyError, TypeError, ValueError) as e:
-            raise TinylmError(f"cannot resume from '{path}': {e}") from None
         if run.step >= tcfg.steps:
             raise TinylmError(f"the run in '{out}' finished at step {run.step}; to train "
                               f"further, pass --steps with more than {run.step}")
@@ -334,11 +360,21 @@ class Run:
         return loss, lr, norm
 
     def _evaluate(self, split, metrics, progress):
+        # no larger a batch than training's, which check_memory sized
         nats, bpb, _ = evaluate(self.params, self.cfg, split.val, split.val_bytes,
-                                self.tcfg.eval_tokens)
+                                self.tcfg.eval_tokens, batch_size=min(16, self.tcfg.batch_size))
         _write(metrics, dict(step=self.step, val_loss=nats, val_bits_per_byte=bpb))
         progress.message(f"step {self.step}: validation loss {nats:.4f} nats/token, {bpb:.4f} bits/byte")
         return nats, bpb
+
+
+@contextlib.contextmanager
+def _checkpoint_errors(path):
+    """A damaged or foreign checkpoint's errors, as one line naming it."""
+    try:
+        yield
+    except (CheckpointError, KeyError, TypeError, ValueError) as e:
+        raise TinylmError(f"cannot resume from '{path}': {e}") from None
 
 
 def _write(f, record: dict):

@@ -140,16 +140,17 @@ TEST(engine_int8_gemv_kernels_exact) {
     Gen g(11);
     for (int64_t K : Ks)
       for (int64_t N : Ns)
-      // extremes: w = 127 against x = +-127, and w = +-127 against x = -127 (the largest
-      // pair sums of either sign, with the operands' signs the kernels' tricks move)
+      // extremes: w = 127 against x = 127, and rows of w = 127 and -127 in turn against
+      // x = -127: every pair sum +-2 * 127^2, the largest of either sign (vpmaddubsw's
+      // int16 saturates just past them), with the operands' signs the kernels' tricks move
       for (int extreme = 0; extreme < 3; ++extreme) {
         const int64_t stride = (K + 63) / 64 * 64;
         std::vector<int8_t> W(size_t(N * K)), x(size_t(stride), 0);
         for (size_t i = 0; i < W.size(); ++i)
-          W[i] = extreme == 1 ? int8_t(127) : extreme == 2 ? int8_t(i % 2 ? 127 : -127)
+          W[i] = extreme == 1 ? int8_t(127) : extreme == 2 ? int8_t(i / size_t(K) % 2 ? 127 : -127)
                                              : int8_t(std::lround(g.f32() * 127));
         for (int64_t i = 0; i < K; ++i)
-          x[size_t(i)] = extreme == 1 ? int8_t(i % 2 ? 127 : -127) : extreme == 2 ? int8_t(-127)
+          x[size_t(i)] = extreme == 1 ? int8_t(127) : extreme == 2 ? int8_t(-127)
                                        : int8_t(std::lround(g.f32() * 127));
         int32_t x_sum = 0;
         for (int64_t i = 0; i < K; ++i) x_sum += x[size_t(i)];

@@ -302,11 +302,10 @@ run_pytest() {
      --rootdir "$REPO" "$@")
 }
 
-# The tests that take another path on another CPU of the same architecture: the kernels
-# and the engine (each test tries every path the CPU has: on max, neon, dotprod and
-# i8mm), and the comparison with x86 on the CPU's own path. (On the whole suite's CPU
-# they took 96 of its 205 s; the rest, training, tokenizers, files, the sampler, the
-# CLI, runs the same code on every CPU of an architecture.)
+# The tests that take another path on another CPU of the same architecture: the kernels,
+# the engine and the comparison with x86, each trying every path the CPU has (on max:
+# neon, dotprod and i8mm). The rest of the suite (training, tokenizers, files, the
+# sampler, the CLI) runs the same code on every CPU of an architecture.
 KERNEL_TESTS=(test_attention.py test_int8.py test_engine.py test_cross_machine.py)
 
 # The CPUs' runs go side by side, as many at a time as there are cores (TINYLM_ARM_JOBS):
