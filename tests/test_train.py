@@ -252,12 +252,14 @@ def test_the_memory_estimate_counts_the_tape_forward_keeps():
 def test_a_run_that_cannot_fit_is_refused_with_what_would_fit():
     from tinylm.config import preset
     from tinylm.errors import TinylmError
-    from tinylm.trainer import TrainConfig, check_memory, training_memory
+    from tinylm.trainer import TrainConfig, available_memory, check_memory, training_memory
     cfg, tcfg = preset("small"), TrainConfig(batch_size=16)
     model, batch = training_memory(cfg, 16)
     sequence = batch // 16
     check_memory(cfg, tcfg, available=model + batch)  # just fits
     check_memory(cfg, TrainConfig(batch_size=10**9), available=None)  # not known: no check
+    if os.path.exists("/proc/meminfo"):  # a machine that runs this suite has room for tiny
+        assert available_memory() > training_memory(preset("tiny"), 16)[1]
     with pytest.raises(TinylmError, match="lower --batch-size .at most 15 could fit; --grad-accum"):
         check_memory(cfg, tcfg, available=model + batch - 1)
     with pytest.raises(TinylmError, match="lower --context .a sequence of 256 tokens needs"):

@@ -120,7 +120,9 @@ def available_memory() -> int | None:
         space = resource.getrlimit(resource.RLIMIT_AS)[0]
         if sys.maxsize < 2**32:
             space = 3 << 30 if space == resource.RLIM_INFINITY else min(space, 3 << 30)
-        if space != resource.RLIM_INFINITY:
+        # (under qemu-user, /proc/self/statm is the emulator's, which can map more than a
+        # 32-bit process could: then it says nothing about this one)
+        if space != resource.RLIM_INFINITY and mapped < space:
             free = min(free, space - mapped)
     except (ImportError, OSError, ValueError, IndexError):
         pass
