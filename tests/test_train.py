@@ -160,6 +160,8 @@ NEEDS_MEMINFO = pytest.mark.skipif(not os.path.exists("/proc/meminfo"),
     (["--config", "{tmp}/bad.toml"], "unknown option"),
     (["--data", "/dev/null"], "neither a file nor a folder"),
     (["--data", "{tmp}/short.txt", "--out", "{tmp}/has_model"], "already holds a model.safetensors"),
+    (["--data", "{tmp}/short.txt", "--lr", "inf"], "a finite lr > 0, got lr=inf"),
+    (["--data", "{tmp}/short.txt", "--weight-decay", "inf"], "weight-decay must be finite"),
     (["--data", "{tmp}/short.txt", "--seed", "-1"], "seed must be a non-negative integer, got -1"),
     # refused before the model is built (the first ran until the kernel killed it)
     pytest.param(["--data", "{tmp}/short.txt", "--batch-size", "100000000"], "could fit; --grad-accum keeps",

@@ -67,12 +67,16 @@ class TrainConfig:
                      "checkpoint_interval"):
             if getattr(self, name) < 1:
                 raise TinylmError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if not (self.lr > 0 and 0 <= self.min_lr <= self.lr):  # also refuses NaN
-            raise TinylmError(f"need 0 <= min-lr <= lr and lr > 0, got lr={self.lr}, min-lr={self.min_lr}")
+        if not (math.isfinite(self.lr) and self.lr > 0 and 0 <= self.min_lr <= self.lr):  # and NaN
+            raise TinylmError(f"need 0 <= min-lr <= lr and a finite lr > 0, got lr={self.lr}, "
+                              f"min-lr={self.min_lr}")
         if not 0 < self.val_fraction < 1:
             raise TinylmError(f"val-fraction must be between 0 and 1, got {self.val_fraction}")
-        if self.warmup < 0 or self.weight_decay < 0 or self.grad_clip < 0:
-            raise TinylmError("warmup, weight-decay and grad-clip cannot be negative")
+        if not (self.warmup >= 0 and self.weight_decay >= 0 and self.grad_clip >= 0):  # and NaN
+            raise TinylmError(f"warmup, weight-decay and grad-clip must be numbers >= 0, got "
+                              f"{self.warmup}, {self.weight_decay}, {self.grad_clip}")
+        if not math.isfinite(self.weight_decay):
+            raise TinylmError(f"weight-decay must be finite, got {self.weight_decay}")
         if self.seed < 0:
             raise TinylmError(f"seed must be a non-negative integer, got {self.seed}")
 
