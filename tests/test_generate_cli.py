@@ -119,6 +119,18 @@ def test_bad_model_files_exit_2(tmp_path, capsys):
     assert code == 2 and err.count("\n") == 1
 
 
+def test_a_context_no_machine_can_hold_exits_2(tmp_path, capsys):
+    """A damaged config's context of 10^15 tokens: the key/value cache cannot be mapped
+    (it is larger than a 64-bit address space, or than a 32-bit size); that is said in one
+    line, not as "tinylm: error: : Cannot allocate memory"."""
+    big = ModelConfig(**{**CFG.__dict__, "context": 10**15})
+    path = str(tmp_path / "huge.safetensors")
+    save_model(path, big, init_params(CFG, seed=5), ByteTokenizer())
+    code, _, err = run(capsys, path, "--prompt", "x", "--max-tokens", "2")
+    assert code == 2 and "context of 1,000,000,000,000,000 tokens needs a" in err
+    assert "key/value cache, which this machine cannot map" in err and err.count("\n") == 1
+
+
 def test_a_run_directory_for_a_model_file_names_the_file(model_path, tmp_path, capsys):
     """`tinylm train` writes RUN/model.safetensors; given RUN, the error points there."""
     run_dir = tmp_path / "run"

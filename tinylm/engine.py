@@ -42,6 +42,7 @@ one batched prefill every `context // 2` tokens.
 """
 import codecs
 import contextlib
+import math
 import os
 import resource
 import sys
@@ -74,7 +75,7 @@ def _cache_array(shape, dtype):
     2 MB page resident, i.e. the full cache at once; an anonymous map marked "no huge
     pages" keeps the footprint at what is used."""
     import mmap
-    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    nbytes = math.prod(shape) * np.dtype(dtype).itemsize  # (np.prod wraps at 2^31 on 32-bit)
     advice = getattr(mmap, "MADV_NOHUGEPAGE", None)
     if advice is None or nbytes < (1 << 21):
         return np.zeros(shape, dtype)
@@ -96,9 +97,15 @@ class Engine:
         self.int8 = _is_int8(params[M.EMBED])
         self.int8_impl = int8_impl  # "numpy": the exact int32 reference; "native": the kernel
         shape = (cfg.n_layer, cfg.n_kv_head, cfg.context, cfg.head_dim)
-        self.k_cache = _cache_array(shape, cache_dtype(self.int8))
-        self.v_cache = _cache_array(shape, cache_dtype(self.int8))
-        self.cos, self.sin = M.rope_tables(cfg.context, cfg.head_dim, cfg.rope_theta, np.float32)
+        try:
+            self.k_cache = _cache_array(shape, cache_dtype(self.int8))
+            self.v_cache = _cache_array(shape, cache_dtype(self.int8))
+            self.cos, self.sin = M.rope_tables(cfg.context, cfg.head_dim, cfg.rope_theta, np.float32)
+        except (OSError, MemoryError, OverflowError) as e:  # a damaged or hostile config's context
+            size = 2 * math.prod(shape) * np.dtype(cache_dtype(self.int8)).itemsize
+            raise TinylmError(f"the model's context of {cfg.context:,} tokens needs a {size / 1e9:,.1f} GB "
+                              f"key/value cache, which this machine cannot map ({e}); is the "
+                              "model file's config damaged?") from None
         self.length = 0
 
     def reset(self):
