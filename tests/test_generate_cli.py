@@ -56,6 +56,19 @@ def test_prompt_file_and_stdin(model_path, capsys, tmp_path, monkeypatch):
     assert run(capsys, *args)[1] == from_flag
 
 
+def test_a_prompt_argument_that_is_not_utf8_is_taken_as_bytes(model_path, tmp_path):
+    """`--prompt "$(printf '\\xff')"`: Python escapes argv's invalid bytes as lone
+    surrogates, which the tokenizer refused with a traceback; the bytes are the prompt."""
+    def generate(prompt):
+        return subprocess.run([sys.executable, "-m", "tinylm", "generate", model_path, "--prompt",
+                               prompt, "--temperature", "0", "--max-tokens", "12"],
+                              capture_output=True, cwd=tmp_path, timeout=60)
+    raw = generate(b"\xff\xfea")
+    assert raw.returncode == 0 and raw.stderr == b"", raw.stderr
+    other = generate(b"\xfd\xfea")  # another first byte leads elsewhere: the bytes were read
+    assert other.returncode == 0 and other.stdout != raw.stdout
+
+
 def test_a_prompt_past_the_size_limit_is_refused(model_path, capsys, tmp_path, monkeypatch):
     # (--prompt-file /dev/zero read until memory ran out)
     import tinylm.cli

@@ -307,6 +307,10 @@ MAX_PROMPT_BYTES = 64 << 20
 
 def read_prompt(args):
     if args.prompt is not None:
+        try:
+            args.prompt.encode("utf-8")
+        except UnicodeEncodeError:  # bytes of no UTF-8 in argv, which Python escaped:
+            return os.fsencode(args.prompt)  # their own bytes back (the tokenizers take bytes)
         return args.prompt
     if args.prompt_file is not None:
         if args.prompt_file == "-":
