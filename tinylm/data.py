@@ -136,9 +136,9 @@ def split_tokens(tokens: np.ndarray, tokenizer, context: int, val_fraction: floa
     n_val = max(need, int(len(tokens) * val_fraction))
     if len(tokens) < need + n_val:
         raise TinylmError(
-            f"corpus is too short: {len(tokens)} tokens, but training with context {context} "
-            f"needs at least {need + n_val} (a context window each for training and "
-            "validation); use a larger corpus or a smaller --context")
+            f"corpus is too short: {len(tokens)} tokens, but a context of {context} needs at "
+            f"least {need + n_val} (a context window each for training and validation); use "
+            "a larger corpus, or train with a smaller --context")
     val = tokens[len(tokens) - n_val:]
     return Split(tokens[: len(tokens) - n_val], val, len(tokenizer.decode_bytes(val)))
 
