@@ -20,7 +20,7 @@ def test_folder_is_read_recursively_in_order_without_hidden_files(tmp_path):
     (root / "b" / "c" / "d.txt").write_bytes(b"\xff\xfenot utf-8")
     (root / ".git" / "config").write_bytes(b"hidden")
     (root / ".hidden.txt").write_bytes(b"hidden")
-    assert data.read_documents(str(root)) == [b"first", b"\xff\xfenot utf-8"]
+    assert [b"".join(doc) for doc in data.documents(str(root))] == [b"first", b"\xff\xfenot utf-8"]
 
 
 def test_default_corpus_is_the_standard_library():
@@ -62,7 +62,123 @@ def test_too_short_and_empty_corpora_are_refused(tmp_path):
         data.split_tokens(np.zeros(40, dtype=np.uint16), ByteTokenizer(), 32, 0.1)
     (tmp_path / "empty").mkdir()
     with pytest.raises(TinylmError, match="holds no files"):
-        data.read_documents(str(tmp_path / "empty"))
+        data.load_tokens(str(tmp_path / "empty"), ByteTokenizer())
     (tmp_path / "e.txt").write_bytes(b"")
     with pytest.raises(TinylmError, match="is empty"):
-        data.read_documents(str(tmp_path / "e.txt"))
+        data.load_tokens(str(tmp_path / "e.txt"), ByteTokenizer())
+
+
+@pytest.fixture(scope="module")
+def sp_tokenizer():
+    from tinylm.tokenizer import SentencePieceTokenizer
+    text = "the cat sat on the mat. naïve café, €uro\n" * 200
+    return SentencePieceTokenizer.train(text.encode(), vocab_size=300)
+
+
+def test_a_character_is_never_cut():
+    euro = "€".encode()  # three bytes
+    assert data._whole_characters(b"ab" + euro) == 5
+    assert data._whole_characters(b"ab" + euro[:2]) == 2
+    assert data._whole_characters(b"ab" + euro[:1]) == 2
+    assert data._whole_characters(b"a" + "😀".encode()[:3]) == 1
+    assert data._whole_characters(b"\xff\xfe") == 2  # not UTF-8: anywhere will do
+
+
+@pytest.mark.parametrize("kind", ["bytes", "sentencepiece"])
+def test_tokens_made_in_pieces_are_the_whole_documents_tokens(tmp_path, monkeypatch, kind,
+                                                              sp_tokenizer):
+    """Files read a few bytes at a time encode as each whole document does: cut after a
+    newline (a token of its own, so that sentencepiece encodes lines shorter than a read
+    exactly as in the whole) or, in a read without one, after a whole character (for the
+    bytes tokenizer, lines longer than a read, text that is not UTF-8)."""
+    lines = ["the cat sat on the mat\n" * 30, "naïve café\n€uro\n" * 20,
+             "\xff\xfe\x00 not utf-8 \xe2\x82\n" * 10, "x€y\n" * 50]
+    docs = [line.encode("utf-8", "surrogateescape") if kind == "bytes" else line.encode()
+            for line in lines]
+    if kind == "bytes":
+        docs.append(b"\xff\xfe\x00 long lines, not utf-8 \xe2\x82" * 10 + "café €".encode() * 20)
+        docs[2] = b"\xff\xfe\x00 not utf-8 \xe2\x82\n" * 10
+    tok = ByteTokenizer() if kind == "bytes" else sp_tokenizer
+    root = tmp_path / "corpus"
+    root.mkdir()
+    for i, doc in enumerate(docs):
+        (root / f"{i}.txt").write_bytes(doc)
+    monkeypatch.setattr(data, "READ_BYTES", 7 if kind == "bytes" else 40)
+    want = np.concatenate([np.append(tok.encode_bytes(d), tok.eot_id) for d in docs])
+    pieces = [list(p) for p in data.documents(str(root))]
+    assert min(len(p) for p in pieces) > 3  # really in pieces
+    assert [b"".join(p) for p in pieces] == docs
+    np.testing.assert_array_equal(data.load_tokens(str(root), tok), want)
+    cached = data.load_tokens(str(root), tok)
+    assert isinstance(cached, np.memmap)
+    np.testing.assert_array_equal(cached, want)
+
+
+def test_making_the_tokens_holds_a_piece_in_memory_not_the_corpus(tmp_path, monkeypatch):
+    """The corpus's tokens go to the cache a piece at a time: a corpus need not fit in
+    memory (a 300 MB file peaked at 2.1 GB of RSS when it was read whole)."""
+    import tracemalloc
+    corpus = tmp_path / "big.txt"
+    corpus.write_bytes(b"a line of text\n" * 300_000)  # 4.5 MB
+    monkeypatch.setattr(data, "READ_BYTES", 64 << 10)
+    tracemalloc.start()
+    tokens = data.load_tokens(str(corpus), ByteTokenizer())
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert len(tokens) == 4_500_001 and isinstance(tokens, np.memmap)
+    assert peak < 1 << 20, f"peak {peak} bytes"
+
+
+def test_without_a_writable_cache_the_tokens_are_made_in_memory(tmp_path, monkeypatch):
+    (tmp_path / "not a folder").write_bytes(b"")
+    monkeypatch.setenv("TINYLM_CACHE", str(tmp_path / "not a folder"))
+    (tmp_path / "c.txt").write_bytes(b"abc")
+    assert data.load_tokens(str(tmp_path / "c.txt"), ByteTokenizer()).tolist() == [97, 98, 99, 256]
+
+
+def test_a_damaged_cache_entry_is_made_again(tmp_path):
+    (tmp_path / "c.txt").write_bytes(b"abc")
+    tok = ByteTokenizer()
+    data.load_tokens(str(tmp_path / "c.txt"), tok)
+    [entry] = (tmp_path / "cache").iterdir()
+    entry.write_bytes(b"\x00\x01\x02")  # not a whole number of tokens
+    assert data.load_tokens(str(tmp_path / "c.txt"), tok).tolist() == [97, 98, 99, 256]
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [entry.name]  # no temporaries
+
+
+def test_standard_input_is_kept_in_a_file(monkeypatch):
+    import io
+    import sys
+    text = "piped ünïcode\n".encode() * 1000
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(text)))
+    monkeypatch.setattr(data, "READ_BYTES", 100)
+    path = data.spool_stdin()
+    assert path.read_bytes() == text
+
+
+def test_an_endless_standard_input_is_refused_before_the_disk_fills(monkeypatch):
+    import io
+    import shutil
+    import sys
+    free = [9_500_000]
+
+    def disk_usage(folder):  # every piece written takes its bytes from the disk
+        return shutil._ntuple_diskusage(10**9, 10**9 - free[0], free[0])
+
+    class Endless(io.RawIOBase):
+        def readable(self):
+            return True
+
+        def readinto(self, b):
+            b[:] = b"y\n" * (len(b) // 2)
+            free[0] -= len(b)
+            return len(b)
+
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BufferedReader(Endless())))
+    monkeypatch.setattr(data.shutil, "disk_usage", disk_usage)
+    monkeypatch.setattr(data, "READ_BYTES", 1_000_000)
+    monkeypatch.setattr(data, "SPOOL_MARGIN", 5_000_000)
+    with pytest.raises(TinylmError, match="standard input's corpus reached 5 MB, leaving 4 MB "
+                       "free on the disk holding .*, and had not ended"):
+        data.spool_stdin()
+    assert list((data.cache_dir()).iterdir()) == []  # what it had copied is deleted

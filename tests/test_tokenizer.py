@@ -207,6 +207,33 @@ def test_sp_train_from_texts_and_invalid_utf8():
     assert tok2.decode_bytes(tok2.encode_bytes(dirty)) == dirty
 
 
+def test_sp_trains_from_texts_as_they_are_read():
+    """A generator's texts train the model a list of them does (the corpus is read while
+    SentencePiece samples it, never held whole); the generator's own error is raised as
+    itself, not as SentencePiece's."""
+    texts = [CORPUS[i:i + 5000].encode() for i in range(0, len(CORPUS), 5000)]
+    from_list = SentencePieceTokenizer.train(texts, vocab_size=300)
+    from_generator = SentencePieceTokenizer.train((t for t in texts), vocab_size=300)
+    assert from_generator.to_metadata()[0] == from_list.to_metadata()[0]
+    assert np.array_equal(from_generator.to_metadata()[1][MODEL_TENSOR],
+                          from_list.to_metadata()[1][MODEL_TENSOR])
+
+    def unreadable():
+        yield from texts[:3]
+        raise OSError("the disk went away")
+
+    with pytest.raises(OSError, match="the disk went away"):
+        SentencePieceTokenizer.train(unreadable(), vocab_size=300)
+
+    import tracemalloc
+    piece = CORPUS[:10000].encode()
+    tracemalloc.start()  # 5 MB of text (the lines of it, as a list, peaked at 11 MB)
+    SentencePieceTokenizer.train((piece for _ in range(500)), vocab_size=300, max_sentences=500)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 1 << 20, f"peak {peak} bytes"
+
+
 @pytest.mark.parametrize(
     "data, kwargs, fragment",
     [

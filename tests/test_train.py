@@ -209,6 +209,32 @@ def test_binary_corpus_and_stdin(tmp_path, cache):
 
 
 @pytest.mark.slow
+def test_a_run_on_standard_input_keeps_its_corpus_and_resumes_from_it(corpus, tmp_path, cache):
+    """Standard input can be read once: the run keeps a copy, which --resume reads. The
+    piped run, resumed, ends where the same run on the file does."""
+    piped, from_file = tmp_path / "piped", tmp_path / "file"
+    proc = subprocess.run([sys.executable, "-m", "tinylm", "train", "--data", "-", "--out",
+                           str(piped), *SHAPE, "--batch-size", "4", "--eval-interval", "20",
+                           "--eval-tokens", "512", "--seed", "3", "--steps", "5"],
+                          input=corpus.read_bytes(), capture_output=True, cwd=tmp_path,
+                          env=dict(os.environ, TINYLM_CACHE=cache, OPENBLAS_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert (piped / "stdin-corpus").read_bytes() == corpus.read_bytes()
+    train(corpus, from_file, cache, "--steps", 5)
+    for run in (piped, from_file):
+        tinylm("train", "--resume", run, "--steps", 10, cache=cache)
+    w_piped, w_file = weights(piped), weights(from_file)
+    for name in w_file:
+        np.testing.assert_array_equal(w_piped[name], w_file[name], err_msg=name)
+    assert not [p for p in (tmp_path / "cache").iterdir() if p.name.startswith("stdin-")]
+
+    (piped / "stdin-corpus").unlink()
+    gone = tinylm("train", "--resume", piped, "--steps", 15, check=False, cache=cache)
+    assert gone.returncode == 2 and "Traceback" not in gone.stderr
+    assert "stdin-corpus, is gone; resume with --data FILE" in gone.stderr
+
+
+@pytest.mark.slow
 def test_sentencepiece_tokenizer_is_trained_and_stored_in_the_model(corpus, tmp_path, cache):
     out = tmp_path / "sp"
     train(corpus, out, cache, "--steps", 3, "--tokenizer", "sentencepiece", "--vocab-size", 300)

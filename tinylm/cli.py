@@ -60,7 +60,8 @@ def add_train_parser(sub):
     io = p.add_argument_group("run")
     io.add_argument("--config", metavar="FILE", help="TOML recipe; flags given here override it")
     io.add_argument("--data", metavar="PATH", help="corpus: a file, a folder (recursive), or - for "
-                    "stdin (default: the Python standard library's .py files)")
+                    "stdin, which the run keeps a copy of (default: the Python standard "
+                    "library's .py files)")
     io.add_argument("--out", metavar="DIR", help="run directory (default: runs/<preset>-<time>)")
     io.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
     io.add_argument("--init", metavar="MODEL", help="fine-tune: start from this model's weights "
@@ -161,7 +162,7 @@ def build_model_config(opts, tokenizer):
     return cfg.with_(**changes)
 
 
-def make_tokenizer(opts, docs):
+def make_tokenizer(opts, text):
     from .tokenizer import ByteTokenizer, SentencePieceTokenizer
     if opts.get("tokenizer", "bytes") == "bytes":
         if "vocab_size" in opts:
@@ -170,46 +171,59 @@ def make_tokenizer(opts, docs):
     vocab = opts.get("vocab_size", 1024)
     print(f"training a sentencepiece tokenizer (vocab {vocab}) ...", file=sys.stderr)
     try:
-        return SentencePieceTokenizer.train(docs, vocab_size=vocab)
+        return SentencePieceTokenizer.train(text, vocab_size=vocab)
     except ValueError as e:
         raise TinylmError(f"--tokenizer sentencepiece: {e}") from None
 
 
-def cmd_train(args):
-    opts, on_command_line = train_options(args)
-    set_threads(opts.pop("threads", None))
+def start_run(opts, on_command_line, spooled):
+    """The run to train: resumed, fine-tuned from --init, or new (a tokenizer trained on
+    the corpus first, for sentencepiece)."""
     from . import data
-    from .trainer import Run, TrainConfig, summary
+    from .trainer import Run, TrainConfig
     train_keys = set(TrainConfig.__dataclass_fields__)
-    started = time.perf_counter()
-    docs = None  # the corpus, when it had to be read to train a tokenizer
-
     if "resume" in opts:
         # a recipe may name a shape and a directory; on the command line they are a mistake
         for bad in ("init", "out") + SHAPE_FLAGS:
             if bad in on_command_line:
                 raise TinylmError(f"--{bad.replace('_', '-')} cannot be combined with --resume: "
                                   "a resumed run keeps its model and directory")
-        run = Run.resume(opts["resume"], {k: v for k, v in opts.items()
-                                          if k in train_keys and k in on_command_line})
+        return Run.resume(opts["resume"], {k: v for k, v in opts.items()
+                                           if k in train_keys and k in on_command_line})
+    tcfg = TrainConfig(**{k: v for k, v in opts.items() if k in train_keys})
+    if "init" in opts:
+        given = [f"--{k.replace('_', '-')}" for k in SHAPE_FLAGS if k in opts]
+        if given:
+            raise TinylmError(f"{', '.join(given)} cannot be combined with --init: a "
+                              "fine-tuned model keeps the shape and tokenizer of its base")
+        from .modelfile import load_model
+        cfg, params, tokenizer = load_model(opts["init"])
     else:
-        tcfg = TrainConfig(**{k: v for k, v in opts.items() if k in train_keys})
-        if "init" in opts:
-            given = [f"--{k.replace('_', '-')}" for k in SHAPE_FLAGS if k in opts]
-            if given:
-                raise TinylmError(f"{', '.join(given)} cannot be combined with --init: a "
-                                  "fine-tuned model keeps the shape and tokenizer of its base")
-            from .modelfile import load_model
-            cfg, params, tokenizer = load_model(opts["init"])
-        else:
-            if opts.get("tokenizer") == "sentencepiece" or tcfg.data == "-":
-                docs = data.read_documents(tcfg.data)  # stdin can be read only once
-            tokenizer = make_tokenizer(opts, docs)
-            cfg, params = build_model_config(opts, tokenizer), None
-        out = opts.get("out") or os.path.join(
-            "runs", f"{opts.get('preset', TRAIN_DEFAULT_PRESET)}-{time.strftime('%Y%m%d-%H%M%S')}")
-        run = Run.create(out, cfg, tcfg, tokenizer, params=params)
-    tokens = data.load_tokens(run.tcfg.data, run.tokenizer, docs=docs)
+        corpus = str(spooled) if spooled is not None else tcfg.data
+        tokenizer = make_tokenizer(opts, data.text_pieces(corpus))
+        cfg, params = build_model_config(opts, tokenizer), None
+    out = opts.get("out") or os.path.join(
+        "runs", f"{opts.get('preset', TRAIN_DEFAULT_PRESET)}-{time.strftime('%Y%m%d-%H%M%S')}")
+    return Run.create(out, cfg, tcfg, tokenizer, params=params)
+
+
+def cmd_train(args):
+    opts, on_command_line = train_options(args)
+    set_threads(opts.pop("threads", None))
+    from . import data
+    from .trainer import summary
+    started = time.perf_counter()
+    spooled = None  # standard input's corpus, copied to a file: it can be read only once
+    if opts.get("data") == "-" and ("resume" not in opts or "data" in on_command_line):
+        spooled = data.spool_stdin()
+    try:
+        run = start_run(opts, on_command_line, spooled)
+        if spooled is not None:
+            run.keep_corpus(spooled)  # in the run's folder, for --resume
+    finally:
+        if spooled is not None and spooled.exists():
+            spooled.unlink()
+    tokens = data.load_tokens(run.corpus, run.tokenizer)
     split = data.split_tokens(tokens, run.tokenizer, run.cfg.context, run.tcfg.val_fraction)
     val = run.train(split)
     print(summary(run, val, time.perf_counter() - started))

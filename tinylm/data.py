@@ -3,12 +3,15 @@
 A corpus is a file, a folder (read recursively, hidden files skipped), `-` for standard
 input, or, by default, the Python standard library's own .py files — a corpus that is on
 every machine with Python. Files are documents, joined with the tokenizer's end-of-text
-token. Any bytes are accepted, not only UTF-8. The token stream is cached on disk as a
-.npy file and memory-mapped, so a second run on the same corpus starts at once.
+token. Any bytes are accepted, not only UTF-8. The token stream is made a piece at a
+time into a cache on disk and memory-mapped from there, so a corpus need not fit in memory
+and a second run on the same corpus starts at once.
 """
 import hashlib
+import itertools
 import json
 import os
+import shutil
 import sys
 import sysconfig
 import tempfile
@@ -18,8 +21,11 @@ from pathlib import Path
 import numpy as np
 
 from .errors import TinylmError
+from .progress import format_bytes
 
 DEFAULT_SOURCE = None  # the Python standard library's .py files
+READ_BYTES = 16 << 20  # how much of a corpus file is read and tokenized at a time
+SPOOL_MARGIN = 1 << 30  # the free disk space that keeping standard input's corpus leaves
 
 
 def describe(source) -> str:
@@ -56,27 +62,99 @@ def corpus_files(source: str) -> list:
     return files
 
 
-def read_documents(source) -> list:
-    """The corpus as a list of byte strings, one per document."""
+def text_pieces(source):
+    """The corpus's pieces, document after document (see documents): a tokenizer's
+    training text, read as it is used."""
+    return itertools.chain.from_iterable(documents(source))
+
+
+def documents(source):
+    """Each document of the corpus (a file, or standard input), as an iterator over its
+    pieces (see _pieces)."""
     if source == "-":
         if sys.stdin.isatty():
             raise TinylmError("--data - reads the corpus from standard input, which is a "
                               "terminal; pipe a file in: tinylm train --data - < corpus.txt")
-        docs = [sys.stdin.buffer.read()]
-    else:
+        yield _pieces(sys.stdin.buffer, "standard input")
+        return
+    for path in corpus_files(source):
         try:
-            docs = [p.read_bytes() for p in corpus_files(source)]
+            f = path.open("rb")
         except OSError as e:
             raise TinylmError(f"cannot read corpus {describe(source)}: {e}") from None
-    docs = [d for d in docs if d]
-    if not docs:
-        raise TinylmError(f"corpus {describe(source)} is empty; give it some text")
-    return docs
+        with f:
+            yield _pieces(f, f"corpus {describe(source)}")
+
+
+def _pieces(f, name):
+    """A document read READ_BYTES at a time, in pieces cut just after a newline (a token of
+    its own in both tokenizers, so the pieces encode as the whole would) or, in a piece
+    with none, after a whole UTF-8 character."""
+    rest = b""
+    while True:
+        try:
+            block = f.read(READ_BYTES)
+        except OSError as e:
+            raise TinylmError(f"cannot read {name}: {e}") from None
+        if not block:
+            break
+        block = rest + block
+        cut = block.rfind(b"\n") + 1 or _whole_characters(block)
+        if cut:
+            yield block[:cut]
+        rest = block[cut:]
+    if rest:
+        yield rest
+
+
+def _whole_characters(block: bytes) -> int:
+    """The length of `block` up to the end of its last whole UTF-8 character (all of it
+    where it does not end inside one, UTF-8 or not)."""
+    for back in range(1, min(4, len(block)) + 1):
+        byte = block[-back]
+        if byte < 0x80 or byte >= 0xF8:  # ASCII, or no UTF-8 byte
+            return len(block)
+        if byte >= 0xC0:  # the lead byte of a sequence of `length` bytes
+            length = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
+            return len(block) if length <= back else len(block) - back
+    return len(block)
+
+
+def spool_stdin() -> Path:
+    """Copies standard input, a piece at a time, to a new file in the cache (or the
+    system's temporary folder): a corpus that can be read only once, kept so that it can
+    be read again. Stops while SPOOL_MARGIN of the disk is still free, so that an endless
+    stream (`yes | tinylm train --data -`) is refused instead of filling it."""
+    try:
+        cache_dir().mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=cache_dir(), prefix="stdin-", suffix=".tmp")
+    except OSError:
+        fd, tmp = tempfile.mkstemp(prefix="tinylm-stdin-", suffix=".tmp")
+    folder, size = os.path.dirname(tmp), 0
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for pieces in documents("-"):
+                for piece in pieces:
+                    f.write(piece)
+                    size += len(piece)
+                    free = shutil.disk_usage(folder).free
+                    if free < SPOOL_MARGIN:
+                        raise TinylmError(
+                            f"standard input's corpus reached {format_bytes(size)}, leaving "
+                            f"{format_bytes(free)} free on the disk holding {folder}, and had "
+                            "not ended; if it is meant to be that long, save it to a file "
+                            "and pass --data FILE")
+    except OSError as e:
+        os.unlink(tmp)
+        raise TinylmError(f"cannot keep standard input's corpus in {folder}: {e}") from None
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return Path(tmp)
 
 
 def _fingerprint(source: str, tokenizer) -> str:
-    """Identifies a tokenized corpus: the tokenizer, and the files with size and mtime
-    (or, for stdin, nothing: stdin is never cached)."""
+    """Identifies a tokenized corpus: the tokenizer, and the files with size and mtime."""
     h = hashlib.sha256()
     meta, tensors = tokenizer.to_metadata()
     h.update(json.dumps(meta, sort_keys=True).encode())
@@ -89,36 +167,73 @@ def _fingerprint(source: str, tokenizer) -> str:
     return h.hexdigest()[:24]
 
 
-def tokenize(docs: list, tokenizer) -> np.ndarray:
-    """All documents as one token stream, each followed by end-of-text."""
-    dtype = np.uint16 if tokenizer.vocab_size <= 65536 else np.int32
+def token_dtype(tokenizer) -> np.dtype:
+    return np.dtype(np.uint16 if tokenizer.vocab_size <= 65536 else np.int32)
+
+
+def _token_parts(source, tokenizer):
+    """The corpus's tokens in parts, each document followed by end-of-text (empty
+    documents left out); refuses a corpus with no text."""
+    dtype = token_dtype(tokenizer)
     eot = np.array([tokenizer.eot_id], dtype=dtype)
-    parts = []
-    for doc in docs:
-        parts += [tokenizer.encode_bytes(doc).astype(dtype), eot]
-    return np.concatenate(parts)
+    empty = True
+    for pieces in documents(source):
+        text = False
+        for piece in pieces:
+            yield tokenizer.encode_bytes(piece).astype(dtype)
+            text = True
+        if text:
+            yield eot
+            empty = False
+    if empty:
+        raise TinylmError(f"corpus {describe(source)} is empty; give it some text")
 
 
-def load_tokens(source: str, tokenizer, docs=None) -> np.ndarray:
-    """The corpus's token stream, from the cache when it is there (memory-mapped)."""
-    if source == "-":
-        return tokenize(docs if docs is not None else read_documents(source), tokenizer)
-    path = cache_dir() / f"tokens-{_fingerprint(source, tokenizer)}.npy"
-    if path.exists():
-        try:
-            return np.load(path, mmap_mode="r")
-        except (OSError, ValueError):
-            pass  # a damaged cache entry is rebuilt below
-    tokens = tokenize(docs if docs is not None else read_documents(source), tokenizer)
+def load_tokens(source: str, tokenizer) -> np.ndarray:
+    """The corpus's token stream, memory-mapped from the cache: made there a piece at a
+    time, so that a corpus larger than memory can be trained on. Without a writable cache
+    (or from standard input, which is never cached) the stream is made in memory."""
+    if source != "-":
+        dtype = token_dtype(tokenizer)
+        path = cache_dir() / f"tokens-{_fingerprint(source, tokenizer)}.{dtype.name}"
+        tokens = _mapped(path, dtype)
+        if tokens is None and _write_tokens(source, tokenizer, path):
+            tokens = _mapped(path, dtype)
+        if tokens is not None:
+            return tokens
+    return np.concatenate(list(_token_parts(source, tokenizer)))
+
+
+def _mapped(path: Path, dtype: np.dtype):
+    """The cached tokens at `path`, or None if there are none (or they are damaged)."""
+    try:
+        size = path.stat().st_size
+        if size == 0 or size % dtype.itemsize:
+            return None
+        return np.memmap(path, dtype=dtype, mode="r")
+    except (OSError, ValueError):
+        return None
+
+
+def _write_tokens(source, tokenizer, path: Path) -> bool:
+    """Tokenizes the corpus into the cache file `path` (whole or not at all); False if
+    the cache cannot be written (the corpus's own errors are raised)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, tokens)
-        os.replace(tmp, path)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     except OSError:
-        pass  # no writable cache: still train, only slower to start next time
-    return tokens
+        return False
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for part in _token_parts(source, tokenizer):
+                f.write(part.tobytes())
+        os.replace(tmp, path)
+        return True
+    except OSError:  # a full disk, say: train from memory
+        return False
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 @dataclass
@@ -140,7 +255,9 @@ def split_tokens(tokens: np.ndarray, tokenizer, context: int, val_fraction: floa
             f"least {need + n_val} (a context window each for training and validation); use "
             "a larger corpus, or train with a smaller --context")
     val = tokens[len(tokens) - n_val:]
-    return Split(tokens[: len(tokens) - n_val], val, len(tokenizer.decode_bytes(val)))
+    val_bytes = sum(len(tokenizer.decode_bytes(val[i:i + READ_BYTES]))  # a part at a time
+                    for i in range(0, len(val), READ_BYTES))
+    return Split(tokens[: len(tokens) - n_val], val, val_bytes)
 
 
 def sample_batch(tokens: np.ndarray, batch_size: int, context: int, rng: np.random.Generator):

@@ -10,6 +10,10 @@ def format_duration(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
 
 
+def format_bytes(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
+
+
 class Progress:
     def __init__(self, total: int, start: int = 0, stream=None, width: int = 24, every: int = 50):
         self.total, self.start = total, start

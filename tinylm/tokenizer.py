@@ -260,15 +260,26 @@ class SentencePieceTokenizer(Tokenizer):
             )
         if model_type not in ("bpe", "unigram"):
             raise ValueError(f"model_type must be 'bpe' or 'unigram', got {model_type!r}")
-        lines = [line for line in _training_lines(data, _TRAIN_LINE_CHARS) if line]
-        if not lines:
+        # lazily: SentencePiece keeps only the lines it samples, so the corpus need not fit
+        lines = (line for line in _training_lines(data, _TRAIN_LINE_CHARS) if line)
+        first = next(lines, None)
+        if first is None:
             raise ValueError("training corpus is empty (no non-empty lines); give a corpus with text")
+        failed = []  # an error of `data`'s, which SentencePiece would report as its own
+
+        def sentences():
+            try:
+                yield first
+                yield from lines
+            except Exception as e:
+                failed.append(e)
+
         spm = _sp()
         spm.set_random_generator_seed(seed)  # the line sampling is the only randomness
         writer = io.BytesIO()
         try:
             spm.SentencePieceTrainer.train(
-                sentence_iterator=iter(lines),
+                sentence_iterator=sentences(),
                 model_writer=writer,
                 vocab_size=int(vocab_size),
                 model_type=model_type,
@@ -292,8 +303,12 @@ class SentencePieceTokenizer(Tokenizer):
                 minloglevel=2,
             )
         except RuntimeError as e:
+            if failed:
+                raise failed[0] from None
             # SentencePiece's messages start with its source location; keep the advice.
             raise ValueError(f"SentencePiece training failed: {str(e).split('] ')[-1]}") from None
+        if failed:
+            raise failed[0]
         return cls(writer.getvalue())
 
     # -- encoding ---------------------------------------------------------------------

@@ -6,6 +6,7 @@ A run directory holds:
                             resume needs, in one file replaced atomically
     model.safetensors       the model alone, for `tinylm generate` / `eval` / `quantize`
     metrics.jsonl           one JSON object per step (and per evaluation)
+    stdin-corpus            the corpus, when it was read from standard input (--data -)
 A run killed at any moment resumes from its last checkpoint and, because the data order
 and every update are deterministic, ends with the same weights as an uninterrupted run.
 """
@@ -14,6 +15,7 @@ import ctypes
 import json
 import math
 import os
+import shutil
 import signal
 import sys
 import time
@@ -29,12 +31,13 @@ from .errors import TinylmError
 from .model import check_params, forward, init_params, loss_and_grads, param_shapes
 from .modelfile import CONFIG_KEY, model_tensors_and_metadata, save_model
 from .optim import AdamW, clip_grad_norm, lr_at
-from .progress import Progress, format_duration
+from .progress import Progress, format_bytes, format_duration
 from .tokenizer import tokenizer_from_metadata
 
 CHECKPOINT = "checkpoint.safetensors"
 MODEL = "model.safetensors"
 METRICS = "metrics.jsonl"
+STDIN_CORPUS = "stdin-corpus"
 STATE_KEY = "tinylm.train_state"
 
 
@@ -133,10 +136,6 @@ def available_memory() -> int | None:
     return max(free, 0)
 
 
-def _bytes(n: int) -> str:
-    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
-
-
 def check_memory(cfg: ModelConfig, tcfg: "TrainConfig", available: int | None):
     """Refuses a run that cannot fit in memory before it builds the model (a typo in
     --batch-size used to run until the kernel killed the process, having taken every
@@ -150,14 +149,14 @@ def check_memory(cfg: ModelConfig, tcfg: "TrainConfig", available: int | None):
         fix = (f"lower --batch-size (at most {fits} could fit; --grad-accum keeps the tokens "
                "per step)")
     elif available > model:
-        fix = f"lower --context (a sequence of {cfg.context} tokens needs {_bytes(sequence)})"
+        fix = f"lower --context (a sequence of {cfg.context} tokens needs {format_bytes(sequence)})"
     else:
         fix = "choose a smaller model"
     raise TinylmError(
-        f"training this needs at least {_bytes(model + batch)} of memory ({_bytes(model)} for "
-        f"the parameters, their gradients and AdamW's moments, {_bytes(batch)} for the "
+        f"training this needs at least {format_bytes(model + batch)} of memory ({format_bytes(model)} for "
+        f"the parameters, their gradients and AdamW's moments, {format_bytes(batch)} for the "
         f"activations of a micro-batch of {tcfg.batch_size} x {cfg.context} tokens), but "
-        f"{_bytes(available)} is available; {fix}")
+        f"{format_bytes(available)} is available; {fix}")
 
 
 def keep_freed_memory_in_the_heap():
@@ -246,9 +245,11 @@ class Run:
             tokenizer = tokenizer_from_metadata(meta, tensors)
             check_params(model_cfg, tensors)
             saved = dict(state["train"])
-            if saved["data"] == "-" and "data" not in (overrides or {}):
-                raise ValueError("the run read its corpus from stdin, which cannot be read "
-                                 "again; resume with --data FILE holding the same text")
+            if (saved["data"] == "-" and "data" not in (overrides or {})
+                    and not (out / STDIN_CORPUS).exists()):
+                raise ValueError(f"the run read its corpus from standard input, and the copy "
+                                 f"it kept, {out / STDIN_CORPUS}, is gone; resume with "
+                                 "--data FILE holding the same text")
             tcfg = TrainConfig.from_dict({**saved, **(overrides or {})})
         run = cls(out, model_cfg, tcfg, tokenizer, log=log)  # its errors are the settings'
         with _checkpoint_errors(path):
@@ -261,6 +262,17 @@ class Run:
             raise TinylmError(f"the run in '{out}' finished at step {run.step}; to train "
                               f"further, pass --steps with more than {run.step}")
         return run
+
+    @property
+    def corpus(self) -> str | None:
+        """Where the corpus is read: --data, or for standard input the run's copy of it."""
+        return str(self.dir / STDIN_CORPUS) if self.tcfg.data == "-" else self.tcfg.data
+
+    def keep_corpus(self, spooled: Path):
+        """Moves standard input's corpus, copied to `spooled` (data.spool_stdin), into the
+        run's directory, where a resume reads it."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        shutil.move(spooled, self.dir / STDIN_CORPUS)
 
     def save(self):
         """Writes the model, then the checkpoint; each file is replaced atomically, and the
