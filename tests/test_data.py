@@ -146,24 +146,45 @@ def test_a_damaged_cache_entry_is_made_again(tmp_path):
     assert [p.name for p in (tmp_path / "cache").iterdir()] == [entry.name]  # no temporaries
 
 
-def test_standard_input_is_kept_in_a_file(monkeypatch):
+def pipe(monkeypatch, data_bytes):
     import io
     import sys
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data_bytes)))
+
+
+def test_standard_input_is_kept_in_a_file(tmp_path, monkeypatch):
+    copy = tmp_path / "run" / "stdin-corpus"
     text = "piped ünïcode\n".encode() * 1000
-    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(text)))
+    pipe(monkeypatch, text)
     monkeypatch.setattr(data, "READ_BYTES", 100)
-    path = data.spool_stdin()
-    assert path.read_bytes() == text
+    data.spool_stdin(copy)
+    assert copy.read_bytes() == text
+    pipe(monkeypatch, b"again")
+    data.spool_stdin(copy)  # piped again: replaced
+    assert copy.read_bytes() == b"again"
+    pipe(monkeypatch, b"")
+    with pytest.raises(TinylmError, match="standard input is empty"):
+        data.spool_stdin(copy)
+    assert copy.read_bytes() == b"again"  # a failed copy leaves the last one whole
+    assert [p.name for p in copy.parent.iterdir()] == ["stdin-corpus"]
+    monkeypatch.setattr("sys.stdin", None)  # started with <&-
+    with pytest.raises(TinylmError, match="standard input, which is closed"):
+        data.spool_stdin(copy)
 
 
-def test_an_endless_standard_input_is_refused_before_the_disk_fills(monkeypatch):
-    import io
+def fake_disk(monkeypatch, free_bytes):
+    """A disk with `free_bytes` free (a list, for the test to change)."""
     import shutil
-    import sys
-    free = [9_500_000]
+    free = [free_bytes]
+    monkeypatch.setattr(data.shutil, "disk_usage",
+                        lambda folder: shutil._ntuple_diskusage(10**12, 10**12 - free[0], free[0]))
+    return free
 
-    def disk_usage(folder):  # every piece written takes its bytes from the disk
-        return shutil._ntuple_diskusage(10**9, 10**9 - free[0], free[0])
+
+def test_an_endless_standard_input_is_refused_before_the_disk_fills(tmp_path, monkeypatch):
+    import io
+    import sys
+    free = fake_disk(monkeypatch, 10_000_000)
 
     class Endless(io.RawIOBase):
         def readable(self):
@@ -171,14 +192,50 @@ def test_an_endless_standard_input_is_refused_before_the_disk_fills(monkeypatch)
 
         def readinto(self, b):
             b[:] = b"y\n" * (len(b) // 2)
-            free[0] -= len(b)
+            free[0] -= len(b)  # as it is written
             return len(b)
 
+    copy = tmp_path / "run" / "stdin-corpus"
+    copy.parent.mkdir()
+    copy.write_bytes(b"an earlier copy")
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BufferedReader(Endless())))
-    monkeypatch.setattr(data.shutil, "disk_usage", disk_usage)
     monkeypatch.setattr(data, "READ_BYTES", 1_000_000)
     monkeypatch.setattr(data, "SPOOL_MARGIN", 5_000_000)
-    with pytest.raises(TinylmError, match="standard input's corpus reached 5 MB, leaving 4 MB "
-                       "free on the disk holding .*, and had not ended"):
-        data.spool_stdin()
-    assert list((data.cache_dir()).iterdir()) == []  # what it had copied is deleted
+    with pytest.raises(TinylmError, match=r"standard input's corpus passed \d MB and had not "
+                       r"ended, with \d MB left on the disk of '.*run'"):
+        data.spool_stdin(copy)
+    assert copy.read_bytes() == b"an earlier copy"  # and what was copied is deleted
+    assert [p.name for p in copy.parent.iterdir()] == ["stdin-corpus"]
+
+
+def test_a_small_corpus_is_copied_to_a_nearly_full_disk(tmp_path, monkeypatch):
+    fake_disk(monkeypatch, 800_000_000)  # under SPOOL_MARGIN free
+    pipe(monkeypatch, b"a small corpus\n" * 100)
+    data.spool_stdin(tmp_path / "stdin-corpus")
+    assert (tmp_path / "stdin-corpus").read_bytes() == b"a small corpus\n" * 100
+
+
+def test_a_new_runs_copy_of_standard_input_goes_if_the_run_cannot_start(tmp_path, monkeypatch):
+    pipe(monkeypatch, b"text")
+    out = tmp_path / "new-run"
+    with pytest.raises(TinylmError, match="settings"):
+        with data.stdin_copy(out / "stdin-corpus"):
+            assert (out / "stdin-corpus").read_bytes() == b"text"
+            raise TinylmError("bad settings")
+    assert not out.exists()
+    (tmp_path / "existing").mkdir()
+    (tmp_path / "existing" / "notes.txt").write_text("mine")
+    pipe(monkeypatch, b"text")
+    with pytest.raises(KeyboardInterrupt):
+        with data.stdin_copy(tmp_path / "existing" / "stdin-corpus"):
+            raise KeyboardInterrupt
+    assert [p.name for p in (tmp_path / "existing").iterdir()] == ["notes.txt"]
+
+
+def test_a_cache_entry_cut_short_is_made_again(tmp_path):
+    (tmp_path / "c.txt").write_bytes(b"abcdef")
+    tok = ByteTokenizer()
+    data.load_tokens(str(tmp_path / "c.txt"), tok)
+    [entry] = (tmp_path / "cache").iterdir()
+    entry.write_bytes(entry.read_bytes()[:-4])  # whole tokens, but not all of them
+    assert data.load_tokens(str(tmp_path / "c.txt"), tok).tolist() == [97, 98, 99, 100, 101, 102, 256]

@@ -218,12 +218,14 @@ def test_sp_trains_from_texts_as_they_are_read():
     assert np.array_equal(from_generator.to_metadata()[1][MODEL_TENSOR],
                           from_list.to_metadata()[1][MODEL_TENSOR])
 
-    def unreadable():
+    def failing(error):
         yield from texts[:3]
-        raise OSError("the disk went away")
+        raise error
 
     with pytest.raises(OSError, match="the disk went away"):
-        SentencePieceTokenizer.train(unreadable(), vocab_size=300)
+        SentencePieceTokenizer.train(failing(OSError("the disk went away")), vocab_size=300)
+    with pytest.raises(KeyboardInterrupt):  # Ctrl-C while the corpus is read
+        SentencePieceTokenizer.train(failing(KeyboardInterrupt()), vocab_size=300)
 
     import tracemalloc
     piece = CORPUS[:10000].encode()

@@ -213,11 +213,9 @@ def test_a_run_on_standard_input_keeps_its_corpus_and_resumes_from_it(corpus, tm
     """Standard input can be read once: the run keeps a copy, which --resume reads. The
     piped run, resumed, ends where the same run on the file does."""
     piped, from_file = tmp_path / "piped", tmp_path / "file"
-    proc = subprocess.run([sys.executable, "-m", "tinylm", "train", "--data", "-", "--out",
-                           str(piped), *SHAPE, "--batch-size", "4", "--eval-interval", "20",
-                           "--eval-tokens", "512", "--seed", "3", "--steps", "5"],
-                          input=corpus.read_bytes(), capture_output=True, cwd=tmp_path,
-                          env=dict(os.environ, TINYLM_CACHE=cache, OPENBLAS_NUM_THREADS="1"))
+    proc = piped_train("--out", piped, *SHAPE, "--batch-size", 4, "--eval-interval", 20,
+                       "--eval-tokens", 512, "--seed", 3, "--steps", 5, text=corpus.read_bytes(),
+                       cache=cache)
     assert proc.returncode == 0, proc.stderr.decode()
     assert (piped / "stdin-corpus").read_bytes() == corpus.read_bytes()
     train(corpus, from_file, cache, "--steps", 5)
@@ -226,12 +224,28 @@ def test_a_run_on_standard_input_keeps_its_corpus_and_resumes_from_it(corpus, tm
     w_piped, w_file = weights(piped), weights(from_file)
     for name in w_file:
         np.testing.assert_array_equal(w_piped[name], w_file[name], err_msg=name)
-    assert not [p for p in (tmp_path / "cache").iterdir() if p.name.startswith("stdin-")]
 
     (piped / "stdin-corpus").unlink()
     gone = tinylm("train", "--resume", piped, "--steps", 15, check=False, cache=cache)
     assert gone.returncode == 2 and "Traceback" not in gone.stderr
-    assert "stdin-corpus, is gone; resume with --data FILE" in gone.stderr
+    assert "stdin-corpus, the copy a run keeps of it, is not there" in gone.stderr
+    again = piped_train("--resume", piped, "--steps", 15, text=corpus.read_bytes(), cache=cache)
+    assert again.returncode == 0, again.stderr.decode()
+    assert sorted(p.name for p in piped.iterdir()) == [
+        "checkpoint.safetensors", "metrics.jsonl", "model.safetensors", "stdin-corpus"]
+
+    empty = piped_train("--out", tmp_path / "empty", *SHAPE, text=b"", cache=cache)
+    assert empty.returncode == 2 and b"standard input is empty" in empty.stderr
+    too_short = piped_train("--out", tmp_path / "short", *SHAPE, text=b"0123456789", cache=cache)
+    assert too_short.returncode == 2 and b"corpus is too short" in too_short.stderr
+    assert not (tmp_path / "empty").exists() and not (tmp_path / "short").exists()
+
+
+def piped_train(*args, text, cache):
+    """tinylm train --data -, `text` piped in."""
+    return subprocess.run([sys.executable, "-m", "tinylm", "train", "--data", "-", *map(str, args)],
+                          input=text, capture_output=True, cwd=os.path.dirname(cache),
+                          env=dict(os.environ, TINYLM_CACHE=cache, OPENBLAS_NUM_THREADS="1"))
 
 
 @pytest.mark.slow

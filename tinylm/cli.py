@@ -4,9 +4,11 @@ Heavy imports (numpy, the extension) happen inside the commands, after --threads
 been applied to the BLAS library's environment, which numpy reads when it is imported.
 """
 import argparse
+import contextlib
 import os
 import sys
 import time
+from pathlib import Path
 
 from .errors import TinylmError  # light: no numpy
 
@@ -172,15 +174,18 @@ def make_tokenizer(opts, text):
     print(f"training a sentencepiece tokenizer (vocab {vocab}) ...", file=sys.stderr)
     try:
         return SentencePieceTokenizer.train(text, vocab_size=vocab)
+    except TinylmError:  # the corpus's own (a ValueError too): not the tokenizer's
+        raise
     except ValueError as e:
         raise TinylmError(f"--tokenizer sentencepiece: {e}") from None
 
 
-def start_run(opts, on_command_line, spooled):
-    """The run to train: resumed, fine-tuned from --init, or new (a tokenizer trained on
-    the corpus first, for sentencepiece)."""
+def prepare_run(opts, on_command_line):
+    """The run to train, and its corpus split: resumed, fine-tuned from --init, or new (a
+    tokenizer trained on the corpus first, for sentencepiece). Standard input's corpus is
+    copied into the run's folder once the settings have been checked."""
     from . import data
-    from .trainer import Run, TrainConfig
+    from .trainer import STDIN_CORPUS, Run, TrainConfig
     train_keys = set(TrainConfig.__dataclass_fields__)
     if "resume" in opts:
         # a recipe may name a shape and a directory; on the command line they are a mistake
@@ -188,43 +193,45 @@ def start_run(opts, on_command_line, spooled):
             if bad in on_command_line:
                 raise TinylmError(f"--{bad.replace('_', '-')} cannot be combined with --resume: "
                                   "a resumed run keeps its model and directory")
-        return Run.resume(opts["resume"], {k: v for k, v in opts.items()
-                                           if k in train_keys and k in on_command_line})
+        run = Run.resume(opts["resume"], {k: v for k, v in opts.items()
+                                          if k in train_keys and k in on_command_line})
+        if run.tcfg.data == "-" and "data" in on_command_line:  # piped again: the new copy
+            data.spool_stdin(run.dir / STDIN_CORPUS)
+        return run, split_corpus(run)
     tcfg = TrainConfig(**{k: v for k, v in opts.items() if k in train_keys})
-    if "init" in opts:
-        given = [f"--{k.replace('_', '-')}" for k in SHAPE_FLAGS if k in opts]
-        if given:
-            raise TinylmError(f"{', '.join(given)} cannot be combined with --init: a "
-                              "fine-tuned model keeps the shape and tokenizer of its base")
-        from .modelfile import load_model
-        cfg, params, tokenizer = load_model(opts["init"])
-    else:
-        corpus = str(spooled) if spooled is not None else tcfg.data
-        tokenizer = make_tokenizer(opts, data.text_pieces(corpus))
-        cfg, params = build_model_config(opts, tokenizer), None
-    out = opts.get("out") or os.path.join(
-        "runs", f"{opts.get('preset', TRAIN_DEFAULT_PRESET)}-{time.strftime('%Y%m%d-%H%M%S')}")
-    return Run.create(out, cfg, tcfg, tokenizer, params=params)
+    tcfg.validate()
+    out = Path(opts.get("out") or os.path.join(
+        "runs", f"{opts.get('preset', TRAIN_DEFAULT_PRESET)}-{time.strftime('%Y%m%d-%H%M%S')}"))
+    Run.check_out(out)
+    copy = data.stdin_copy(out / STDIN_CORPUS) if tcfg.data == "-" else contextlib.nullcontext()
+    with copy:  # removed again if the run cannot start
+        if "init" in opts:
+            given = [f"--{k.replace('_', '-')}" for k in SHAPE_FLAGS if k in opts]
+            if given:
+                raise TinylmError(f"{', '.join(given)} cannot be combined with --init: a "
+                                  "fine-tuned model keeps the shape and tokenizer of its base")
+            from .modelfile import load_model
+            cfg, params, tokenizer = load_model(opts["init"])
+        else:
+            corpus = str(out / STDIN_CORPUS) if tcfg.data == "-" else tcfg.data
+            tokenizer = make_tokenizer(opts, data.text_pieces(corpus))
+            cfg, params = build_model_config(opts, tokenizer), None
+        run = Run.create(out, cfg, tcfg, tokenizer, params=params)
+        return run, split_corpus(run)
+
+
+def split_corpus(run):
+    from . import data
+    tokens = data.load_tokens(run.corpus, run.tokenizer)
+    return data.split_tokens(tokens, run.tokenizer, run.cfg.context, run.tcfg.val_fraction)
 
 
 def cmd_train(args):
     opts, on_command_line = train_options(args)
     set_threads(opts.pop("threads", None))
-    from . import data
     from .trainer import summary
     started = time.perf_counter()
-    spooled = None  # standard input's corpus, copied to a file: it can be read only once
-    if opts.get("data") == "-" and ("resume" not in opts or "data" in on_command_line):
-        spooled = data.spool_stdin()
-    try:
-        run = start_run(opts, on_command_line, spooled)
-        if spooled is not None:
-            run.keep_corpus(spooled)  # in the run's folder, for --resume
-    finally:
-        if spooled is not None and spooled.exists():
-            spooled.unlink()
-    tokens = data.load_tokens(run.corpus, run.tokenizer)
-    split = data.split_tokens(tokens, run.tokenizer, run.cfg.context, run.tcfg.val_fraction)
+    run, split = prepare_run(opts, on_command_line)
     val = run.train(split)
     print(summary(run, val, time.perf_counter() - started))
 

@@ -7,6 +7,7 @@ token. Any bytes are accepted, not only UTF-8. The token stream is made a piece 
 time into a cache on disk and memory-mapped from there, so a corpus need not fit in memory
 and a second run on the same corpus starts at once.
 """
+import contextlib
 import hashlib
 import itertools
 import json
@@ -70,12 +71,9 @@ def text_pieces(source):
 
 def documents(source):
     """Each document of the corpus (a file, or standard input), as an iterator over its
-    pieces (see _pieces)."""
+    pieces (see _pieces), to be read before the next document is asked for."""
     if source == "-":
-        if sys.stdin.isatty():
-            raise TinylmError("--data - reads the corpus from standard input, which is a "
-                              "terminal; pipe a file in: tinylm train --data - < corpus.txt")
-        yield _pieces(sys.stdin.buffer, "standard input")
+        yield _pieces(_stdin(), "standard input")
         return
     for path in corpus_files(source):
         try:
@@ -120,37 +118,62 @@ def _whole_characters(block: bytes) -> int:
     return len(block)
 
 
-def spool_stdin() -> Path:
-    """Copies standard input, a piece at a time, to a new file in the cache (or the
-    system's temporary folder): a corpus that can be read only once, kept so that it can
-    be read again. Stops while SPOOL_MARGIN of the disk is still free, so that an endless
-    stream (`yes | tinylm train --data -`) is refused instead of filling it."""
+def _stdin():
+    """Standard input's bytes, when it is a stream that can give a corpus."""
+    if sys.stdin is None or sys.stdin.isatty():
+        raise TinylmError("--data - reads the corpus from standard input, which is "
+                          f"{'closed' if sys.stdin is None else 'a terminal'}; pipe a file "
+                          "in: tinylm train --data - < corpus.txt")
+    return sys.stdin.buffer
+
+
+def spool_stdin(path: Path):
+    """Copies standard input to `path` (through a temporary file beside it, so that a
+    copy already there stays whole until the new one is): a corpus that can be read only
+    once, kept so that it can be read again. Refuses an empty one, and stops before the
+    copy would leave less than SPOOL_MARGIN of the disk free (or take more than half of
+    what was free), so that an endless stream (`yes |`) is refused, not left to fill it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    stdin, size = _stdin(), 0
+    keep_free = min(SPOOL_MARGIN, shutil.disk_usage(path.parent).free // 2)
     try:
-        cache_dir().mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cache_dir(), prefix="stdin-", suffix=".tmp")
-    except OSError:
-        fd, tmp = tempfile.mkstemp(prefix="tinylm-stdin-", suffix=".tmp")
-    folder, size = os.path.dirname(tmp), 0
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for pieces in documents("-"):
-                for piece in pieces:
-                    f.write(piece)
-                    size += len(piece)
-                    free = shutil.disk_usage(folder).free
-                    if free < SPOOL_MARGIN:
-                        raise TinylmError(
-                            f"standard input's corpus reached {format_bytes(size)}, leaving "
-                            f"{format_bytes(free)} free on the disk holding {folder}, and had "
-                            "not ended; if it is meant to be that long, save it to a file "
-                            "and pass --data FILE")
+        with open(tmp, "wb") as f:
+            while block := stdin.read(READ_BYTES):
+                free = shutil.disk_usage(path.parent).free
+                if free - len(block) < keep_free:
+                    raise TinylmError(
+                        f"standard input's corpus passed {format_bytes(size)} and had not "
+                        f"ended, with {format_bytes(free)} left on the disk of "
+                        f"'{path.parent}'; if it is meant to be that long, save it to a "
+                        "file and pass --data FILE")
+                f.write(block)
+                size += len(block)
+        if size == 0:
+            raise TinylmError("standard input is empty: pipe the corpus in, as in "
+                              "tinylm train --data - < corpus.txt")
+        os.replace(tmp, path)
     except OSError as e:
-        os.unlink(tmp)
-        raise TinylmError(f"cannot keep standard input's corpus in {folder}: {e}") from None
+        raise TinylmError(f"cannot keep standard input's corpus in '{path}': {e}") from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+@contextlib.contextmanager
+def stdin_copy(path: Path):
+    """spool_stdin(path) for a new run: removed again (with its folder, if it made it and
+    left it empty) when the block raises, so that a run that could not start leaves
+    nothing behind."""
+    made = not path.parent.exists()
+    try:
+        spool_stdin(path)
+        yield
     except BaseException:
-        os.unlink(tmp)
+        path.unlink(missing_ok=True)
+        if made and path.parent.is_dir() and not any(path.parent.iterdir()):
+            path.parent.rmdir()
         raise
-    return Path(tmp)
 
 
 def _fingerprint(source: str, tokenizer) -> str:
@@ -191,48 +214,53 @@ def _token_parts(source, tokenizer):
 
 def load_tokens(source: str, tokenizer) -> np.ndarray:
     """The corpus's token stream, memory-mapped from the cache: made there a piece at a
-    time, so that a corpus larger than memory can be trained on. Without a writable cache
-    (or from standard input, which is never cached) the stream is made in memory."""
+    time, so that a corpus larger than memory can be trained on. Without a cache it can
+    write (or from standard input itself: `tinylm eval --data -`) the stream is made in
+    memory."""
     if source != "-":
         dtype = token_dtype(tokenizer)
         path = cache_dir() / f"tokens-{_fingerprint(source, tokenizer)}.{dtype.name}"
-        tokens = _mapped(path, dtype)
+        tokens = _mapped(path, dtype, tokenizer.eot_id)
         if tokens is None and _write_tokens(source, tokenizer, path):
-            tokens = _mapped(path, dtype)
+            tokens = _mapped(path, dtype, tokenizer.eot_id)
         if tokens is not None:
             return tokens
     return np.concatenate(list(_token_parts(source, tokenizer)))
 
 
-def _mapped(path: Path, dtype: np.dtype):
-    """The cached tokens at `path`, or None if there are none (or they are damaged)."""
+def _mapped(path: Path, dtype: np.dtype, eot_id: int):
+    """The cached tokens at `path`, or None if there are none, or they are damaged (a
+    stream ends with end-of-text: a file cut short does not)."""
     try:
         size = path.stat().st_size
         if size == 0 or size % dtype.itemsize:
             return None
-        return np.memmap(path, dtype=dtype, mode="r")
+        tokens = np.memmap(path, dtype=dtype, mode="r")
+        return tokens if tokens[-1] == eot_id else None
     except (OSError, ValueError):
         return None
 
 
 def _write_tokens(source, tokenizer, path: Path) -> bool:
-    """Tokenizes the corpus into the cache file `path` (whole or not at all); False if
-    the cache cannot be written (the corpus's own errors are raised)."""
+    """Tokenizes the corpus into the cache file `path` (whole or not at all); False, with
+    a warning, if the cache cannot be written (the corpus's own errors are raised)."""
+    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    except OSError:
-        return False
-    try:
         with os.fdopen(fd, "wb") as f:
             for part in _token_parts(source, tokenizer):
                 f.write(part.tobytes())
+            f.flush()
+            os.fsync(f.fileno())  # whole on disk before it takes the cache entry's name
         os.replace(tmp, path)
         return True
-    except OSError:  # a full disk, say: train from memory
+    except OSError as e:  # a full disk, say
+        print(f"tinylm: warning: cannot write the token cache in '{path.parent}' ({e}); "
+              f"tokenizing {describe(source)} in memory", file=sys.stderr)
         return False
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
 
 
@@ -255,8 +283,8 @@ def split_tokens(tokens: np.ndarray, tokenizer, context: int, val_fraction: floa
             f"least {need + n_val} (a context window each for training and validation); use "
             "a larger corpus, or train with a smaller --context")
     val = tokens[len(tokens) - n_val:]
-    val_bytes = sum(len(tokenizer.decode_bytes(val[i:i + READ_BYTES]))  # a part at a time
-                    for i in range(0, len(val), READ_BYTES))
+    part = 1 << 20  # tokens decoded at a time
+    val_bytes = sum(len(tokenizer.decode_bytes(val[i:i + part])) for i in range(0, len(val), part))
     return Split(tokens[: len(tokens) - n_val], val, val_bytes)
 
 

@@ -271,8 +271,9 @@ class SentencePieceTokenizer(Tokenizer):
             try:
                 yield first
                 yield from lines
-            except Exception as e:
+            except BaseException as e:  # Ctrl-C too; SentencePiece stops at once
                 failed.append(e)
+                raise
 
         spm = _sp()
         spm.set_random_generator_seed(seed)  # the line sampling is the only randomness
@@ -307,8 +308,6 @@ class SentencePieceTokenizer(Tokenizer):
                 raise failed[0] from None
             # SentencePiece's messages start with its source location; keep the advice.
             raise ValueError(f"SentencePiece training failed: {str(e).split('] ')[-1]}") from None
-        if failed:
-            raise failed[0]
         return cls(writer.getvalue())
 
     # -- encoding ---------------------------------------------------------------------

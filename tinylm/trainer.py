@@ -15,7 +15,6 @@ import ctypes
 import json
 import math
 import os
-import shutil
 import signal
 import sys
 import time
@@ -214,15 +213,20 @@ class Run:
 
     # ------------------------------------------------------------ creating and resuming
 
-    @classmethod
-    def create(cls, out_dir, model_cfg, train_cfg, tokenizer, params=None, log=print):
-        out = Path(out_dir)
+    @staticmethod
+    def check_out(out: Path):
+        """Refuses a directory that a new run would spoil."""
         if (out / CHECKPOINT).exists():
             raise TinylmError(f"'{out}' already holds a run; continue it with "
                               f"`tinylm train --resume {out}` or choose another --out")
         if (out / MODEL).exists():  # a finished run's, its checkpoint deleted, or the user's
             raise TinylmError(f"'{out}' already holds a {MODEL}, which this run would replace; "
                               "choose another --out")
+
+    @classmethod
+    def create(cls, out_dir, model_cfg, train_cfg, tokenizer, params=None, log=print):
+        out = Path(out_dir)
+        cls.check_out(out)
         run = cls(out, model_cfg, train_cfg, tokenizer, log=log)
         if params is None:
             params = init_params(model_cfg, seed=train_cfg.seed)
@@ -247,9 +251,10 @@ class Run:
             saved = dict(state["train"])
             if (saved["data"] == "-" and "data" not in (overrides or {})
                     and not (out / STDIN_CORPUS).exists()):
-                raise ValueError(f"the run read its corpus from standard input, and the copy "
-                                 f"it kept, {out / STDIN_CORPUS}, is gone; resume with "
-                                 "--data FILE holding the same text")
+                raise ValueError(f"the run read its corpus from standard input, and "
+                                 f"{out / STDIN_CORPUS}, the copy a run keeps of it, is not "
+                                 "there; resume with --data FILE holding the same text, or "
+                                 "pipe it in again with --data -")
             tcfg = TrainConfig.from_dict({**saved, **(overrides or {})})
         run = cls(out, model_cfg, tcfg, tokenizer, log=log)  # its errors are the settings'
         with _checkpoint_errors(path):
@@ -267,12 +272,6 @@ class Run:
     def corpus(self) -> str | None:
         """Where the corpus is read: --data, or for standard input the run's copy of it."""
         return str(self.dir / STDIN_CORPUS) if self.tcfg.data == "-" else self.tcfg.data
-
-    def keep_corpus(self, spooled: Path):
-        """Moves standard input's corpus, copied to `spooled` (data.spool_stdin), into the
-        run's directory, where a resume reads it."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        shutil.move(spooled, self.dir / STDIN_CORPUS)
 
     def save(self):
         """Writes the model, then the checkpoint; each file is replaced atomically, and the
