@@ -148,14 +148,15 @@ def check_memory(cfg: ModelConfig, tcfg: "TrainConfig", available: int | None):
         fix = (f"lower --batch-size (at most {fits} could fit; --grad-accum keeps the tokens "
                "per step)")
     elif available > model:
-        fix = f"lower --context (a sequence of {cfg.context} tokens needs {format_bytes(sequence)})"
+        fix = (f"lower --context (a sequence of {cfg.context} tokens needs "
+               f"{format_bytes(sequence)})")
     else:
         fix = "choose a smaller model"
     raise TinylmError(
-        f"training this needs at least {format_bytes(model + batch)} of memory ({format_bytes(model)} for "
-        f"the parameters, their gradients and AdamW's moments, {format_bytes(batch)} for the "
-        f"activations of a micro-batch of {tcfg.batch_size} x {cfg.context} tokens), but "
-        f"{format_bytes(available)} is available; {fix}")
+        f"training this needs at least {format_bytes(model + batch)} of memory "
+        f"({format_bytes(model)} for the parameters, their gradients and AdamW's moments, "
+        f"{format_bytes(batch)} for the activations of a micro-batch of {tcfg.batch_size} x "
+        f"{cfg.context} tokens), but {format_bytes(available)} is available; {fix}")
 
 
 def keep_freed_memory_in_the_heap():
