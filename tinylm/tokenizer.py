@@ -303,9 +303,11 @@ class SentencePieceTokenizer(Tokenizer):
                 num_threads=num_threads or os.cpu_count() or 1,
                 minloglevel=2,
             )
-        except RuntimeError as e:
-            if failed:
+        except BaseException as e:
+            if failed:  # reported as a RuntimeError, or by older versions a SystemError
                 raise failed[0] from None
+            if not isinstance(e, RuntimeError):
+                raise
             # SentencePiece's messages start with its source location; keep the advice.
             raise ValueError(f"SentencePiece training failed: {str(e).split('] ')[-1]}") from None
         return cls(writer.getvalue())
