@@ -239,3 +239,20 @@ def test_a_cache_entry_cut_short_is_made_again(tmp_path):
     [entry] = (tmp_path / "cache").iterdir()
     entry.write_bytes(entry.read_bytes()[:-4])  # whole tokens, but not all of them
     assert data.load_tokens(str(tmp_path / "c.txt"), tok).tolist() == [97, 98, 99, 100, 101, 102, 256]
+
+
+def test_tokenizing_reports_its_progress(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "READ_BYTES", 1000)
+    root = tmp_path / "corpus"
+    root.mkdir()
+    (root / "a.txt").write_bytes(b"line\n" * 900)
+    (root / "b.txt").write_bytes(b"")
+    (root / "c.txt").write_bytes(b"x" * 2500)
+    calls = []
+    tokens = data.load_tokens(str(root), ByteTokenizer(), lambda done, total: calls.append((done, total)))
+    assert len(tokens) == 4500 + 2500 + 2
+    assert calls == [(1000, 7000), (2000, 7000), (3000, 7000), (4000, 7000), (4500, 7000),
+                     (5500, 7000), (6500, 7000), (7000, 7000)]
+    calls.clear()
+    data.load_tokens(str(root), ByteTokenizer(), lambda done, total: calls.append((done, total)))
+    assert calls == []  # from the cache: nothing to report

@@ -308,3 +308,16 @@ def test_a_run_that_cannot_fit_is_refused_with_what_would_fit():
         check_memory(cfg, tcfg, available=model + sequence - 1)
     with pytest.raises(TinylmError, match="choose a smaller model"):
         check_memory(cfg, tcfg, available=model // 2)
+
+
+def test_tokenizing_a_large_corpus_shows_its_progress(capsys):
+    from tinylm.cli import tokenizing_progress
+    report = tokenizing_progress(quiet_seconds=0)
+    for done in (10**7, 3 * 10**7, 4 * 10**7):
+        report(done, 4 * 10**7)
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(" █")[0].split(" ░")[0] for line in lines] == [
+        "tokenizing 10 MB of 40 MB", "tokenizing 30 MB of 40 MB", "tokenizing 40 MB of 40 MB"]
+    quiet = tokenizing_progress(quiet_seconds=60)  # a corpus tokenized in a moment: no bar
+    quiet(10**7, 10**7)
+    assert capsys.readouterr().err == ""

@@ -222,8 +222,28 @@ def prepare_run(opts, on_command_line):
 
 def split_corpus(run):
     from . import data
-    tokens = data.load_tokens(run.corpus, run.tokenizer)
+    tokens = data.load_tokens(run.corpus, run.tokenizer, tokenizing_progress())
     return data.split_tokens(tokens, run.tokenizer, run.cfg.context, run.tcfg.val_fraction)
+
+
+def tokenizing_progress(quiet_seconds=1.0):
+    """A progress bar for tokenizing a corpus, shown once it has taken `quiet_seconds`
+    (sentencepiece encodes ~5 MB a second: a large corpus takes minutes)."""
+    from .progress import Progress, format_bytes
+    started, bar = time.perf_counter(), None
+
+    def report(done, total):
+        nonlocal bar
+        if bar is None:
+            if time.perf_counter() - started < quiet_seconds:
+                return
+            bar = Progress(total, every=max(1, total // 10), started=started,
+                           label=lambda n: f"tokenizing {format_bytes(n)} of {format_bytes(total)}")
+        bar.update(done)
+        if done == total:
+            bar.close()
+
+    return report
 
 
 def cmd_train(args):

@@ -194,38 +194,41 @@ def token_dtype(tokenizer) -> np.dtype:
     return np.dtype(np.uint16 if tokenizer.vocab_size <= 65536 else np.int32)
 
 
-def _token_parts(source, tokenizer):
+def _token_parts(source, tokenizer, progress=None):
     """The corpus's tokens in parts, each document followed by end-of-text (empty
-    documents left out); refuses a corpus with no text."""
+    documents left out); refuses a corpus with no text. Calls progress(bytes done, bytes
+    in all) as it goes, for a corpus of files."""
     dtype = token_dtype(tokenizer)
     eot = np.array([tokenizer.eot_id], dtype=dtype)
-    empty = True
+    total = None if source == "-" else sum(p.stat().st_size for p in corpus_files(source))
+    done = 0
     for pieces in documents(source):
         text = False
         for piece in pieces:
             yield tokenizer.encode_bytes(piece).astype(dtype)
-            text = True
+            text, done = True, done + len(piece)
+            if progress and total:
+                progress(min(done, total), total)
         if text:
             yield eot
-            empty = False
-    if empty:
+    if done == 0:
         raise TinylmError(f"corpus {describe(source)} is empty; give it some text")
 
 
-def load_tokens(source: str, tokenizer) -> np.ndarray:
+def load_tokens(source: str, tokenizer, progress=None) -> np.ndarray:
     """The corpus's token stream, memory-mapped from the cache: made there a piece at a
-    time, so that a corpus larger than memory can be trained on. Without a cache it can
-    write (or from standard input itself: `tinylm eval --data -`) the stream is made in
-    memory."""
+    time, so that a corpus larger than memory can be trained on (progress(done, total) is
+    told the bytes tokenized). Without a cache it can write (or from standard input
+    itself: `tinylm eval --data -`) the stream is made in memory."""
     if source != "-":
         dtype = token_dtype(tokenizer)
         path = cache_dir() / f"tokens-{_fingerprint(source, tokenizer)}.{dtype.name}"
         tokens = _mapped(path, dtype, tokenizer.eot_id)
-        if tokens is None and _write_tokens(source, tokenizer, path):
+        if tokens is None and _write_tokens(source, tokenizer, path, progress):
             tokens = _mapped(path, dtype, tokenizer.eot_id)
         if tokens is not None:
             return tokens
-    return np.concatenate(list(_token_parts(source, tokenizer)))
+    return np.concatenate(list(_token_parts(source, tokenizer, progress)))
 
 
 def _mapped(path: Path, dtype: np.dtype, eot_id: int):
@@ -241,7 +244,7 @@ def _mapped(path: Path, dtype: np.dtype, eot_id: int):
         return None
 
 
-def _write_tokens(source, tokenizer, path: Path) -> bool:
+def _write_tokens(source, tokenizer, path: Path, progress) -> bool:
     """Tokenizes the corpus into the cache file `path` (whole or not at all); False, with
     a warning, if the cache cannot be written (the corpus's own errors are raised)."""
     tmp = None
@@ -249,7 +252,7 @@ def _write_tokens(source, tokenizer, path: Path) -> bool:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
-            for part in _token_parts(source, tokenizer):
+            for part in _token_parts(source, tokenizer, progress):
                 f.write(part.tobytes())
             f.flush()
             os.fsync(f.fileno())  # whole on disk before it takes the cache entry's name

@@ -17,33 +17,40 @@ def format_bytes(n: int) -> str:
 
 
 class Progress:
-    def __init__(self, total: int, start: int = 0, stream=None, width: int = 24, every: int = 50):
+    """Progress through `total` steps (or bytes: `label` says what a count is)."""
+
+    def __init__(self, total: int, start: int = 0, stream=None, width: int = 24, every: int = 50,
+                 label=None, started: float | None = None):
         self.total, self.start = total, start
         self.stream = stream or sys.stderr
         self.tty = getattr(self.stream, "isatty", lambda: False)()
         self.width, self.every = width, every
-        self.t0 = time.perf_counter()
+        self.label = label or (lambda step: f"step {step:>{len(str(total))}}/{total}")
+        self.t0 = time.perf_counter() if started is None else started  # perf_counter()'s
         self.last_len = 0
         self.last_draw = 0.0
+        self.last_step = start
 
     def update(self, step: int, **fields):
-        """Shows progress after `step` steps are done (fields: name -> formatted value)."""
+        """Shows progress after `step` steps are done (fields: name -> formatted value);
+        when not on a terminal, a line each time a multiple of `every` is passed."""
         now = time.perf_counter()
         if self.tty and now - self.last_draw < 0.1 and step != self.total:
             return  # redraw at most ten times a second
         self.last_draw = now
+        passed = step // self.every > self.last_step // self.every or step == self.total
+        self.last_step = step
         done = step - self.start
         elapsed = now - self.t0
         left = elapsed / done * (self.total - step) if done > 0 else 0.0
         filled = int(self.width * step / max(1, self.total))
         bar = "█" * filled + "░" * (self.width - filled)
-        info = " | ".join(f"{k} {v}" for k, v in fields.items())
-        line = (f"step {step:>{len(str(self.total))}}/{self.total} {bar} {info} | "
-                f"{format_duration(elapsed)}<{format_duration(left)}")
+        info = "".join(f" {k} {v} |" for k, v in fields.items())
+        line = f"{self.label(step)} {bar}{info} {format_duration(elapsed)}<{format_duration(left)}"
         if self.tty:
             self.stream.write("\r" + line.ljust(self.last_len))
             self.last_len = len(line)
-        elif step % self.every == 0 or step == self.total:
+        elif passed:
             self.stream.write(line + "\n")
         self.stream.flush()
 
