@@ -23,6 +23,22 @@ def test_folder_is_read_recursively_in_order_without_hidden_files(tmp_path):
     assert [b"".join(doc) for doc in data.documents(str(root))] == [b"first", b"\xff\xfenot utf-8"]
 
 
+def test_training_runs_in_a_corpus_folder_are_not_corpus(tmp_path):
+    from tinylm import trainer
+    assert data.RUN_FILES == (trainer.CHECKPOINT, trainer.METRICS)
+    root = tmp_path / "notes"
+    for name in ("runs/tiny-1/checkpoint.safetensors", "runs/tiny-1/model.safetensors",
+                 "runs/tiny-2/metrics.jsonl", "runs/tiny-2/stdin-corpus", "runs/readme.txt",
+                 "a.txt"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"x")
+    assert [p.relative_to(root).as_posix() for p in data.corpus_files(str(root))] == [
+        "a.txt", "runs/readme.txt"]
+    run = root / "runs" / "tiny-1"  # a run's folder named as the corpus is taken as it is
+    assert [p.name for p in data.corpus_files(str(run))] == ["checkpoint.safetensors",
+                                                               "model.safetensors"]
+
+
 def test_default_corpus_is_the_standard_library():
     files = data.corpus_files(data.DEFAULT_SOURCE)
     names = {f.name for f in files}
@@ -238,7 +254,8 @@ def test_a_cache_entry_cut_short_is_made_again(tmp_path):
     data.load_tokens(str(tmp_path / "c.txt"), tok)
     [entry] = (tmp_path / "cache").iterdir()
     entry.write_bytes(entry.read_bytes()[:-4])  # whole tokens, but not all of them
-    assert data.load_tokens(str(tmp_path / "c.txt"), tok).tolist() == [97, 98, 99, 100, 101, 102, 256]
+    tokens = data.load_tokens(str(tmp_path / "c.txt"), tok)
+    assert tokens.tolist() == [97, 98, 99, 100, 101, 102, 256]
 
 
 def test_tokenizing_reports_its_progress(tmp_path, monkeypatch):
@@ -249,10 +266,10 @@ def test_tokenizing_reports_its_progress(tmp_path, monkeypatch):
     (root / "b.txt").write_bytes(b"")
     (root / "c.txt").write_bytes(b"x" * 2500)
     calls = []
-    tokens = data.load_tokens(str(root), ByteTokenizer(), lambda done, total: calls.append((done, total)))
+    tokens = data.load_tokens(str(root), ByteTokenizer(), lambda *report: calls.append(report))
     assert len(tokens) == 4500 + 2500 + 2
     assert calls == [(1000, 7000), (2000, 7000), (3000, 7000), (4000, 7000), (4500, 7000),
                      (5500, 7000), (6500, 7000), (7000, 7000)]
     calls.clear()
-    data.load_tokens(str(root), ByteTokenizer(), lambda done, total: calls.append((done, total)))
+    data.load_tokens(str(root), ByteTokenizer(), lambda *report: calls.append(report))
     assert calls == []  # from the cache: nothing to report

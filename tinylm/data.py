@@ -1,6 +1,6 @@
 """The corpus: finding it, tokenizing it (cached), splitting it, and drawing batches.
 
-A corpus is a file, a folder (read recursively, hidden files skipped), `-` for standard
+A corpus is a file, a folder (read recursively, hidden files and runs skipped), `-` for standard
 input, or, by default, the Python standard library's own .py files — a corpus that is on
 every machine with Python. Files are documents, joined with the tokenizer's end-of-text
 token. Any bytes are accepted, not only UTF-8. The token stream is made a piece at a
@@ -44,8 +44,14 @@ def stdlib_files() -> list:
     return sorted(p for p in root.rglob("*.py") if "site-packages" not in p.parts and p.is_file())
 
 
+# what marks a training run's folder (trainer.CHECKPOINT, trainer.METRICS)
+RUN_FILES = ("checkpoint.safetensors", "metrics.jsonl")
+
+
 def corpus_files(source: str) -> list:
-    """The files of a corpus, in a fixed order."""
+    """The files of a corpus, in a fixed order: for a folder, every file below it but
+    hidden ones and those of training runs' folders (`tinylm train --data .` puts its
+    runs in ./runs, whose models and checkpoints are not text to learn)."""
     if source is DEFAULT_SOURCE:
         return stdlib_files()
     path = Path(source)
@@ -58,6 +64,8 @@ def corpus_files(source: str) -> list:
                           "pipe?); for a stream, pass - and pipe it to stdin")
     files = sorted(p for p in path.rglob("*") if p.is_file()
                    and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    runs = {p.parent for p in files if p.name in RUN_FILES and p.parent != path}
+    files = [p for p in files if not runs.intersection(p.parents)]
     if not files:
         raise TinylmError(f"corpus folder '{source}' holds no files")
     return files
