@@ -208,7 +208,10 @@ def _token_parts(source, tokenizer, progress=None):
     in all) as it goes, for a corpus of files."""
     dtype = token_dtype(tokenizer)
     eot = np.array([tokenizer.eot_id], dtype=dtype)
-    total = None if source == "-" else sum(p.stat().st_size for p in corpus_files(source))
+    try:
+        total = None if source == "-" else sum(p.stat().st_size for p in corpus_files(source))
+    except OSError:  # a file gone since it was listed: documents() names it
+        total = None
     done = 0
     for pieces in documents(source):
         text = False
