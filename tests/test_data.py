@@ -23,20 +23,28 @@ def test_folder_is_read_recursively_in_order_without_hidden_files(tmp_path):
     assert [b"".join(doc) for doc in data.documents(str(root))] == [b"first", b"\xff\xfenot utf-8"]
 
 
-def test_training_runs_in_a_corpus_folder_are_not_corpus(tmp_path):
+def test_runs_models_and_the_cache_in_a_corpus_folder_are_not_corpus(tmp_path, monkeypatch):
+    """`tinylm train --data .` puts its runs in ./runs, and the README's quantize writes a
+    model beside them: none of that is text to learn, nor is a token cache kept inside."""
     from tinylm import trainer
-    assert data.RUN_FILES == (trainer.CHECKPOINT, trainer.METRICS)
+    assert data.RUN_CHECKPOINT == trainer.CHECKPOINT
     root = tmp_path / "notes"
-    for name in ("runs/tiny-1/checkpoint.safetensors", "runs/tiny-1/model.safetensors",
-                 "runs/tiny-2/metrics.jsonl", "runs/tiny-2/stdin-corpus", "runs/readme.txt",
-                 "a.txt"):
+    monkeypatch.setenv("TINYLM_CACHE", str(root / "cache"))
+    for name in ("runs/tiny-1/checkpoint.safetensors", "runs/tiny-1/metrics.jsonl",
+                 "runs/tiny-1/stdin-corpus", "runs/readme.txt", "tiny-int8.safetensors",
+                 "work/metrics.jsonl", "work/monday.md", "cache/tokens-0.uint16", "a.txt"):
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_bytes(b"x")
-    assert [p.relative_to(root).as_posix() for p in data.corpus_files(str(root))] == [
-        "a.txt", "runs/readme.txt"]
+    want = ["a.txt", "runs/readme.txt", "work/metrics.jsonl", "work/monday.md"]
+    for form in (str(root), str(root) + "/", str(root / ".")):
+        assert [p.relative_to(root).as_posix() for p in data.corpus_files(form)] == want
     run = root / "runs" / "tiny-1"  # a run's folder named as the corpus is taken as it is
-    assert [p.name for p in data.corpus_files(str(run))] == ["checkpoint.safetensors",
-                                                               "model.safetensors"]
+    assert [p.name for p in data.corpus_files(str(run))] == ["metrics.jsonl", "stdin-corpus"]
+    only_runs = tmp_path / "only-runs"
+    (only_runs / "r1").mkdir(parents=True)
+    (only_runs / "r1" / "checkpoint.safetensors").write_bytes(b"x")
+    with pytest.raises(TinylmError, match="holds no files .model files and training runs"):
+        data.corpus_files(str(only_runs))
 
 
 def test_default_corpus_is_the_standard_library():
@@ -273,3 +281,11 @@ def test_tokenizing_reports_its_progress(tmp_path, monkeypatch):
     calls.clear()
     data.load_tokens(str(root), ByteTokenizer(), lambda *report: calls.append(report))
     assert calls == []  # from the cache: nothing to report
+
+
+def test_a_file_gone_since_the_corpus_was_listed_is_named(tmp_path, monkeypatch):
+    (tmp_path / "a.txt").write_bytes(b"a")
+    listed = [tmp_path / "a.txt", tmp_path / "gone.txt"]
+    monkeypatch.setattr(data, "corpus_files", lambda source: listed)  # listed, then deleted
+    with pytest.raises(TinylmError, match="cannot read corpus .*No such file.*gone.txt"):
+        data.load_tokens(str(tmp_path), ByteTokenizer())

@@ -312,12 +312,44 @@ def test_a_run_that_cannot_fit_is_refused_with_what_would_fit():
 
 def test_tokenizing_a_large_corpus_shows_its_progress(capsys):
     from tinylm.cli import tokenizing_progress
-    report = tokenizing_progress(quiet_seconds=0)
-    for done in (10**7, 3 * 10**7, 4 * 10**7):
-        report(done, 4 * 10**7)
-    lines = capsys.readouterr().err.splitlines()
-    assert [line.split(" █")[0].split(" ░")[0] for line in lines] == [
-        "tokenizing 10 MB of 40 MB", "tokenizing 30 MB of 40 MB", "tokenizing 40 MB of 40 MB"]
-    quiet = tokenizing_progress(quiet_seconds=60)  # a corpus tokenized in a moment: no bar
-    quiet(10**7, 10**7)
+
+    def bar_lines():
+        return [line.split(" █")[0].split(" ░")[0] for line in capsys.readouterr().err.splitlines()]
+
+    with tokenizing_progress(quiet_seconds=0) as report:
+        for done in (10**7, 3 * 10**7, 4 * 10**7, 5 * 10**7):  # the last: a file grew
+            report(done, 4 * 10**7)
+    assert bar_lines() == ["tokenizing 10 MB of 40 MB", "tokenizing 30 MB of 40 MB",
+                           "tokenizing 40 MB of 40 MB"]
+    with tokenizing_progress(quiet_seconds=0) as report:  # the cache failed: again in memory
+        report(3 * 10**7, 4 * 10**7)
+        report(10**7, 4 * 10**7)
+    assert bar_lines() == ["tokenizing 30 MB of 40 MB", "tokenizing 10 MB of 40 MB"]
+    with tokenizing_progress(quiet_seconds=60) as report:  # tokenized in a moment: no bar
+        report(10**7, 10**7)
     assert capsys.readouterr().err == ""
+
+
+def test_a_progress_bar_on_a_terminal_ends_its_line_however_it_ends(monkeypatch):
+    import io
+
+    from tinylm.cli import tokenizing_progress
+    from tinylm.progress import Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    out = Terminal()
+    bar = Progress(100, stream=out)
+    bar.update(30)
+    bar.close()
+    bar.close()
+    assert out.getvalue().startswith("\rstep  30/100") and out.getvalue().count("\n") == 1
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    with pytest.raises(KeyboardInterrupt):  # Ctrl-C while tokenizing
+        with tokenizing_progress(quiet_seconds=0) as report:
+            report(10**6, 4 * 10**6)
+            raise KeyboardInterrupt
+    assert sys.stderr.getvalue().startswith("\rtokenizing 1 MB of 4 MB")
+    assert sys.stderr.getvalue().endswith("\n")

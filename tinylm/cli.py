@@ -222,28 +222,36 @@ def prepare_run(opts, on_command_line):
 
 def split_corpus(run):
     from . import data
-    tokens = data.load_tokens(run.corpus, run.tokenizer, tokenizing_progress())
+    with tokenizing_progress() as report:
+        tokens = data.load_tokens(run.corpus, run.tokenizer, report)
     return data.split_tokens(tokens, run.tokenizer, run.cfg.context, run.tcfg.val_fraction)
 
 
+@contextlib.contextmanager
 def tokenizing_progress(quiet_seconds=1.0):
-    """A progress bar for tokenizing a corpus, shown once it has taken `quiet_seconds`
-    (sentencepiece encodes ~5 MB a second: a large corpus takes minutes)."""
+    """A progress bar for tokenizing a corpus (data.load_tokens' progress), shown once it
+    has taken `quiet_seconds` (sentencepiece encodes ~5.5 MB a second: a large corpus
+    takes minutes), and ended however tokenizing ends."""
     from .progress import Progress, format_bytes
     started, bar = time.perf_counter(), None
 
     def report(done, total):
-        nonlocal bar
+        nonlocal bar, started
+        if bar is not None and done < bar.last_step:  # begun again (in memory)
+            bar.close()
+            started, bar = time.perf_counter(), None
         if bar is None:
             if time.perf_counter() - started < quiet_seconds:
                 return
             bar = Progress(total, every=max(1, total // 10), started=started,
                            label=lambda n: f"tokenizing {format_bytes(n)} of {format_bytes(total)}")
-        bar.update(done)
-        if done == total:
-            bar.close()
+        bar.update(min(done, total))
 
-    return report
+    try:
+        yield report
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def cmd_train(args):
@@ -281,8 +289,9 @@ def cmd_eval(args):
     if args.eval_tokens < 1:
         raise TinylmError(f"--eval-tokens must be at least 1, got {args.eval_tokens}")
     cfg, params, tokenizer = load_any_model(args.model)
-    split = data.split_tokens(data.load_tokens(args.data, tokenizer), tokenizer, cfg.context,
-                              args.val_fraction)
+    with tokenizing_progress() as report:
+        tokens = data.load_tokens(args.data, tokenizer, report)
+    split = data.split_tokens(tokens, tokenizer, cfg.context, args.val_fraction)
     nats, bpb, scored = evaluate(params, cfg, split.val, split.val_bytes, args.eval_tokens)
     print(f"{args.model}: validation loss {nats:.4f} nats/token, {bpb:.4f} bits/byte "
           f"({scored:,} tokens of {data.describe(args.data)})")

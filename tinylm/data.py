@@ -1,6 +1,6 @@
 """The corpus: finding it, tokenizing it (cached), splitting it, and drawing batches.
 
-A corpus is a file, a folder (read recursively, hidden files and runs skipped), `-` for standard
+A corpus is a file, a folder (read recursively; see corpus_files), `-` for standard
 input, or, by default, the Python standard library's own .py files — a corpus that is on
 every machine with Python. Files are documents, joined with the tokenizer's end-of-text
 token. Any bytes are accepted, not only UTF-8. The token stream is made a piece at a
@@ -27,6 +27,7 @@ from .progress import format_bytes
 DEFAULT_SOURCE = None  # the Python standard library's .py files
 READ_BYTES = 16 << 20  # how much of a corpus file is read and tokenized at a time
 SPOOL_MARGIN = 1 << 30  # the free disk space that keeping standard input's corpus leaves
+RUN_CHECKPOINT = "checkpoint.safetensors"  # marks a training run's folder (trainer.CHECKPOINT)
 
 
 def describe(source) -> str:
@@ -44,14 +45,11 @@ def stdlib_files() -> list:
     return sorted(p for p in root.rglob("*.py") if "site-packages" not in p.parts and p.is_file())
 
 
-# what marks a training run's folder (trainer.CHECKPOINT, trainer.METRICS)
-RUN_FILES = ("checkpoint.safetensors", "metrics.jsonl")
-
-
 def corpus_files(source: str) -> list:
     """The files of a corpus, in a fixed order: for a folder, every file below it but
-    hidden ones and those of training runs' folders (`tinylm train --data .` puts its
-    runs in ./runs, whose models and checkpoints are not text to learn)."""
+    hidden ones, model files (.safetensors), training runs' folders (one holding a
+    checkpoint.safetensors: `tinylm train --data .` puts its runs in ./runs) and the token
+    cache, if it lies inside."""
     if source is DEFAULT_SOURCE:
         return stdlib_files()
     path = Path(source)
@@ -64,10 +62,13 @@ def corpus_files(source: str) -> list:
                           "pipe?); for a stream, pass - and pipe it to stdin")
     files = sorted(p for p in path.rglob("*") if p.is_file()
                    and not any(part.startswith(".") for part in p.relative_to(path).parts))
-    runs = {p.parent for p in files if p.name in RUN_FILES and p.parent != path}
-    files = [p for p in files if not runs.intersection(p.parents)]
+    left_out = {p.parent.resolve() for p in files if p.name == RUN_CHECKPOINT and p.parent != path}
+    left_out.add(cache_dir().resolve())
+    files = [p for p in files
+             if p.suffix != ".safetensors" and left_out.isdisjoint(p.resolve().parents)]
     if not files:
-        raise TinylmError(f"corpus folder '{source}' holds no files")
+        raise TinylmError(f"corpus folder '{source}' holds no files (model files and training "
+                          "runs' folders left out)")
     return files
 
 
@@ -77,13 +78,14 @@ def text_pieces(source):
     return itertools.chain.from_iterable(documents(source))
 
 
-def documents(source):
+def documents(source, files=None):
     """Each document of the corpus (a file, or standard input), as an iterator over its
-    pieces (see _pieces), to be read before the next document is asked for."""
+    pieces (see _pieces), to be read before the next document is asked for. `files`: the
+    corpus's files, if they have been listed."""
     if source == "-":
         yield _pieces(_stdin(), "standard input")
         return
-    for path in corpus_files(source):
+    for path in corpus_files(source) if files is None else files:
         try:
             f = path.open("rb")
         except OSError as e:
@@ -184,7 +186,7 @@ def stdin_copy(path: Path):
         raise
 
 
-def _fingerprint(source: str, tokenizer) -> str:
+def _fingerprint(files, tokenizer) -> str:
     """Identifies a tokenized corpus: the tokenizer, and the files with size and mtime."""
     h = hashlib.sha256()
     meta, tensors = tokenizer.to_metadata()
@@ -192,34 +194,39 @@ def _fingerprint(source: str, tokenizer) -> str:
     for name in sorted(tensors):
         h.update(name.encode())
         h.update(np.ascontiguousarray(tensors[name]).tobytes())
-    for p in corpus_files(source):
-        st = p.stat()
-        h.update(f"{p.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+    for p in files:
+        st = _stat(p)
+        h.update(f"{p.resolve()}\0{st and st.st_size}\0{st and st.st_mtime_ns}\0".encode())
     return h.hexdigest()[:24]
+
+
+def _stat(path: Path):
+    """os.stat, or None for a file gone since it was listed (its read will name it)."""
+    try:
+        return path.stat()
+    except OSError:
+        return None
 
 
 def token_dtype(tokenizer) -> np.dtype:
     return np.dtype(np.uint16 if tokenizer.vocab_size <= 65536 else np.int32)
 
 
-def _token_parts(source, tokenizer, progress=None):
+def _token_parts(source, files, tokenizer, progress=None):
     """The corpus's tokens in parts, each document followed by end-of-text (empty
-    documents left out); refuses a corpus with no text. Calls progress(bytes done, bytes
-    in all) as it goes, for a corpus of files."""
+    documents left out); refuses a corpus with no text. For a corpus of files, calls
+    progress(bytes done, bytes the files held when listed) as it goes."""
     dtype = token_dtype(tokenizer)
     eot = np.array([tokenizer.eot_id], dtype=dtype)
-    try:
-        total = None if source == "-" else sum(p.stat().st_size for p in corpus_files(source))
-    except OSError:  # a file gone since it was listed: documents() names it
-        total = None
+    total = sum(st.st_size for st in map(_stat, files) if st) if files else None
     done = 0
-    for pieces in documents(source):
+    for pieces in documents(source, files):
         text = False
         for piece in pieces:
             yield tokenizer.encode_bytes(piece).astype(dtype)
             text, done = True, done + len(piece)
             if progress and total:
-                progress(min(done, total), total)
+                progress(done, total)
         if text:
             yield eot
     if done == 0:
@@ -231,15 +238,16 @@ def load_tokens(source: str, tokenizer, progress=None) -> np.ndarray:
     time, so that a corpus larger than memory can be trained on (progress(done, total) is
     told the bytes tokenized). Without a cache it can write (or from standard input
     itself: `tinylm eval --data -`) the stream is made in memory."""
-    if source != "-":
+    files = None if source == "-" else corpus_files(source)  # listed once: all agree
+    if files is not None:
         dtype = token_dtype(tokenizer)
-        path = cache_dir() / f"tokens-{_fingerprint(source, tokenizer)}.{dtype.name}"
+        path = cache_dir() / f"tokens-{_fingerprint(files, tokenizer)}.{dtype.name}"
         tokens = _mapped(path, dtype, tokenizer.eot_id)
-        if tokens is None and _write_tokens(source, tokenizer, path, progress):
+        if tokens is None and _write_tokens(source, files, tokenizer, path, progress):
             tokens = _mapped(path, dtype, tokenizer.eot_id)
         if tokens is not None:
             return tokens
-    return np.concatenate(list(_token_parts(source, tokenizer, progress)))
+    return np.concatenate(list(_token_parts(source, files, tokenizer, progress)))
 
 
 def _mapped(path: Path, dtype: np.dtype, eot_id: int):
@@ -255,7 +263,7 @@ def _mapped(path: Path, dtype: np.dtype, eot_id: int):
         return None
 
 
-def _write_tokens(source, tokenizer, path: Path, progress) -> bool:
+def _write_tokens(source, files, tokenizer, path: Path, progress) -> bool:
     """Tokenizes the corpus into the cache file `path` (whole or not at all); False, with
     a warning, if the cache cannot be written (the corpus's own errors are raised)."""
     tmp = None
@@ -263,7 +271,7 @@ def _write_tokens(source, tokenizer, path: Path, progress) -> bool:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
-            for part in _token_parts(source, tokenizer, progress):
+            for part in _token_parts(source, files, tokenizer, progress):
                 f.write(part.tobytes())
             f.flush()
             os.fsync(f.fileno())  # whole on disk before it takes the cache entry's name

@@ -26,7 +26,7 @@ class Progress:
         self.tty = getattr(self.stream, "isatty", lambda: False)()
         self.width, self.every = width, every
         self.label = label or (lambda step: f"step {step:>{len(str(total))}}/{total}")
-        self.t0 = time.perf_counter() if started is None else started  # perf_counter()'s
+        self.t0 = time.perf_counter() if started is None else started  # a perf_counter()
         self.last_len = 0
         self.last_draw = 0.0
         self.last_step = start
@@ -38,7 +38,8 @@ class Progress:
         if self.tty and now - self.last_draw < 0.1 and step != self.total:
             return  # redraw at most ten times a second
         self.last_draw = now
-        passed = step // self.every > self.last_step // self.every or step == self.total
+        passed = (step // self.every > self.last_step // self.every
+                  or step == self.total != self.last_step)
         self.last_step = step
         done = step - self.start
         elapsed = now - self.t0
@@ -63,6 +64,8 @@ class Progress:
         self.stream.flush()
 
     def close(self):
+        """Ends the bar's line (once, however often it is called)."""
         if self.tty and self.last_len:
             self.stream.write("\n")
             self.stream.flush()
+            self.last_len = 0
