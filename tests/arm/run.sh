@@ -20,7 +20,9 @@
 #   TINYLM_ARM_WHEEL_DIR=dist bash tests/arm/run.sh   also keep the wheel
 #
 # Emulation is ~20x slower than the host (more on 32-bit ARM), so tests marked `slow`
-# are deselected (TINYLM_ARM_PYTEST_ARGS replaces the default '-m "not slow"'), and
+# are deselected, as are those marked `native`, whose limits on a process of their own
+# qemu-user would apply to the emulator (TINYLM_ARM_PYTEST_ARGS replaces the default
+# '-m "not slow and not native"'), and
 # TINYLM_TEST_EMULATED=1 is set so that tests (and a hypothesis profile) can shrink their
 # case counts. For the same reason the whole suite runs on one CPU per architecture, and
 # the other CPUs run only the tests whose code takes another path there (KERNEL_TESTS:
@@ -267,7 +269,7 @@ blas_core() {
 if [[ -n "${TINYLM_ARM_PYTEST_ARGS+set}" ]]; then
   read -r -a PYTEST_ARGS <<<"$TINYLM_ARM_PYTEST_ARGS"
 else
-  PYTEST_ARGS=(-m "not slow")
+  PYTEST_ARGS=(-m "not slow and not native")
 fi
 failed=()
 
