@@ -4,7 +4,8 @@
 // csrc/engine/gemv_i8_avx2.cpp) against a 32-byte read of the same bytes, and against
 // three other ways of forming the products, on one preset's matrices back to back, one
 // thread. It also times the instructions involved on their own, to show which of them
-// limit it. (The tenth session added the XOR form; NOTES.md says what it measured.)
+// limit it. (The tenth session added the XOR form, the twelfth the weights in panels;
+// NOTES.md says what they measured.)
 //
 // From the repository's root (one command):
 //   g++ -O3 -std=c++17 -Icsrc -mavx2 -mfma -mf16c benchmarks/gemv_avx2.cpp
@@ -130,6 +131,74 @@ struct Int16 {
   static int32_t correction(const int8_t*, int64_t) { return 0; }
 };
 
+
+// The weights in panels (NOTES.md, "Next"): eight rows by four bytes of K to a vector,
+// [N / 8][K / 4][8][4], so that x is broadcast four bytes at a time and each lane sums
+// one row, with no horizontal sum; the sign trick as an XOR. Four panels at a time, and
+// either from the four quarters of the matrix (four streams, as the engine reads rows)
+// or adjacent ([N / 32][K / 4][32][4]: one stream). N a multiple of 32, K of 4.
+struct Panels {
+  int64_t N, K;
+  const int8_t* p;
+};
+
+Panels to_panels(const Matrix& m, bool adjacent, int8_t* out) {
+  // adjacent: 32 rows' four bytes of K together, the four panels of 32 rows interleaved
+  const int64_t block = adjacent ? 32 : 8;
+  int8_t* o = out;
+  for (int64_t n0 = 0; n0 < m.N; n0 += block)
+    for (int64_t g = 0; g < m.K / 4; ++g)
+      for (int64_t r = 0; r < block; ++r, o += 4) std::memcpy(o, m.w + (n0 + r) * m.K + 4 * g, 4);
+  return {m.N, m.K, out};
+}
+
+// x's |x| and sign masks, four bytes a group, to broadcast; and the XOR's correction
+struct BroadcastX {
+  std::vector<int32_t> ax, m;
+  int32_t fix = 0;
+};
+
+BroadcastX broadcast_x(const int8_t* x, int64_t K) {
+  BroadcastX b{std::vector<int32_t>(K / 4), std::vector<int32_t>(K / 4)};
+  for (int64_t g = 0; g < K / 4; ++g) {
+    uint8_t ax[4], m[4];
+    for (int j = 0; j < 4; ++j) {
+      const int8_t v = x[4 * g + j];
+      ax[j] = uint8_t(v < 0 ? -v : v);
+      m[j] = v < 0 ? 0xff : 0;
+      b.fix += v < 0 ? -v : 0;
+    }
+    std::memcpy(&b.ax[g], ax, 4);
+    std::memcpy(&b.m[g], m, 4);
+  }
+  return b;
+}
+
+inline __m256i panel_dot(__m256i acc, const int8_t* w, __m256i ax, __m256i m) {
+  const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w));
+  const __m256i p = _mm256_maddubs_epi16(ax, _mm256_xor_si256(wv, m));
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_set1_epi16(1)));
+}
+
+// step: bytes from one panel's vector to the next panel's (adjacent: 32; quarters: a
+// quarter of the matrix); out: from one panel's results to the next's.
+void gemv_panels(const Panels& P, bool adjacent, const BroadcastX& x, int32_t* c) {
+  const int64_t groups = P.K / 4, q = P.N / 32;
+  const int64_t step = adjacent ? 32 : q * 8 * P.K, advance = adjacent ? 128 : 32;
+  for (int64_t i = 0; i < q; ++i) {
+    const int8_t* w = P.p + i * (adjacent ? 32 : 8) * P.K;
+    __m256i a[4] = {};
+    for (int64_t g = 0; g < groups; ++g, w += advance) {
+      const __m256i ax = _mm256_set1_epi32(x.ax[g]), m = _mm256_set1_epi32(x.m[g]);
+      for (int j = 0; j < 4; ++j) a[j] = panel_dot(a[j], w + j * step, ax, m);
+    }
+    for (int j = 0; j < 4; ++j) {
+      int32_t* out = c + (adjacent ? 32 * i + 8 * j : 8 * i + 8 * q * j);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), _mm256_add_epi32(a[j], _mm256_set1_epi32(x.fix)));
+    }
+  }
+}
+
 template <class Fn>
 double best_us(Fn&& fn, int reps) {
   double best = 1e9;
@@ -247,6 +316,33 @@ int main(int argc, char** argv) {
     }
   }
 
+  // the same matrices in panels, both ways, with x broadcast once per width
+  std::vector<int8_t> panel_bufs[2] = {std::vector<int8_t>(size_t(bytes)), std::vector<int8_t>(size_t(bytes))};
+  std::vector<Panels> panels[2];
+  for (int adjacent = 0; adjacent < 2; ++adjacent) {
+    int8_t* o = panel_bufs[adjacent].data();
+    for (const Matrix& m : matrices) {
+      panels[adjacent].push_back(to_panels(m, adjacent, o));
+      o += m.N * m.K;
+    }
+  }
+  const BroadcastX xd = broadcast_x(x, s.d), xff = broadcast_x(x, s.ff);
+  auto run_panels = [&](int adjacent) {
+    for (const Panels& P : panels[adjacent]) gemv_panels(P, adjacent, P.K == s.d ? xd : xff, c.data());
+  };
+  for (size_t i = 0; i < matrices.size(); ++i) {
+    engine(matrices[i]);
+    want = c;
+    for (int adjacent = 0; adjacent < 2; ++adjacent) {
+      const Panels& P = panels[adjacent][i];
+      gemv_panels(P, adjacent, P.K == s.d ? xd : xff, c.data());
+      if (!std::equal(c.begin(), c.begin() + P.N, want.begin())) {
+        std::puts("the panels' products differ from the engine's");
+        return 1;
+      }
+    }
+  }
+
   std::printf("clock ~%.2f GHz; instructions a ns, on eight independent vectors:\n", clock_ghz());
   std::printf("  vpmaddubsw %.2f, vpmaddwd %.2f, vpsignb %.2f, vpaddd %.2f, vpsrad %.2f\n",
               instructions_per_ns([](__m256i a, __m256i b) { return _mm256_maddubs_epi16(a, b); }),
@@ -267,10 +363,14 @@ int main(int argc, char** argv) {
     const double one = best_us([&] { for (const Matrix& m : matrices) quarters<OneMultiply>(m, x, c.data()); }, s.reps);
     const double xo = best_us([&] { for (const Matrix& m : matrices) quarters<Xor>(m, x, c.data()); }, s.reps);
     const double i16 = best_us([&] { for (const Matrix& m : matrices) quarters<Int16>(m, x, c.data()); }, s.reps);
+    const double quarters_p = best_us([&] { run_panels(0); }, s.reps);
+    const double adjacent_p = best_us([&] { run_panels(1); }, s.reps);
     const Matrix& first = matrices[0];
     const double hot = best_us([&] { engine(first); }, 10 * s.reps);
-    std::printf("  engine %.1f | read %.1f | xor %.1f | one multiply %.1f | int16 %.1f || the first matrix "
-                "alone, from L1/L2: %.2f us, %.1f GB/s\n",
-                e, read, xo, one, i16, hot, double(first.N * first.K) / hot / 1e3);
+    const double hot_p = best_us([&] { gemv_panels(panels[0][0], false, xd, c.data()); }, 10 * s.reps);
+    std::printf("  engine %.1f | read %.1f | xor %.1f | one multiply %.1f | int16 %.1f | panels: four "
+                "streams %.1f, one stream %.1f || the first matrix alone, from L1/L2: %.2f us, %.1f "
+                "GB/s (in panels %.2f us)\n", e, read, xo, one, i16, quarters_p, adjacent_p, hot,
+                double(first.N * first.K) / hot / 1e3, hot_p);
   }
 }
