@@ -157,7 +157,11 @@ def test_without_a_writable_cache_the_tokens_are_made_in_memory(tmp_path, monkey
     (tmp_path / "not a folder").write_bytes(b"")
     monkeypatch.setenv("TINYLM_CACHE", str(tmp_path / "not a folder"))
     (tmp_path / "c.txt").write_bytes(b"abc")
-    assert data.load_tokens(str(tmp_path / "c.txt"), ByteTokenizer()).tolist() == [97, 98, 99, 256]
+    warnings = []
+    tokens = data.load_tokens(str(tmp_path / "c.txt"), ByteTokenizer(), warn=warnings.append)
+    assert tokens.tolist() == [97, 98, 99, 256]
+    [warning] = warnings
+    assert "cannot write the token cache in" in warning and "not a folder" in warning
 
 
 def test_a_damaged_cache_entry_is_made_again(tmp_path):
@@ -289,3 +293,45 @@ def test_a_file_gone_since_the_corpus_was_listed_is_named(tmp_path, monkeypatch)
     monkeypatch.setattr(data, "corpus_files", lambda source: listed)  # listed, then deleted
     with pytest.raises(TinylmError, match="cannot read corpus .*No such file.*gone.txt"):
         data.load_tokens(str(tmp_path), ByteTokenizer())
+
+
+def test_the_cache_keeps_one_entry_for_each_corpus_and_tokenizer(tmp_path, sp_tokenizer):
+    """Editing a corpus and training again replaces its entry (a 2 GB corpus is 4 GB of
+    tokens: one left behind at each edit would fill a disk); another corpus, or the same
+    one under another tokenizer, keeps its own."""
+    corpus, other = tmp_path / "c.txt", tmp_path / "other.txt"
+    corpus.write_bytes(b"first")
+    other.write_bytes(b"other")
+    first = data.load_tokens(str(corpus), ByteTokenizer())
+    data.load_tokens(str(other), ByteTokenizer())
+    data.load_tokens(str(corpus), sp_tokenizer)
+    assert len(list((tmp_path / "cache").iterdir())) == 3
+    corpus.write_bytes(b"second!")
+    assert data.load_tokens(str(corpus), ByteTokenizer()).tolist() == list(b"second!") + [256]
+    assert len(list((tmp_path / "cache").iterdir())) == 3
+    assert first.tolist() == list(b"first") + [256]  # a run reading the old entry keeps it
+    corpus.write_bytes(b"first")  # the same bytes again, but a new mtime: made again
+    assert data.load_tokens(str(corpus), ByteTokenizer()).tolist() == list(b"first") + [256]
+    assert len(list((tmp_path / "cache").iterdir())) == 3
+
+
+def test_writing_an_entry_removes_old_versions_entries_and_abandoned_temporaries(tmp_path):
+    import os
+    import time
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    old_npy = cache / ("tokens-" + "0" * 24 + ".npy")  # before the raw token files
+    keyless = cache / ("tokens-" + "1" * 24 + ".uint16")  # before entries had a key
+    abandoned = cache / ("tokens-" + "2" * 12 + "-" + "3" * 24 + ".uint16.k1x_9ab.tmp")
+    writing = cache / ("tokens-" + "4" * 12 + "-" + "5" * 24 + ".uint16.zz8_q1c.tmp")
+    other_entry = cache / ("tokens-" + "6" * 12 + "-" + "7" * 24 + ".uint16")
+    users = [cache / "notes.txt", cache / "tokens-list.tmp"]  # not the cache's: kept
+    for p in [old_npy, keyless, abandoned, writing, other_entry] + users:
+        p.write_bytes(b"x")
+    an_hour_ago = time.time() - data.ABANDONED_SECONDS - 60
+    for p in [abandoned] + users:
+        os.utime(p, (an_hour_ago, an_hour_ago))
+    (tmp_path / "c.txt").write_bytes(b"abc")
+    data.load_tokens(str(tmp_path / "c.txt"), ByteTokenizer())
+    [entry] = set(cache.iterdir()) - {writing, other_entry, *users}
+    assert data._CACHE_ENTRY.fullmatch(entry.name)

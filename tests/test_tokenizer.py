@@ -196,6 +196,45 @@ def test_sp_training_is_deterministic(model_type):
     assert np.array_equal(a.encode(CORPUS), b.encode(CORPUS))
 
 
+def test_sp_training_is_the_same_in_every_process():
+    """A run repeated is the same run: its tokenizer too (SentencePiece's own sampling of
+    lines, seeded, still differed from one process to the next), and so the token cache
+    made under it serves the next run instead of another copy of the corpus's tokens."""
+    import os
+    import subprocess
+    import sys
+    code = ("import hashlib, sys; from tinylm.tokenizer import SentencePieceTokenizer as S; "
+            "t = S.train(sys.stdin.read(), vocab_size=300, max_sentences=500, seed=3); "
+            "print(hashlib.sha256(t.to_metadata()[1]['tokenizer.model'].tobytes()).hexdigest())")
+    digests = {subprocess.run([sys.executable, "-c", code], input=CORPUS, capture_output=True,
+                              text=True, check=True, timeout=120,
+                              env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}).stdout
+               for _ in range(3)}
+    assert len(digests) == 1
+
+
+def test_lines_are_sampled_uniformly_and_by_the_seed():
+    from tinylm.tokenizer import _sample
+    lines = [str(i) for i in range(100)]
+
+    def in_lists(cuts):  # the lines, as texts cut at `cuts` give them
+        return [lines[a:b] for a, b in zip([0, *cuts], [*cuts, len(lines)])]
+
+    assert _sample([lines], 10, seed=1) == _sample([lines], 10, seed=1)
+    assert _sample([lines], 10, seed=1) != _sample([lines], 10, seed=2)
+    for cuts in ([3, 4, 4, 50], [10], [9, 11, 99], list(range(1, 100))):
+        assert _sample(in_lists(cuts), 10, seed=5) == _sample([lines], 10, seed=5)
+    assert sorted(_sample(in_lists([3]), 200, seed=1)) == sorted(lines)  # all, if few
+    counts = np.zeros(100, int)
+    for seed in range(2000):
+        sample = _sample(in_lists([seed % 97 + 1]), 10, seed)
+        assert len(set(sample)) == 10
+        counts[[int(line) for line in sample]] += 1
+    # each line is kept 200 times in expectation (sd ~13): none far from it, early or late
+    assert counts.min() > 140 and counts.max() < 260, counts
+    assert abs(counts[:50].sum() - counts[50:].sum()) < 300
+
+
 def test_sp_train_from_texts_and_invalid_utf8():
     texts = [CORPUS[:20000], CORPUS[20000:].encode()]  # str and bytes items both accepted
     tok = SentencePieceTokenizer.train(texts, vocab_size=300)
@@ -208,9 +247,9 @@ def test_sp_train_from_texts_and_invalid_utf8():
 
 
 def test_sp_trains_from_texts_as_they_are_read():
-    """A generator's texts train the model a list of them does (the corpus is read while
-    SentencePiece samples it, never held whole); the generator's own error is raised as
-    itself, not as SentencePiece's."""
+    """A generator's texts train the model a list of them does (the corpus is read as it
+    is sampled, never held whole); the generator's own error is raised as itself, not as
+    SentencePiece's."""
     texts = [CORPUS[i:i + 5000].encode() for i in range(0, len(CORPUS), 5000)]
     from_list = SentencePieceTokenizer.train(texts, vocab_size=300)
     from_generator = SentencePieceTokenizer.train((t for t in texts), vocab_size=300)

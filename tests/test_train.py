@@ -353,3 +353,10 @@ def test_a_progress_bar_on_a_terminal_ends_its_line_however_it_ends(monkeypatch)
             raise KeyboardInterrupt
     assert sys.stderr.getvalue().startswith("\rtokenizing 1 MB of 4 MB")
     assert sys.stderr.getvalue().endswith("\n")
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    with tokenizing_progress(quiet_seconds=0) as bar:  # a warning while the bar is shown
+        bar(10**6, 4 * 10**6)
+        bar.message("tinylm: warning: cannot write the token cache")
+    first, rest = sys.stderr.getvalue().split("\n", 1)  # the bar rubbed out, not added to
+    assert first.startswith("\rtokenizing 1 MB of 4 MB") and rest == ""
+    assert first.split("\r")[-1] == "tinylm: warning: cannot write the token cache"

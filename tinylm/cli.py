@@ -164,7 +164,11 @@ def build_model_config(opts, tokenizer):
     return cfg.with_(**changes)
 
 
-def make_tokenizer(opts, text):
+def make_tokenizer(opts, corpus):
+    """The run's tokenizer: bytes, or a sentencepiece one trained on the corpus (reading
+    it takes most of that: ~30 MB a second here, so a progress bar shows it)."""
+    from . import data
+    from .progress import LateProgress, format_bytes, format_duration
     from .tokenizer import ByteTokenizer, SentencePieceTokenizer
     if opts.get("tokenizer", "bytes") == "bytes":
         if "vocab_size" in opts:
@@ -172,12 +176,22 @@ def make_tokenizer(opts, text):
         return ByteTokenizer()
     vocab = opts.get("vocab_size", 1024)
     print(f"training a sentencepiece tokenizer (vocab {vocab}) ...", file=sys.stderr)
-    try:
-        return SentencePieceTokenizer.train(text, vocab_size=vocab)
-    except TinylmError:  # the corpus's own (a ValueError too): not the tokenizer's
-        raise
-    except ValueError as e:
-        raise TinylmError(f"--tokenizer sentencepiece: {e}") from None
+    started = time.perf_counter()
+    with LateProgress(lambda n, total: f"reading {format_bytes(n)} of {format_bytes(total)}") as bar:
+
+        def text():
+            yield from data.text_pieces(corpus, bar)
+            bar.close()  # read: what is left is learning the pieces from the lines sampled
+
+        try:
+            tokenizer = SentencePieceTokenizer.train(text(), vocab_size=vocab)
+        except TinylmError:  # the corpus's own (a ValueError too): not the tokenizer's
+            raise
+        except ValueError as e:
+            raise TinylmError(f"--tokenizer sentencepiece: {e}") from None
+    print(f"trained the tokenizer in {format_duration(time.perf_counter() - started)}",
+          file=sys.stderr)
+    return tokenizer
 
 
 def prepare_run(opts, on_command_line):
@@ -214,7 +228,7 @@ def prepare_run(opts, on_command_line):
             cfg, params, tokenizer = load_model(opts["init"])
         else:
             corpus = str(out / STDIN_CORPUS) if tcfg.data == "-" else tcfg.data
-            tokenizer = make_tokenizer(opts, data.text_pieces(corpus))
+            tokenizer = make_tokenizer(opts, corpus)
             cfg, params = build_model_config(opts, tokenizer), None
         run = Run.create(out, cfg, tcfg, tokenizer, params=params)
         return run, split_corpus(run)
@@ -222,36 +236,18 @@ def prepare_run(opts, on_command_line):
 
 def split_corpus(run):
     from . import data
-    with tokenizing_progress() as report:
-        tokens = data.load_tokens(run.corpus, run.tokenizer, report)
+    with tokenizing_progress() as bar:
+        tokens = data.load_tokens(run.corpus, run.tokenizer, bar, bar.message)
     return data.split_tokens(tokens, run.tokenizer, run.cfg.context, run.tcfg.val_fraction)
 
 
-@contextlib.contextmanager
 def tokenizing_progress(quiet_seconds=1.0):
-    """A progress bar for tokenizing a corpus (data.load_tokens' progress), shown once it
-    has taken `quiet_seconds` (sentencepiece encodes ~5.5 MB a second: a large corpus
-    takes minutes), and ended however tokenizing ends."""
-    from .progress import Progress, format_bytes
-    started, bar = time.perf_counter(), None
-
-    def report(done, total):
-        nonlocal bar, started
-        if bar is not None and done < bar.last_step:  # begun again (in memory)
-            bar.close()
-            started, bar = time.perf_counter(), None
-        if bar is None:
-            if time.perf_counter() - started < quiet_seconds:
-                return
-            bar = Progress(total, every=max(1, total // 10), started=started,
-                           label=lambda n: f"tokenizing {format_bytes(n)} of {format_bytes(total)}")
-        bar.update(min(done, total))
-
-    try:
-        yield report
-    finally:
-        if bar is not None:
-            bar.close()
+    """A progress bar for tokenizing a corpus (data.load_tokens' progress and warn), shown
+    once it has taken `quiet_seconds` (sentencepiece encodes ~5.5 MB a second: a large
+    corpus takes minutes)."""
+    from .progress import LateProgress, format_bytes
+    return LateProgress(lambda n, total: f"tokenizing {format_bytes(n)} of {format_bytes(total)}",
+                        quiet_seconds)
 
 
 def cmd_train(args):
@@ -289,8 +285,8 @@ def cmd_eval(args):
     if args.eval_tokens < 1:
         raise TinylmError(f"--eval-tokens must be at least 1, got {args.eval_tokens}")
     cfg, params, tokenizer = load_any_model(args.model)
-    with tokenizing_progress() as report:
-        tokens = data.load_tokens(args.data, tokenizer, report)
+    with tokenizing_progress() as bar:
+        tokens = data.load_tokens(args.data, tokenizer, bar, bar.message)
     split = data.split_tokens(tokens, tokenizer, cfg.context, args.val_fraction)
     nats, bpb, scored = evaluate(params, cfg, split.val, split.val_bytes, args.eval_tokens)
     print(f"{args.model}: validation loss {nats:.4f} nats/token, {bpb:.4f} bits/byte "

@@ -5,17 +5,20 @@ input, or, by default, the Python standard library's own .py files — a corpus 
 every machine with Python. Files are documents, joined with the tokenizer's end-of-text
 token. Any bytes are accepted, not only UTF-8. The token stream is made a piece at a
 time into a cache on disk and memory-mapped from there, so a corpus need not fit in memory
-and a second run on the same corpus starts at once.
+and a second run on the same corpus starts at once; the cache keeps one entry for each
+corpus and tokenizer, made again when the corpus's files change.
 """
 import contextlib
 import hashlib
 import itertools
 import json
 import os
+import re
 import shutil
 import sys
 import sysconfig
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,26 +75,39 @@ def corpus_files(source: str) -> list:
     return files
 
 
-def text_pieces(source):
+def text_pieces(source, progress=None):
     """The corpus's pieces, document after document (see documents): a tokenizer's
     training text, read as it is used."""
-    return itertools.chain.from_iterable(documents(source))
+    return itertools.chain.from_iterable(documents(source, progress=progress))
 
 
-def documents(source, files=None):
+def documents(source, files=None, progress=None):
     """Each document of the corpus (a file, or standard input), as an iterator over its
     pieces (see _pieces), to be read before the next document is asked for. `files`: the
-    corpus's files, if they have been listed."""
+    corpus's files, if they have been listed. For a corpus of files, progress(bytes done,
+    bytes the files held when listed) is told as the pieces are read."""
     if source == "-":
         yield _pieces(_stdin(), "standard input")
         return
-    for path in corpus_files(source) if files is None else files:
+    files = corpus_files(source) if files is None else files
+    total = sum(st.st_size for st in map(_stat, files) if st)
+    done = 0
+
+    def counted(pieces):
+        nonlocal done
+        for piece in pieces:
+            yield piece
+            done += len(piece)
+            if progress and total:
+                progress(done, total)
+
+    for path in files:
         try:
             f = path.open("rb")
         except OSError as e:
             raise TinylmError(f"cannot read corpus {describe(source)}: {e}") from None
         with f:
-            yield _pieces(f, f"corpus {describe(source)}")
+            yield counted(_pieces(f, f"corpus {describe(source)}"))
 
 
 def _pieces(f, name):
@@ -186,18 +202,51 @@ def stdin_copy(path: Path):
         raise
 
 
-def _fingerprint(files, tokenizer) -> str:
-    """Identifies a tokenized corpus: the tokenizer, and the files with size and mtime."""
+def _digest(tokenizer):
+    """A hash begun with the tokenizer: its settings and its tables."""
     h = hashlib.sha256()
     meta, tensors = tokenizer.to_metadata()
     h.update(json.dumps(meta, sort_keys=True).encode())
     for name in sorted(tensors):
         h.update(name.encode())
         h.update(np.ascontiguousarray(tensors[name]).tobytes())
+    return h
+
+
+def _cache_entry(source, files, tokenizer) -> Path:
+    """The cache file of a corpus's tokens: named by the corpus and tokenizer (which keep
+    one entry between them) and by the files' sizes and times (which make it current)."""
+    h = _digest(tokenizer)
+    h.update(str(Path(sysconfig.get_paths()["stdlib"]) if source is DEFAULT_SOURCE
+                 else Path(source).resolve()).encode())
+    key = h.hexdigest()[:12]
     for p in files:
         st = _stat(p)
         h.update(f"{p.resolve()}\0{st and st.st_size}\0{st and st.st_mtime_ns}\0".encode())
-    return h.hexdigest()[:24]
+    return cache_dir() / f"tokens-{key}-{h.hexdigest()[:24]}.{token_dtype(tokenizer).name}"
+
+
+# What the cache holds: entries (before 2026-12, without a key; older still, .npy files)
+# and an entry's temporary, while it is written
+_CACHE_ENTRY = re.compile(r"tokens-(?:([0-9a-f]{12})-)?[0-9a-f]{24}\.(?:npy|uint16|int32)")
+_CACHE_TEMPORARY = re.compile(r"tokens-[0-9a-f-]+\.(?:uint16|int32)\.\w+\.tmp")
+ABANDONED_SECONDS = 3600  # a temporary not written to for this long was left by a killed run
+
+
+def _prune_cache(entry: Path):
+    """Removes what `entry` has replaced: the same corpus and tokenizer's older entries,
+    entries named as earlier versions named them (never read again), and temporaries that
+    killed runs left. A run still reading a removed entry keeps its mapping."""
+    key = entry.name.split("-")[1]
+    for p in entry.parent.iterdir():
+        m = _CACHE_ENTRY.fullmatch(p.name)
+        try:
+            if (p != entry and m and m.group(1) in (None, key)
+                    or _CACHE_TEMPORARY.fullmatch(p.name)
+                    and time.time() - p.stat().st_mtime > ABANDONED_SECONDS):
+                p.unlink()
+        except OSError:
+            pass  # gone already, or not ours to remove: the cache still works
 
 
 def _stat(path: Path):
@@ -214,36 +263,35 @@ def token_dtype(tokenizer) -> np.dtype:
 
 def _token_parts(source, files, tokenizer, progress=None):
     """The corpus's tokens in parts, each document followed by end-of-text (empty
-    documents left out); refuses a corpus with no text. For a corpus of files, calls
-    progress(bytes done, bytes the files held when listed) as it goes."""
+    documents left out); refuses a corpus with no text. progress: see documents."""
     dtype = token_dtype(tokenizer)
     eot = np.array([tokenizer.eot_id], dtype=dtype)
-    total = sum(st.st_size for st in map(_stat, files) if st) if files else None
-    done = 0
-    for pieces in documents(source, files):
+    empty = True
+    for pieces in documents(source, files, progress):
         text = False
         for piece in pieces:
             yield tokenizer.encode_bytes(piece).astype(dtype)
-            text, done = True, done + len(piece)
-            if progress and total:
-                progress(done, total)
+            text = True
         if text:
+            empty = False
             yield eot
-    if done == 0:
+    if empty:
         raise TinylmError(f"corpus {describe(source)} is empty; give it some text")
 
 
-def load_tokens(source: str, tokenizer, progress=None) -> np.ndarray:
+def load_tokens(source: str, tokenizer, progress=None, warn=None) -> np.ndarray:
     """The corpus's token stream, memory-mapped from the cache: made there a piece at a
     time, so that a corpus larger than memory can be trained on (progress(done, total) is
-    told the bytes tokenized). Without a cache it can write (or from standard input
-    itself: `tinylm eval --data -`) the stream is made in memory."""
+    told the bytes tokenized). Without a cache it can write (warn(text) is told why, or
+    else standard error), or from standard input itself (`tinylm eval --data -`), the
+    stream is made in memory."""
     files = None if source == "-" else corpus_files(source)  # listed once: all agree
     if files is not None:
         dtype = token_dtype(tokenizer)
-        path = cache_dir() / f"tokens-{_fingerprint(files, tokenizer)}.{dtype.name}"
+        path = _cache_entry(source, files, tokenizer)
         tokens = _mapped(path, dtype, tokenizer.eot_id)
-        if tokens is None and _write_tokens(source, files, tokenizer, path, progress):
+        if tokens is None and _write_tokens(source, files, tokenizer, path, progress, warn):
+            _prune_cache(path)
             tokens = _mapped(path, dtype, tokenizer.eot_id)
         if tokens is not None:
             return tokens
@@ -263,7 +311,7 @@ def _mapped(path: Path, dtype: np.dtype, eot_id: int):
         return None
 
 
-def _write_tokens(source, files, tokenizer, path: Path, progress) -> bool:
+def _write_tokens(source, files, tokenizer, path: Path, progress, warn) -> bool:
     """Tokenizes the corpus into the cache file `path` (whole or not at all); False, with
     a warning, if the cache cannot be written (the corpus's own errors are raised)."""
     tmp = None
@@ -278,12 +326,16 @@ def _write_tokens(source, files, tokenizer, path: Path, progress) -> bool:
         os.replace(tmp, path)
         return True
     except OSError as e:  # a full disk, say
-        print(f"tinylm: warning: cannot write the token cache in '{path.parent}' ({e}); "
-              f"tokenizing {describe(source)} in memory", file=sys.stderr)
+        (warn or _to_stderr)(f"tinylm: warning: cannot write the token cache in "
+                             f"'{path.parent}' ({e}); tokenizing {describe(source)} in memory")
         return False
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _to_stderr(text: str):
+    print(text, file=sys.stderr)
 
 
 @dataclass

@@ -69,3 +69,43 @@ class Progress:
             self.stream.write("\n")
             self.stream.flush()
             self.last_len = 0
+
+
+class LateProgress:
+    """A Progress shown only once the work has taken `quiet_seconds` (most such work is
+    over in a moment), begun again if the count goes back (the work started over), and
+    ended, as a context manager, however the work ends. Called as progress(done, total);
+    label(done, total) says what the count is; off a terminal it prints `lines` lines."""
+
+    def __init__(self, label, quiet_seconds: float = 1.0, lines: int = 10):
+        self.label, self.quiet_seconds, self.lines = label, quiet_seconds, lines
+        self.started, self.bar = time.perf_counter(), None
+
+    def __call__(self, done: int, total: int):
+        if self.bar is not None and done < self.bar.last_step:
+            self.close()
+            self.started = time.perf_counter()
+        if self.bar is None:
+            if time.perf_counter() - self.started < self.quiet_seconds:
+                return
+            self.bar = Progress(total, every=max(1, total // self.lines), started=self.started,
+                                label=lambda n: self.label(n, total))
+        self.bar.update(min(done, total))
+
+    def message(self, text: str):
+        """Prints a line of its own (a warning, say) without breaking the bar."""
+        if self.bar is not None:
+            self.bar.message(text)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

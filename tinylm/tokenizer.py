@@ -19,7 +19,9 @@ it from what ``checkpoint.load_safetensors`` returns.
 from __future__ import annotations
 
 import io
+import math
 import os
+import random
 import re
 from typing import Iterable, Iterator, Mapping
 
@@ -167,8 +169,10 @@ def _chunks(text: str, size: int | None = None) -> Iterator[str]:
         start = end
 
 
-def _training_lines(data, max_chars: int) -> Iterator[str]:
-    """Non-empty lines of the corpus, each at most ``max_chars`` characters."""
+def _training_lines(data, max_chars: int) -> Iterator[list[str]]:
+    """The non-empty lines of the corpus, each at most ``max_chars`` characters, in one
+    list for each text (a corpus has millions of lines: handled a list at a time, not a
+    line at a time, reading and sampling keep up with the disk)."""
     if isinstance(data, (bytes, bytearray, memoryview, np.ndarray)):
         texts: Iterable = [_as_bytes(data).decode("utf-8", errors="replace")]
     elif isinstance(data, str):
@@ -181,9 +185,43 @@ def _training_lines(data, max_chars: int) -> Iterator[str]:
         elif not isinstance(text, str):
             raise ValueError(f"training texts must be str or bytes, got {type(text).__name__}")
         text = _SURROGATE.sub("\ufffd", text).replace("\u2581", " ")
-        for line in text.split("\n"):
-            for i in range(0, len(line), max_chars):
-                yield line[i : i + max_chars]
+        lines = [line for line in text.split("\n") if line]
+        if lines and max(map(len, lines)) > max_chars:
+            lines = [line[i : i + max_chars] for line in lines for i in range(0, len(line), max_chars)]
+        yield lines
+
+
+def _sample(texts_lines: Iterable[list[str]], k: int, seed: int) -> list[str]:
+    """A uniform sample of k lines (all of them, if there are no more) from lists of
+    lines, the same for the same seed in every process. Reservoir sampling with geometric
+    skips (Li's "Algorithm L"): random numbers are drawn for the lines kept, and the lines
+    passed over are skipped a list at a time."""
+    rng = random.Random(seed)
+
+    def uniform():  # in (0, 1): logarithms need it above 0
+        return (rng.getrandbits(53) + 0.5) / (1 << 53)
+
+    def skip(w):  # lines passed over before the next is kept
+        return int(math.log(uniform()) / math.log1p(-w)) if w < 1 else 0
+
+    sample, w, passing = [], 1.0, 0
+    for lines in texts_lines:
+        i = 0
+        if len(sample) < k:  # the first k lines fill the sample
+            i = k - len(sample)
+            sample.extend(lines[:i])
+            if len(sample) < k:
+                continue
+            w = math.exp(math.log(uniform()) / k)
+            passing = skip(w)
+        while i + passing < len(lines):  # the next line kept is in this list
+            i += passing
+            sample[rng.randrange(k)] = lines[i]
+            i += 1
+            w *= math.exp(math.log(uniform()) / k)
+            passing = skip(w)
+        passing -= len(lines) - i
+    return sample
 
 
 class SentencePieceTokenizer(Tokenizer):
@@ -260,27 +298,16 @@ class SentencePieceTokenizer(Tokenizer):
             )
         if model_type not in ("bpe", "unigram"):
             raise ValueError(f"model_type must be 'bpe' or 'unigram', got {model_type!r}")
-        # lazily: SentencePiece keeps only the lines it samples, so the corpus need not fit
-        lines = (line for line in _training_lines(data, _TRAIN_LINE_CHARS) if line)
-        first = next(lines, None)
-        if first is None:
+        # sampled here: SentencePiece's own sampling differs from one process to the next
+        sample = _sample(_training_lines(data, _TRAIN_LINE_CHARS), max_sentences, seed)
+        if not sample:
             raise ValueError("training corpus is empty (no non-empty lines); give a corpus with text")
-        failed = []  # an error of `data`'s, which SentencePiece would report as its own
-
-        def sentences():
-            try:
-                yield first
-                yield from lines
-            except BaseException as e:  # Ctrl-C too; SentencePiece stops at once
-                failed.append(e)
-                raise
 
         spm = _sp()
-        spm.set_random_generator_seed(seed)  # the line sampling is the only randomness
         writer = io.BytesIO()
         try:
             spm.SentencePieceTrainer.train(
-                sentence_iterator=sentences(),
+                sentence_iterator=iter(sample),
                 model_writer=writer,
                 vocab_size=int(vocab_size),
                 model_type=model_type,
@@ -297,17 +324,11 @@ class SentencePieceTokenizer(Tokenizer):
                 pad_id=-1,
                 control_symbols=[EOT_PIECE],  # never matched by text, so "<|endoftext|>" text round-trips
                 user_defined_symbols=["\n"],
-                input_sentence_size=max_sentences,
-                shuffle_input_sentence=True,
                 max_sentence_length=4 * _TRAIN_LINE_CHARS,  # bytes; lines are cut to fit
                 num_threads=num_threads or os.cpu_count() or 1,
                 minloglevel=2,
             )
-        except BaseException as e:
-            if failed:  # reported as a RuntimeError, or by older versions a SystemError
-                raise failed[0] from None
-            if not isinstance(e, RuntimeError):
-                raise
+        except RuntimeError as e:
             # SentencePiece's messages start with its source location; keep the advice.
             raise ValueError(f"SentencePiece training failed: {str(e).split('] ')[-1]}") from None
         return cls(writer.getvalue())
