@@ -136,20 +136,25 @@ struct Int16 {
 // [N / 8][K / 4][8][4], so that x is broadcast four bytes at a time and each lane sums
 // one row, with no horizontal sum; the sign trick as an XOR. Four panels at a time, and
 // either from the four quarters of the matrix (four streams, as the engine reads rows)
-// or adjacent ([N / 32][K / 4][32][4]: one stream). N a multiple of 32, K of 4.
+// or adjacent ([N / 32][K / 4][32][4]: one stream). N is padded with zero rows to a
+// multiple of 32 (`baby`'s 344 to 352); K must be a multiple of 4.
 struct Panels {
-  int64_t N, K;
+  int64_t N, K;  // N padded
   const int8_t* p;
 };
 
+int64_t padded_rows(int64_t N) { return (N + 31) / 32 * 32; }
+
 Panels to_panels(const Matrix& m, bool adjacent, int8_t* out) {
-  // adjacent: 32 rows' four bytes of K together, the four panels of 32 rows interleaved
-  const int64_t block = adjacent ? 32 : 8;
+  const int64_t N = padded_rows(m.N), block = adjacent ? 32 : 8;
   int8_t* o = out;
-  for (int64_t n0 = 0; n0 < m.N; n0 += block)
+  for (int64_t n0 = 0; n0 < N; n0 += block)
     for (int64_t g = 0; g < m.K / 4; ++g)
-      for (int64_t r = 0; r < block; ++r, o += 4) std::memcpy(o, m.w + (n0 + r) * m.K + 4 * g, 4);
-  return {m.N, m.K, out};
+      for (int64_t n = n0; n < n0 + block; ++n, o += 4) {
+        if (n < m.N) std::memcpy(o, m.w + n * m.K + 4 * g, 4);
+        else std::memset(o, 0, 4);
+      }
+  return {N, m.K, out};
 }
 
 // x's |x| and sign masks, four bytes a group, to broadcast; and the XOR's correction
@@ -317,13 +322,16 @@ int main(int argc, char** argv) {
   }
 
   // the same matrices in panels, both ways, with x broadcast once per width
-  std::vector<int8_t> panel_bufs[2] = {std::vector<int8_t>(size_t(bytes)), std::vector<int8_t>(size_t(bytes))};
+  int64_t panel_bytes = 0;
+  for (const Matrix& m : matrices) panel_bytes += padded_rows(m.N) * m.K;
+  std::vector<int8_t> panel_bufs[2] = {std::vector<int8_t>(size_t(panel_bytes)),
+                                       std::vector<int8_t>(size_t(panel_bytes))};
   std::vector<Panels> panels[2];
   for (int adjacent = 0; adjacent < 2; ++adjacent) {
     int8_t* o = panel_bufs[adjacent].data();
     for (const Matrix& m : matrices) {
       panels[adjacent].push_back(to_panels(m, adjacent, o));
-      o += m.N * m.K;
+      o += padded_rows(m.N) * m.K;
     }
   }
   const BroadcastX xd = broadcast_x(x, s.d), xff = broadcast_x(x, s.ff);
@@ -334,9 +342,10 @@ int main(int argc, char** argv) {
     engine(matrices[i]);
     want = c;
     for (int adjacent = 0; adjacent < 2; ++adjacent) {
+      std::fill(c.begin(), c.end(), -1);
       const Panels& P = panels[adjacent][i];
       gemv_panels(P, adjacent, P.K == s.d ? xd : xff, c.data());
-      if (!std::equal(c.begin(), c.begin() + P.N, want.begin())) {
+      if (!std::equal(c.begin(), c.begin() + matrices[i].N, want.begin())) {
         std::puts("the panels' products differ from the engine's");
         return 1;
       }
