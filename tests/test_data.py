@@ -260,6 +260,32 @@ def test_a_new_runs_copy_of_standard_input_goes_if_the_run_cannot_start(tmp_path
     assert [p.name for p in (tmp_path / "existing").iterdir()] == ["notes.txt"]
 
 
+def test_a_resumed_runs_copy_of_standard_input_is_kept_until_the_new_one_starts(tmp_path,
+                                                                                 monkeypatch):
+    """`tinylm train --resume RUN --data -` piped a corpus too short to train on: its
+    copy had already replaced the run's only copy of the corpus it was trained on."""
+    run = tmp_path / "run"
+    run.mkdir()
+    copy = run / "stdin-corpus"
+    copy.write_bytes(b"the corpus the run was trained on\n")
+    pipe(monkeypatch, b"hi\n")
+    with pytest.raises(TinylmError, match="too short"):
+        with data.stdin_copy(copy):
+            assert copy.read_bytes() == b"hi\n"
+            raise TinylmError("corpus is too short")
+    assert copy.read_bytes() == b"the corpus the run was trained on\n"
+    pipe(monkeypatch, b"")  # an empty pipe, refused before any run
+    with pytest.raises(TinylmError, match="empty"):
+        with data.stdin_copy(copy):
+            pass
+    assert copy.read_bytes() == b"the corpus the run was trained on\n"
+    pipe(monkeypatch, b"a longer corpus\n")
+    with data.stdin_copy(copy):
+        pass
+    assert copy.read_bytes() == b"a longer corpus\n"
+    assert [p.name for p in run.iterdir()] == ["stdin-corpus"]
+
+
 def test_a_cache_entry_cut_short_is_made_again(tmp_path):
     (tmp_path / "c.txt").write_bytes(b"abcdef")
     tok = ByteTokenizer()

@@ -304,6 +304,40 @@ def test_quantize_refuses_to_write_over_its_input(tiny_model, tmp_path):
     assert path.read_bytes() == before
 
 
+def test_quantize_writes_over_model_files_only(tiny_model, tmp_path):
+    """The int8 copy was renamed over whatever had the output's name: a user's file, a
+    run's metrics, a device (as root, /dev/full became a regular file), a link (replaced,
+    its target left stale). Now a model file is replaced, a link written through, and
+    anything else refused, untouched."""
+    _, _, path = tiny_model
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    for out in (notes, tmp_path, "/dev/null"):
+        with pytest.raises(TinylmError, match="not a tinylm model file|is the input"):
+            quant.quantize_file(path, out)
+    assert notes.read_text() == "mine" and os.path.exists("/dev/null")
+    assert not os.path.isfile("/dev/null")
+    old = tmp_path / "old-int8.safetensors"
+    quant.quantize_file(path, old)
+    quant.quantize_file(path, old)  # an earlier int8 copy: replaced
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "m.safetensors").write_bytes(old.read_bytes())
+    link = tmp_path / "link.safetensors"
+    link.symlink_to(store / "m.safetensors")
+    quant.quantize_file(path, link)
+    assert link.is_symlink() and quant.load_int8_model(link)[0] == tiny_model[0]
+    assert [p.name for p in store.iterdir()] == ["m.safetensors"]  # no temporaries left
+
+
+def test_a_model_path_that_is_not_a_file_is_refused_not_waited_on(tmp_path):
+    from tinylm.modelfile import read_model
+    fifo = tmp_path / "fifo.safetensors"
+    os.mkfifo(fifo)  # opening it would wait for a writer forever
+    with pytest.raises(TinylmError, match="not a regular file"):
+        read_model(fifo)
+
+
 def test_quantize_file_round_trip(tiny_model, tmp_path):
     from tinylm.model import forward
     cfg, params, path = tiny_model

@@ -209,8 +209,9 @@ def prepare_run(opts, on_command_line):
                                   "a resumed run keeps its model and directory")
         run = Run.resume(opts["resume"], {k: v for k, v in opts.items()
                                           if k in train_keys and k in on_command_line})
-        if run.tcfg.data == "-" and "data" in on_command_line:  # piped again: the new copy
-            data.spool_stdin(run.dir / STDIN_CORPUS)
+        if run.tcfg.data == "-" and "data" in on_command_line:  # piped again: a new copy
+            with data.stdin_copy(run.dir / STDIN_CORPUS):  # the old one back if it fails
+                return run, split_corpus(run)
         return run, split_corpus(run)
     tcfg = TrainConfig(**{k: v for k, v in opts.items() if k in train_keys})
     tcfg.validate()

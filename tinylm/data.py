@@ -188,18 +188,29 @@ def spool_stdin(path: Path):
 
 @contextlib.contextmanager
 def stdin_copy(path: Path):
-    """spool_stdin(path) for a new run: removed again (with its folder, if it made it and
-    left it empty) when the block raises, so that a run that could not start leaves
-    nothing behind."""
+    """spool_stdin(path) for a run about to start: if the block raises, the new copy is
+    removed and a copy that was there before is put back (or the folder it made, if left
+    empty, removed), so that a run that could not start loses nothing and leaves nothing."""
     made = not path.parent.exists()
+    previous = path.with_name(path.name + ".previous")
+    if path.exists():  # a resumed run's copy: kept until the new one has started a run
+        previous.unlink(missing_ok=True)
+        try:
+            os.link(path, previous)
+        except OSError:  # a file system without hard links
+            shutil.copyfile(path, previous)
     try:
         spool_stdin(path)
         yield
     except BaseException:
-        path.unlink(missing_ok=True)
-        if made and path.parent.is_dir() and not any(path.parent.iterdir()):
-            path.parent.rmdir()
+        if previous.exists():
+            os.replace(previous, path)
+        else:
+            path.unlink(missing_ok=True)
+            if made and path.parent.is_dir() and not any(path.parent.iterdir()):
+                path.parent.rmdir()
         raise
+    previous.unlink(missing_ok=True)
 
 
 def _digest(tokenizer):

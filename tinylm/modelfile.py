@@ -36,6 +36,9 @@ def read_model(path):
         inside = os.path.join(path, "model.safetensors")  # where `tinylm train` writes it
         hint = f"; did you mean '{inside}'?" if os.path.isfile(inside) else ""
         raise TinylmError(f"'{path}' is a directory, not a model file{hint}")
+    if os.path.exists(path) and not os.path.isfile(path):  # opening a pipe would wait for it
+        raise TinylmError(f"'{path}' is not a regular file (a pipe or a device?); a model is "
+                          "memory-mapped, so give a model file on disk")
     try:
         tensors, meta = load_safetensors(path)
     except FileNotFoundError:

@@ -225,15 +225,32 @@ def quantize_file(in_path, out_path):
     """Reads an fp32 model file, writes the int8 model file; returns (fp32 bytes, int8 bytes)
     of the parameters. Refuses to write over its input (the fp32 weights would be gone)."""
     from .modelfile import load_model, save_model
-    if os.path.exists(out_path) and os.path.exists(in_path) and os.path.samefile(in_path, out_path):
-        raise TinylmError(f"'{out_path}' is the input model: writing the int8 copy there would "
-                          "replace its fp32 weights; choose another output file")
     cfg, params, tokenizer = load_model(in_path)
+    target = _output_file(in_path, out_path)
     qparams = quantize_params(params)
-    save_model(out_path, cfg, to_tensors(qparams), tokenizer,
+    save_model(target, cfg, to_tensors(qparams), tokenizer,
                extra_metadata={WEIGHTS_KEY: "int8", "tinylm.int8_scheme": SCHEME})
     return (sum(np.asarray(p).nbytes for p in params.values()),
             sum(p.nbytes for p in qparams.values()))
+
+
+def _output_file(in_path, out_path) -> str:
+    """Where the int8 copy goes: out_path, or through it if it is a link. Only a model
+    file is written over (not the input model, a folder, a device, a user's file)."""
+    from .modelfile import read_model
+    target = os.path.realpath(out_path)
+    if not os.path.exists(target):
+        return target
+    if os.path.samefile(in_path, target):
+        raise TinylmError(f"'{out_path}' is the input model: writing the int8 copy there would "
+                          "replace its fp32 weights; choose another output file")
+    try:
+        read_model(target)
+    except TinylmError:
+        raise TinylmError(f"'{out_path}' exists and is not a tinylm model file: quantize writes "
+                          "over model files only; choose another output file, or delete it "
+                          "first") from None
+    return target
 
 
 def load_int8_model(path):
