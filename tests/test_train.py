@@ -360,3 +360,63 @@ def test_a_progress_bar_on_a_terminal_ends_its_line_however_it_ends(monkeypatch)
     first, rest = sys.stderr.getvalue().split("\n", 1)  # the bar rubbed out, not added to
     assert first.startswith("\rtokenizing 1 MB of 4 MB") and rest == ""
     assert first.split("\r")[-1] == "tinylm: warning: cannot write the token cache"
+
+
+def test_a_run_that_fails_writing_its_model_can_be_resumed(corpus, tmp_path, monkeypatch, cache):
+    """The model was written before the checkpoint: a run whose first checkpoint failed (a
+    full disk) left a model file alone, which neither --resume (no checkpoint) nor a new
+    run in the folder (a model it would replace) would take. And a finished run resumed
+    writes its model, in case it was killed between the two files."""
+    import errno
+
+    from tinylm import data, trainer
+    from tinylm.config import ModelConfig
+    from tinylm.errors import TinylmError
+    from tinylm.tokenizer import ByteTokenizer
+    monkeypatch.setenv("TINYLM_CACHE", cache)
+    cfg = ModelConfig(d_model=32, n_layer=1, n_head=2, n_kv_head=2, d_ff=48, context=16)
+    tcfg = trainer.TrainConfig(data=str(corpus), steps=4, batch_size=2, checkpoint_interval=2,
+                               eval_interval=2, eval_tokens=64)
+    tok = ByteTokenizer()
+    split = data.split_tokens(data.load_tokens(str(corpus), tok), tok, cfg.context, 0.05)
+    out = tmp_path / "run"
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(trainer, "save_model", disk_full)
+        with pytest.raises(OSError):
+            trainer.Run.create(out, cfg, tcfg, tok, log=lambda *a: None).train(split)
+    assert not (out / "model.safetensors").exists()
+    trainer.Run.resume(out, log=lambda *a: None).train(split)
+    finished = weights(out)
+    (out / "model.safetensors").unlink()
+    with pytest.raises(TinylmError, match="finished at step 4"):
+        trainer.Run.resume(out, log=lambda *a: None)
+    assert weights(out).keys() == finished.keys()
+    for name, w in finished.items():
+        np.testing.assert_array_equal(weights(out)[name], w)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_run_stopped_by_a_signal_ends_with_its_status(corpus, tmp_path, cache, sig):
+    """Ctrl-C or SIGTERM stops training after its step with a checkpoint saved, and the
+    command ends with 128 + the signal (it ended with 0, printing "done" and the first
+    evaluation's loss as the run's): `tinylm train ... && tinylm quantize ...` stops."""
+    out = tmp_path / "run"
+    env = dict(os.environ, TINYLM_CACHE=cache, OPENBLAS_NUM_THREADS="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tinylm", "train", "--data", str(corpus), "--out", str(out),
+         *SHAPE, "--batch-size", "4", "--steps", "100000", "--eval-tokens", "512"],
+        env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (
+            (out / "metrics.jsonl").exists() and any("loss" in m for m in metrics(out))):
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + sig, stderr
+    assert "interrupted at step" in stdout and "done:" not in stdout
+    assert (out / "checkpoint.safetensors").exists()

@@ -511,15 +511,22 @@ def main(argv=None):
             raise
         print(f"tinylm: error: {e}", file=sys.stderr)
         return 2
-    except BrokenPipeError:  # the reader left early (`tinylm ... | head`): not an error
+    except BrokenPipeError:  # the reader left early (`tinylm ... | head`)
         # (before OSError, its base class, which had taken it: "tinylm: error: : Broken pipe")
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        if args.func is cmd_train:  # the run stopped with it: not a success
+            print("tinylm: error: standard output closed (its reader left), so training "
+                  "stopped; send its output to a file instead, and resume the run with "
+                  "--resume if it saved a checkpoint", file=sys.stderr)
+            return 2
     except OSError as e:  # e.g. --out on a read-only disk, or a full disk
         print(f"tinylm: error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("tinylm: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        signum = getattr(e, "signum", None)  # training's: it has said where it stopped
+        if signum is None:
+            print("tinylm: interrupted", file=sys.stderr)
+        return 128 + (signum or 2)
     return 0
 
 

@@ -265,9 +265,22 @@ class Run:
             run.rng.bit_generator.state = state["rng"]
             run.step, run.elapsed = state["step"], state["elapsed"]
         if run.step >= tcfg.steps:
+            run._finish_model()
             raise TinylmError(f"the run in '{out}' finished at step {run.step}; to train "
                               f"further, pass --steps with more than {run.step}")
         return run
+
+    def _finish_model(self):
+        """Writes a finished run's model if it is not the checkpoint's (a run stopped
+        between writing the two files)."""
+        try:
+            written = load_safetensors(self.dir / MODEL)[1].get("tinylm.step")
+        except (OSError, CheckpointError):
+            written = None
+        if written != str(self.step):
+            save_model(self.dir / MODEL, self.cfg, self.params, self.tokenizer,
+                       {"tinylm.step": str(self.step)})
+            self.log(f"wrote {self.dir / MODEL}, which the run had not")
 
     @property
     def corpus(self) -> str | None:
@@ -275,17 +288,18 @@ class Run:
         return str(self.dir / STDIN_CORPUS) if self.tcfg.data == "-" else self.tcfg.data
 
     def save(self):
-        """Writes the model, then the checkpoint; each file is replaced atomically, and the
-        checkpoint alone decides where a resume starts."""
+        """Writes the checkpoint, then the model; each file is replaced atomically, and the
+        checkpoint alone decides where a resume starts. In that order a run that fails
+        between the two (a full disk) can be resumed, which a model file alone forbade."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        save_model(self.dir / MODEL, self.cfg, self.params, self.tokenizer,
-                   {"tinylm.step": str(self.step)})
         state = dict(step=self.step, elapsed=self.elapsed, adam_t=self.opt.t,
                      rng=self.rng.bit_generator.state, train=asdict(self.tcfg))
         tensors, meta = model_tensors_and_metadata(self.cfg, self.params, self.tokenizer,
                                                    {STATE_KEY: json.dumps(state)})
         tensors.update(self.opt.state_tensors())
         save_safetensors(self.dir / CHECKPOINT, tensors, meta)
+        save_model(self.dir / MODEL, self.cfg, self.params, self.tokenizer,
+                   {"tinylm.step": str(self.step)})
 
     # ------------------------------------------------------------ training
 
@@ -352,6 +366,7 @@ class Run:
             self.save()  # also when stopped before the first step ended
             self.log(f"interrupted at step {self.step}; checkpoint saved. "
                      f"Continue with: tinylm train --resume {self.dir}")
+            raise Interrupted(stop.signum)
         return val
 
     def train_step(self, next_batch):
@@ -400,12 +415,21 @@ def _write(f, record: dict):
     f.flush()
 
 
+class Interrupted(KeyboardInterrupt):
+    """Training stopped by a signal, its checkpoint saved: the command ends with status
+    128 + signum, as a process the signal had killed would (a script's `&&` stops)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
 class _StopFlag:
     """Turns Ctrl-C (SIGINT) and SIGTERM into a request to stop after the current step,
     so the checkpoint written on the way out is consistent."""
 
     def __init__(self):
-        self.requested = False
+        self.requested, self.signum = False, None
         self._old = {}
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
@@ -416,7 +440,7 @@ class _StopFlag:
     def _handle(self, signum, frame):
         if self.requested:  # a second Ctrl-C stops at once
             raise KeyboardInterrupt
-        self.requested = True
+        self.requested, self.signum = True, signum
 
     def restore(self):
         for sig, handler in self._old.items():
