@@ -420,3 +420,17 @@ def test_a_run_stopped_by_a_signal_ends_with_its_status(corpus, tmp_path, cache,
     assert proc.returncode == 128 + sig, stderr
     assert "interrupted at step" in stdout and "done:" not in stdout
     assert (out / "checkpoint.safetensors").exists()
+
+
+def test_a_run_whose_output_closes_does_not_end_as_a_success(corpus, tmp_path, cache):
+    """`tinylm train | head -1` ended with status 0 whatever had become of the run."""
+    env = dict(os.environ, TINYLM_CACHE=cache, OPENBLAS_NUM_THREADS="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tinylm", "train", "--data", str(corpus), "--out",
+         str(tmp_path / "run"), *SHAPE, "--batch-size", "4", "--steps", "3",
+         "--eval-tokens", "512"], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().startswith("model:")
+    proc.stdout.close()  # the reader leaves
+    stderr = proc.stderr.read()
+    assert proc.wait(timeout=120) == 2 and "standard output closed" in stderr

@@ -515,8 +515,8 @@ def main(argv=None):
         # (before OSError, its base class, which had taken it: "tinylm: error: : Broken pipe")
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         if args.func is cmd_train:  # the run stopped with it: not a success
-            print("tinylm: error: standard output closed (its reader left), so training "
-                  "stopped; send its output to a file instead, and resume the run with "
+            print("tinylm: error: standard output closed (its reader left), cutting the "
+                  "run short; send its output to a file instead, and continue the run with "
                   "--resume if it saved a checkpoint", file=sys.stderr)
             return 2
     except OSError as e:  # e.g. --out on a read-only disk, or a full disk
