@@ -94,6 +94,15 @@ def test_stop_and_stats(model_path, capsys):
     assert "first token" in err and "tokens/s" in err and "peak memory" in err
 
 
+def test_stop_strings_take_escapes_as_the_readme_shows_them():
+    """The README's `--stop "\\n\\n"` reaches tinylm as backslash, n, backslash, n (a shell
+    does not read escapes in double quotes), so it never stopped anything."""
+    from tinylm.cli import build_parser
+    parse = build_parser().parse_args
+    got = parse(["generate", "m", "--stop", "\\n\\n", "--stop", "a\\tb\\\\n\\q"]).stop
+    assert got == ["\n\n", "a\tb\\n\\q"]
+
+
 def test_long_prompt_is_noted_and_works(model_path, capsys):
     code, out, err = run(capsys, model_path, "--prompt", "z" * 100, "--temperature", "0",
                          "--max-tokens", "50")

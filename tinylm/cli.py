@@ -6,6 +6,7 @@ been applied to the BLAS library's environment, which numpy reads when it is imp
 import argparse
 import contextlib
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -316,6 +317,15 @@ def cmd_quantize(args):
 # ---------------------------------------------------------------- generate
 
 
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
+
+
+def unescape(text: str) -> str:
+    """A --stop string's escapes (a shell passes "\\n" as backslash and n): \\n, \\t,
+    \\r and \\\\; any other backslash stays as it is."""
+    return re.sub(r"\\(.)", lambda m: _ESCAPES.get(m[1], m[0]), text, flags=re.S)
+
+
 def add_generate_parser(sub):
     p = sub.add_parser(
         "generate", help="sample text from a model, streaming it to the terminal",
@@ -334,8 +344,10 @@ def add_generate_parser(sub):
     p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling (1 = off)")
     p.add_argument("--repetition-penalty", type=float, default=1.0, help="1 = off")
     p.add_argument("--seed", type=int, default=None, help="makes the output reproducible (default: random)")
-    p.add_argument("--stop", action="append", default=[], metavar="TEXT",
-                   help="stop before this text (repeat for several)")
+    p.add_argument("--stop", action="append", default=[], metavar="TEXT", type=unescape,
+                   help="stop before this text (repeat for several); \\n, \\t, \\r and "
+                   "\\\\ in it are a newline, a tab, a carriage return and a backslash, so "
+                   "--stop '\\n\\n' stops at a blank line")
     p.add_argument("--threads", type=int, default=None,
                    help="threads for the kernels (default: one per core this process may run on)")
     p.add_argument("--engine", choices=["native", "numpy"], default="native",
