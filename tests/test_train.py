@@ -434,3 +434,31 @@ def test_a_run_whose_output_closes_does_not_end_as_a_success(corpus, tmp_path, c
     proc.stdout.close()  # the reader leaves
     stderr = proc.stderr.read()
     assert proc.wait(timeout=120) == 2 and "standard output closed" in stderr
+
+
+def test_a_progress_bar_fits_its_terminal(monkeypatch):
+    """A training bar was 93 characters whatever the terminal: on an 80-column one each
+    redraw wrapped, and \\r went back to the second line only, filling the screen."""
+    import io
+    import os
+    import shutil
+
+    from tinylm.progress import Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    for columns in (80, 60, 30):
+        monkeypatch.setattr(shutil, "get_terminal_size", lambda *a: os.terminal_size((columns, 24)))
+        out = Terminal()
+        bar = Progress(2000, stream=out)
+        for step in (1, 1000, 2000):
+            bar.update(step, loss="1.2345", lr="3.00e-04", **{"tok/s": "12.3K"})
+        lines = out.getvalue().split("\r")[1:]
+        assert lines and all(len(line.rstrip()) < columns for line in lines)
+        assert "loss 1.2345" in lines[-1] or columns < 60  # the numbers kept where they fit
+    wide = Terminal()
+    monkeypatch.setattr(shutil, "get_terminal_size", lambda *a: os.terminal_size((200, 24)))
+    Progress(100, stream=wide).update(50)
+    assert "█" * 12 + "░" * 12 in wide.getvalue()  # the full bar where there is room

@@ -1,4 +1,5 @@
 """A one-line progress bar for the terminal (plain periodic lines when not a terminal)."""
+import shutil
 import sys
 import time
 
@@ -44,11 +45,17 @@ class Progress:
         done = step - self.start
         elapsed = now - self.t0
         left = elapsed / done * (self.total - step) if done > 0 else 0.0
-        filled = int(self.width * step / max(1, self.total))
-        bar = "█" * filled + "░" * (self.width - filled)
-        info = "".join(f" {k} {v} |" for k, v in fields.items())
-        line = f"{self.label(step)} {bar}{info} {format_duration(elapsed)}<{format_duration(left)}"
+        head = f"{self.label(step)} "
+        tail = "".join(f" {k} {v} |" for k, v in fields.items())
+        tail += f" {format_duration(elapsed)}<{format_duration(left)}"
+        width = self.width
+        if self.tty:  # a line longer than the terminal wraps, and \r returns to its end only
+            room = shutil.get_terminal_size().columns - 1
+            width = max(8, min(width, room - len(head) - len(tail)))
+        filled = int(width * step / max(1, self.total))
+        line = head + "█" * filled + "░" * (width - filled) + tail
         if self.tty:
+            line = line[:room]
             self.stream.write("\r" + line.ljust(self.last_len))
             self.last_len = len(line)
         elif passed:
