@@ -296,6 +296,16 @@ def test_a_cache_entry_cut_short_is_made_again(tmp_path):
     assert tokens.tolist() == [97, 98, 99, 100, 101, 102, 256]
 
 
+def test_a_cache_entry_with_ids_past_the_vocabulary_is_made_again(tmp_path):
+    """A damaged entry's ids reached the model: a traceback from the embedding lookup."""
+    (tmp_path / "c.txt").write_bytes(b"abc")
+    tok = ByteTokenizer()
+    data.load_tokens(str(tmp_path / "c.txt"), tok)
+    [entry] = (tmp_path / "cache").iterdir()
+    entry.write_bytes(np.array([97, 60000, 99, 256], np.uint16).tobytes())
+    assert data.load_tokens(str(tmp_path / "c.txt"), tok).tolist() == [97, 98, 99, 256]
+
+
 def test_tokenizing_reports_its_progress(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "READ_BYTES", 1000)
     root = tmp_path / "corpus"

@@ -462,3 +462,24 @@ def test_a_progress_bar_fits_its_terminal(monkeypatch):
     monkeypatch.setattr(shutil, "get_terminal_size", lambda *a: os.terminal_size((200, 24)))
     Progress(100, stream=wide).update(50)
     assert "█" * 12 + "░" * 12 in wide.getvalue()  # the full bar where there is room
+
+
+def test_odd_inputs_get_one_line_errors_not_tracebacks(corpus, tmp_path, cache):
+    """A model file given as the recipe; a prompt from a closed standard input; standard
+    output closed; a run's metrics.jsonl with bytes not UTF-8 (each a traceback before)."""
+    model = tmp_path / "run" / "model.safetensors"
+    train(corpus, tmp_path / "run", cache, "--steps", 2)
+    bad = tinylm("train", "--config", model, check=False, cache=cache)
+    assert bad.returncode == 2 and "is not text (a model file?)" in bad.stderr
+    env = dict(os.environ, TINYLM_CACHE=cache)
+    for closed, args in ((0, ["--prompt-file", "-"]), (1, ["--prompt", "a"])):
+        proc = subprocess.run(  # closed before Python starts, as a shell's <&- or >&-
+            [sys.executable, "-m", "tinylm", "generate", str(model), "--max-tokens", "3", *args],
+            stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path, timeout=120,
+            preexec_fn=lambda: os.close(closed))
+        assert proc.returncode == 2 and "is closed" in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr
+    metrics_file = tmp_path / "run" / "metrics.jsonl"
+    metrics_file.write_bytes(metrics_file.read_bytes() + b'{"step": \xff\xfe 9}\n')
+    resumed = tinylm("train", "--resume", tmp_path / "run", "--steps", 3, cache=cache)
+    assert max(m["step"] for m in metrics(tmp_path / "run")) == 3, resumed.stderr

@@ -114,6 +114,9 @@ def read_recipe(path, parser):
         raise TinylmError(f"cannot read recipe '{path}': {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
         raise TinylmError(f"recipe '{path}' is not valid TOML: {e}") from None
+    except UnicodeDecodeError:  # a model file, say, for the recipe
+        raise TinylmError(f"recipe '{path}' is not text (a model file?); --config takes a "
+                          "TOML recipe such as train/baby.toml") from None
     actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config")}
     options = {}
     for key, value in recipe.items():
@@ -373,6 +376,9 @@ def read_prompt(args):
         return args.prompt
     if args.prompt_file is not None:
         if args.prompt_file == "-":
+            if sys.stdin is None:  # started with standard input closed
+                raise TinylmError("--prompt-file -: standard input is closed; pipe the "
+                                  "prompt in, or pass --prompt TEXT")
             return read_limited(sys.stdin.buffer, "standard input")
         try:
             with open(args.prompt_file, "rb") as f:
@@ -513,6 +519,10 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if sys.stdout is None:  # started with it closed (`>&-`): nowhere to write results
+        print("tinylm: error: standard output is closed; send it to a file or /dev/null",
+              file=sys.stderr)
+        return 2
     try:
         args.func(args)
     except (TinylmError, ImportError) as e:  # ImportError: e.g. TINYLM_ISA names no path
@@ -532,7 +542,8 @@ def main(argv=None):
                   "--resume if it saved a checkpoint", file=sys.stderr)
             return 2
     except OSError as e:  # e.g. --out on a read-only disk, or a full disk
-        print(f"tinylm: error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"tinylm: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
         signum = getattr(e, "signum", None)  # training's: it has said where it stopped

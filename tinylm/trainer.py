@@ -308,8 +308,8 @@ class Run:
         steps it lost, so each step appears once."""
         path = self.dir / METRICS
         kept = []
-        if path.exists():
-            for line in path.read_text().splitlines():
+        if path.exists():  # (bytes not UTF-8, from a damaged file, end it as a cut line does)
+            for line in path.read_bytes().decode("utf-8", "replace").splitlines():
                 try:
                     if json.loads(line).get("step", 0) <= self.step:
                         kept.append(line)
