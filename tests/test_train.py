@@ -483,3 +483,15 @@ def test_odd_inputs_get_one_line_errors_not_tracebacks(corpus, tmp_path, cache):
     metrics_file.write_bytes(metrics_file.read_bytes() + b'{"step": \xff\xfe 9}\n')
     resumed = tinylm("train", "--resume", tmp_path / "run", "--steps", 3, cache=cache)
     assert max(m["step"] for m in metrics(tmp_path / "run")) == 3, resumed.stderr
+
+
+def test_a_file_where_a_run_folder_belongs_is_named_as_such(tmp_path):
+    """--out FILE said "FILE: File exists"; --resume FILE suggested `--out FILE`."""
+    from tinylm.errors import TinylmError
+    from tinylm.trainer import Run
+    model = tmp_path / "model.safetensors"
+    model.write_bytes(b"not a run")
+    with pytest.raises(TinylmError, match="is a file; --out takes the folder"):
+        Run.check_out(model)
+    with pytest.raises(TinylmError, match="is a file; --resume takes a run's folder"):
+        Run.resume(model)

@@ -149,7 +149,7 @@ def _stdin():
     if sys.stdin is None or sys.stdin.isatty():
         raise TinylmError("--data - reads the corpus from standard input, which is "
                           f"{'closed' if sys.stdin is None else 'a terminal'}; pipe a file "
-                          "in: tinylm train --data - < corpus.txt")
+                          "in (--data - < corpus.txt), or pass --data FILE")
     return sys.stdin.buffer
 
 

@@ -217,6 +217,8 @@ class Run:
     @staticmethod
     def check_out(out: Path):
         """Refuses a directory that a new run would spoil."""
+        if out.exists() and not out.is_dir():
+            raise TinylmError(f"'{out}' is a file; --out takes the folder a run is written to")
         if (out / CHECKPOINT).exists():
             raise TinylmError(f"'{out}' already holds a run; continue it with "
                               f"`tinylm train --resume {out}` or choose another --out")
@@ -238,6 +240,9 @@ class Run:
     def resume(cls, out_dir, overrides: dict | None = None, log=print):
         out = Path(out_dir)
         path = out / CHECKPOINT
+        if out.is_file():
+            raise TinylmError(f"'{out}' is a file; --resume takes a run's folder (the one "
+                              f"holding its {CHECKPOINT})")
         if not path.exists():
             raise TinylmError(f"no run to resume in '{out}' (no {CHECKPOINT}); start one with "
                               f"`tinylm train --out {out}`")
