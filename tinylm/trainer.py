@@ -345,8 +345,10 @@ class Run:
         try:
             while self.step < t.steps and not stop.requested:
                 t0 = time.perf_counter()
-                loss, lr, norm = self.train_step(lambda: data_mod.sample_batch(
-                    split.train, t.batch_size, cfg.context, self.rng))
+                # no numpy overflow warnings: a loss gone non-finite is told below, in a line
+                with np.errstate(over="ignore", invalid="ignore"):
+                    loss, lr, norm = self.train_step(lambda: data_mod.sample_batch(
+                        split.train, t.batch_size, cfg.context, self.rng))
                 dt = time.perf_counter() - t0
                 rate = tokens_per_step / dt if rate is None else 0.9 * rate + 0.1 * tokens_per_step / dt
                 _write(metrics, dict(step=self.step, loss=loss, lr=lr, grad_norm=norm,
