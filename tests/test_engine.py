@@ -1,8 +1,10 @@
 """The inference engines: reference vs full forward, native vs reference (fp32 and int8),
 across thread counts and instruction sets; sampling reproducibility; streaming text,
-stop strings, the context-full policy; bad input."""
+stop strings, the context-full policy (contexts as short as 1); one use of a model at a
+time; bad input."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -667,6 +669,144 @@ def test_prompt_longer_than_context(model_files, int8):
     assert out == bytes(expected).decode("utf-8", errors="replace")
 
 
+@pytest.fixture(scope="module")
+def short_context_files(tmp_path_factory):
+    """{context: (fp32 file, int8 file)} for contexts 1, 2 and 3."""
+    d = tmp_path_factory.mktemp("short")
+    files = {}
+    for ctx in (1, 2, 3):
+        cfg = CFG.with_(context=ctx)
+        files[ctx] = str(d / f"c{ctx}.safetensors"), str(d / f"c{ctx}-int8.safetensors")
+        save_model(files[ctx][0], cfg, make_params(cfg), ByteTokenizer())
+        quantize_file(*files[ctx])
+    return files
+
+
+def windowed_picks(logits_of, ctx, history, n, sampler):
+    """(n picks, slides) by the documented policy: the model reads the tokens since the
+    last slide; a full window slides to the newest max(1, context // 2) tokens."""
+    window, picks, slides = history[-ctx:], [], 0
+    while True:
+        token = sampler(logits_of(window), history)
+        picks.append(token)
+        history = history + [token]
+        if len(picks) == n:
+            return picks, slides
+        if len(window) < ctx:
+            window = window + [token]
+        else:
+            window, slides = history[-max(1, ctx // 2):], slides + 1
+
+
+def test_a_prompt_is_continued_as_it_stands_and_an_empty_one_starts_a_document(
+        short_context_files):
+    """Every prompt began with end-of-text, which a model trained on one file has seen
+    followed by nothing (README: 1.217 nats/token with it against 0.716 without); only an
+    empty prompt, which has nothing else to go on, starts from it."""
+    fp32 = short_context_files[3][0]
+    cfg = CFG.with_(context=3)
+    params = tinylm.load(fp32).params
+
+    def forward_logits(window):
+        return forward(params, cfg, np.array(window)[None])[0, -1]
+
+    model = tinylm.load(fp32)
+    for prompt, history in (("ab", [*b"ab"]), ("", [256])):
+        text = "".join(model.generate(prompt, max_tokens=2, temperature=0, stop_at_eot=False))
+        picks, _ = windowed_picks(forward_logits, 3, history, 2, Sampler(0, 0, 1.0, 1.0, 0))
+        assert text == model.tokenizer.decode_bytes(picks).decode("utf-8", errors="replace")
+        assert model.stats.prompt_tokens == len(history)
+
+
+@pytest.mark.parametrize("ctx", [1, 2, 3])
+def test_tiny_contexts_generate_past_the_context(short_context_files, ctx):
+    """Every context size generates: a context of 1 slides to the newest token alone
+    (context // 2 = 0 kept the whole history, which no longer fit: a ValueError). fp32
+    from both engines is the training forward pass's text; int8 from both, the exact
+    int8 reference engine's."""
+    cfg, (fp32, int8) = CFG.with_(context=ctx), short_context_files[ctx]
+    n, kwargs = 4 * ctx + 9, dict(temperature=1.0, top_p=0.9, seed=7, stop_at_eot=False)
+    params = tinylm.load(fp32).params
+    int8_ref = ReferenceEngine(cfg, tinylm.load(int8).params, int8_impl="numpy")
+
+    def forward_logits(window):
+        return forward(params, cfg, np.array(window)[None])[0, -1]
+
+    def int8_logits(window):
+        int8_ref.reset()
+        return int8_ref.prefill(window)
+
+    for path, engine, logits_of in [(fp32, "native", forward_logits), (fp32, "numpy", forward_logits),
+                                    (int8, "native", int8_logits), (int8, "numpy", int8_logits)]:
+        model = tinylm.load(path, engine=engine)
+        text = "".join(model.generate("ab", max_tokens=n, **kwargs))
+        picks, slides = windowed_picks(logits_of, ctx, [*b"ab"], n, Sampler(1.0, 0, 0.9, 1.0, 7))
+        assert model.stats.generated_tokens == n and model.stats.slides == slides, (path, engine)
+        want = model.tokenizer.decode_bytes(picks).decode("utf-8", errors="replace")
+        assert text == want, (path, engine)
+        assert slides >= (n - 1 if ctx == 1 else 3)
+
+
+# ---------------------------------------------------------------- one use of a model at a time
+
+ONE_AT_A_TIME = r"while a generator of this model is unfinished: .*close\(\).*load the model twice"
+FIFTY_TOKENS = dict(max_tokens=50, seed=1, stop_at_eot=False)  # (no end-of-text: always 50 tokens)
+
+
+@pytest.mark.parametrize("int8", [False, True], ids=["fp32", "int8"])
+def test_logits_during_a_generation_is_refused(model_files, int8):
+    """The one KV cache: logits() in the middle of a generation reset it, and the rest of
+    the generation went on from the logits' keys and values (other text, silently)."""
+    model = tinylm.load(model_files[int8])
+    full = "".join(model.generate("the ", **FIFTY_TOKENS))
+    pieces = model.generate("the ", **FIFTY_TOKENS)
+    first = next(pieces)
+    with pytest.raises(TinylmError, match=r"cannot run model.logits\(\) " + ONE_AT_A_TIME):
+        model.logits([1, 2, 3])
+    assert first != full and first + "".join(pieces) == full
+    assert model.logits([1, 2, 3]).shape == (3, CFG.vocab_size)  # finished: free again
+
+
+def test_two_generators_of_one_model_are_refused(model_files):
+    model = tinylm.load(model_files[0])
+    full = "".join(model.generate("the ", **FIFTY_TOKENS))
+    first, second = model.generate("the ", **FIFTY_TOKENS), model.generate("the ", **FIFTY_TOKENS)
+    with pytest.raises(TinylmError, match=r"cannot run a second model.generate\(\) " + ONE_AT_A_TIME):
+        list(zip(first, second))
+    first.close()
+    assert "".join(model.generate("the ", **FIFTY_TOKENS)) == full
+
+
+def test_a_generator_releases_the_model_however_it_ends(model_files, tmp_path):
+    """Closed, garbage collected, left by a break, finished or raised: the model is free,
+    and the next generation is the uninterrupted text. One never started holds nothing."""
+    model = tinylm.load(model_files[0])
+    full = "".join(model.generate("the ", **FIFTY_TOKENS))
+    pieces = model.generate("the ", **FIFTY_TOKENS)
+    next(pieces)
+    with pytest.raises(TinylmError, match=ONE_AT_A_TIME):
+        model.logits([1])
+    pieces.close()
+    assert "".join(model.generate("the ", **FIFTY_TOKENS)) == full
+    pieces = model.generate("the ", **FIFTY_TOKENS)
+    next(pieces)
+    del pieces
+    assert "".join(model.generate("the ", **FIFTY_TOKENS)) == full
+    for _ in model.generate("the ", **FIFTY_TOKENS):
+        break
+    never_started = model.generate("the ", **FIFTY_TOKENS)
+    assert "".join(model.generate("the ", **FIFTY_TOKENS)) == full
+    assert "".join(never_started) == full
+    params = make_params()
+    params["model.norm.weight"][0] = np.nan
+    path = str(tmp_path / "nan.safetensors")
+    save_model(path, CFG, params, ByteTokenizer())
+    broken = tinylm.load(path)
+    for _ in range(2):  # the second time the same error, not "unfinished"
+        with pytest.raises(TinylmError, match="logits are NaN or infinite"):
+            "".join(broken.generate("the ", **FIFTY_TOKENS))
+
+
 # ---------------------------------------------------------------- bad input
 
 
@@ -714,6 +854,59 @@ def test_bad_sampling_values(model_files, kwargs):
     model = tinylm.load(model_files[0])
     with pytest.raises(TinylmError):
         model.generate("hi", **kwargs)
+
+
+@pytest.mark.parametrize("seed", [-1, 2**64, 2**70, np.int64(-3), True, 1.5, "1"])
+def test_seeds_outside_64_bits_are_refused(model_files, seed):
+    """The generator's state is 64 bits: -1 and 2**64 - 1 gave the same text, as did 0
+    and 2**64."""
+    model = tinylm.load(model_files[0])
+    with pytest.raises(TinylmError, match=r"seed must be an integer in \[0, 2\*\*64\), got "):
+        model.generate("hi", seed=seed)
+
+
+def test_seeds_at_the_ends_of_the_range(model_files):
+    model = tinylm.load(model_files[0])
+    texts = {seed: "".join(model.generate("hi", max_tokens=30, temperature=1.0, seed=seed))
+             for seed in (0, 1, 2**64 - 1)}
+    assert len(set(texts.values())) == 3
+    assert "".join(model.generate("hi", max_tokens=30, temperature=1.0, seed=np.uint64(2**64 - 1))) \
+        == texts[2**64 - 1]
+    with pytest.raises(TinylmError, match="seed must be"):  # one past the end: was seed 0's text
+        model.generate("hi", max_tokens=30, temperature=1.0, seed=2**64)
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**64)])
+def test_cli_seed_outside_64_bits_is_one_line(model_files, capsys, seed):
+    from tinylm.cli import main
+    assert main(["generate", model_files[0], "--prompt", "hi", "--seed", seed]) == 2
+    err = capsys.readouterr().err
+    assert err == f"tinylm: error: seed must be an integer in [0, 2**64), got {seed}\n"
+
+
+@pytest.mark.parametrize("stop", [b"x", [b"x"], [1], ["a", None], 5])
+def test_bad_stop_strings_are_refused(model_files, stop):
+    model = tinylm.load(model_files[0])
+    with pytest.raises(TinylmError, match=r"stop must be a str or a list of str \(None: no stop "
+                                          r"strings\), got " + re.escape(repr(stop))):
+        model.generate("x", stop=stop)
+
+
+def test_stop_none_is_no_stop_strings(model_files):
+    model = tinylm.load(model_files[0])
+    kwargs = dict(max_tokens=30, temperature=0)
+    assert "".join(model.generate("x", stop=None, **kwargs)) == "".join(model.generate("x", **kwargs))
+
+
+def test_load_refuses_what_is_not_a_path(model_files):
+    """None gave a raw TypeError from os.stat; an int was taken as a file descriptor."""
+    import pathlib
+    for path in (None, 3, 1.5, ["m.safetensors"]):
+        with pytest.raises(TinylmError, match=r"the model path must be a str or os.PathLike \(a "
+                                              r"model file's path\), got " + re.escape(repr(path))):
+            tinylm.load(path)
+    for path in (pathlib.Path(model_files[0]), model_files[0].encode()):  # still paths
+        assert tinylm.load(path).cfg == CFG
 
 
 def test_native_engine_refuses_bad_arrays(params):

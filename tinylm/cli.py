@@ -426,7 +426,7 @@ def cmd_generate(args):
     model = load(args.model, engine=args.engine)
     ctx = model.cfg.context
     n_prompt = len(model.tokenizer.encode_bytes(prompt) if isinstance(prompt, bytes)
-                   else model.tokenizer.encode(prompt)) + 1
+                   else model.tokenizer.encode(prompt))
     if n_prompt > ctx:
         print(f"tinylm: note: the prompt is {n_prompt} tokens; the model reads its last {ctx} "
               "(its context)", file=sys.stderr)
