@@ -879,9 +879,10 @@ def test_seeds_at_the_ends_of_the_range(model_files):
 @pytest.mark.parametrize("seed", ["-1", str(2**64)])
 def test_cli_seed_outside_64_bits_is_one_line(model_files, capsys, seed):
     from tinylm.cli import main
-    assert main(["generate", model_files[0], "--prompt", "hi", "--seed", seed]) == 2
+    # a missing model file too: the flag is checked before the model is read
+    assert main(["generate", "missing.safetensors", "--prompt", "hi", "--seed", seed]) == 2
     err = capsys.readouterr().err
-    assert err == f"tinylm: error: seed must be an integer in [0, 2**64), got {seed}\n"
+    assert err == f"tinylm: error: --seed must be in [0, 2**64), got {seed}\n"
 
 
 @pytest.mark.parametrize("stop", [b"x", [b"x"], [1], ["a", None], 5])

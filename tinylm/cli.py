@@ -418,6 +418,8 @@ def cmd_generate(args):
     set_threads(args.threads)
     if args.max_tokens < 0:
         raise TinylmError(f"--max-tokens must be at least 0, got {args.max_tokens}")
+    if args.seed is not None and not 0 <= args.seed < 2**64:  # before the model loads
+        raise TinylmError(f"--seed must be in [0, 2**64), got {args.seed}")
     from .engine import load
     from .sampling import check_sampling
     check_sampling(args.temperature, args.top_k, args.top_p, args.repetition_penalty,
