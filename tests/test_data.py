@@ -279,6 +279,12 @@ def test_a_resumed_runs_copy_of_standard_input_is_kept_until_the_new_one_starts(
         with data.stdin_copy(copy):
             pass
     assert copy.read_bytes() == b"the corpus the run was trained on\n"
+    assert [p.name for p in run.iterdir()] == ["stdin-corpus"]  # no copy left beside it
+    (run / "stdin-corpus.previous").write_bytes(copy.read_bytes())  # a try killed midway
+    copy.write_bytes(b"a copy that never started a run\n")
+    data.recover_stdin_copy(copy)
+    assert copy.read_bytes() == b"the corpus the run was trained on\n"
+    assert [p.name for p in run.iterdir()] == ["stdin-corpus"]
     pipe(monkeypatch, b"a longer corpus\n")
     with data.stdin_copy(copy):
         pass
@@ -371,3 +377,5 @@ def test_writing_an_entry_removes_old_versions_entries_and_abandoned_temporaries
     data.load_tokens(str(tmp_path / "c.txt"), ByteTokenizer())
     [entry] = set(cache.iterdir()) - {writing, other_entry, *users}
     assert data._CACHE_ENTRY.fullmatch(entry.name)
+    assert all(p.exists() for p in (writing, other_entry, *users))
+    assert not any(p.exists() for p in (old_npy, keyless, abandoned))

@@ -306,16 +306,19 @@ def test_quantize_refuses_to_write_over_its_input(tiny_model, tmp_path):
 
 def test_quantize_writes_over_model_files_only(tiny_model, tmp_path):
     """The int8 copy was renamed over whatever had the output's name: a user's file, a
-    run's metrics, a device (as root, /dev/full became a regular file), a link (replaced,
-    its target left stale). Now a model file is replaced, a link written through, and
-    anything else refused, untouched."""
+    run's metrics or checkpoint, another fp32 model, a device (as root, /dev/full became
+    a regular file), a link (replaced, its target left stale). Now an earlier int8 copy
+    is replaced, a link written through, and anything else refused, untouched."""
     _, _, path = tiny_model
     notes = tmp_path / "notes.txt"
     notes.write_text("mine")
-    for out in (notes, tmp_path, "/dev/null"):
-        with pytest.raises(TinylmError, match="not a tinylm model file|is the input"):
+    other_fp32 = tmp_path / "other.safetensors"  # another model's fp32 weights (or a
+    other_fp32.write_bytes(path.read_bytes())   # run's checkpoint, an fp32 file too)
+    for out in (notes, tmp_path, "/dev/null", other_fp32):
+        with pytest.raises(TinylmError, match="is not an int8 model file"):
             quant.quantize_file(path, out)
     assert notes.read_text() == "mine" and os.path.exists("/dev/null")
+    assert other_fp32.read_bytes() == path.read_bytes()
     assert not os.path.isfile("/dev/null")
     old = tmp_path / "old-int8.safetensors"
     quant.quantize_file(path, old)

@@ -288,6 +288,7 @@ def test_sp_trains_from_texts_as_they_are_read():
         (["", "\n\n"], {"vocab_size": 300}, "empty"),
         ([1, 2], {"vocab_size": 300}, "str or bytes"),
         ("tiny corpus", {"vocab_size": 5000}, "too high"),
+        (CORPUS, {"vocab_size": 300, "max_sentences": 0}, "max_sentences must be a positive"),
         ("tiny corpus", {"vocab_size": 5000, "model_type": "unigram"}, "too high"),
     ],
 )

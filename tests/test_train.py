@@ -422,46 +422,75 @@ def test_a_run_stopped_by_a_signal_ends_with_its_status(corpus, tmp_path, cache,
     assert (out / "checkpoint.safetensors").exists()
 
 
-def test_a_run_whose_output_closes_does_not_end_as_a_success(corpus, tmp_path, cache):
-    """`tinylm train | head -1` ended with status 0 whatever had become of the run."""
+def test_a_run_whose_output_closes_does_not_end_as_a_success(corpus, tmp_path, cache,
+                                                             monkeypatch):
+    """`tinylm train | head -1` ended with status 0 whatever had become of the run: now
+    an error if the run stopped (here the reader is gone before its first line), and a
+    note naming the run if it finished (its summary is what could not be written)."""
     env = dict(os.environ, TINYLM_CACHE=cache, OPENBLAS_NUM_THREADS="1")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tinylm", "train", "--data", str(corpus), "--out",
-         str(tmp_path / "run"), *SHAPE, "--batch-size", "4", "--steps", "3",
-         "--eval-tokens", "512"], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().startswith("model:")
-    proc.stdout.close()  # the reader leaves
-    stderr = proc.stderr.read()
-    assert proc.wait(timeout=120) == 2 and "standard output closed" in stderr
+    args = [sys.executable, "-m", "tinylm", "train", "--data", str(corpus), *SHAPE,
+            "--batch-size", "4", "--steps", "3", "--eval-tokens", "512"]
+    reader, writer = os.pipe()
+    os.close(reader)  # gone before the run writes anything
+    proc = subprocess.run([*args, "--out", str(tmp_path / "a")], env=env, cwd=tmp_path,
+                          stdout=writer, stderr=subprocess.PIPE, text=True, timeout=120)
+    os.close(writer)
+    assert proc.returncode == 2 and "standard output closed" in proc.stderr, proc.stderr
+    assert "so the run stopped" in proc.stderr and "Traceback" not in proc.stderr
 
-
-def test_a_progress_bar_fits_its_terminal(monkeypatch):
-    """A training bar was 93 characters whatever the terminal: on an 80-column one each
-    redraw wrapped, and \\r went back to the second line only, filling the screen."""
+    import contextlib
     import io
-    import os
-    import shutil
+
+    from tinylm import cli
+
+    class ReaderLeavesBeforeTheSummary(io.StringIO):
+        def write(self, text):
+            if text.startswith("done:"):
+                raise BrokenPipeError
+            return super().write(text)
+
+        def fileno(self):  # what main() points at /dev/null, as it does for a real pipe
+            return 1
+
+    err, saved = io.StringIO(), os.dup(1)
+    monkeypatch.setenv("TINYLM_CACHE", cache)
+    try:
+        with contextlib.redirect_stdout(ReaderLeavesBeforeTheSummary()), \
+                contextlib.redirect_stderr(err):
+            code = cli.main(["train", "--data", str(corpus), *SHAPE, "--batch-size", "4",
+                             "--steps", "3", "--eval-tokens", "512", "--out", str(tmp_path / "b")])
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+    assert code == 0 and "the run finished" in err.getvalue()
+    assert (tmp_path / "b" / "model.safetensors").exists()
+
+
+def test_a_progress_bar_fits_its_terminal():
+    """A training bar was 93 characters whatever the terminal: on an 80-column one each
+    redraw wrapped, and \r went back to the second line only, filling the screen. The
+    width is the bar's own terminal's (stderr's: stdout may be a file)."""
+    import fcntl
+    import pty
+    import struct
+    import termios
 
     from tinylm.progress import Progress
-
-    class Terminal(io.StringIO):
-        def isatty(self):
-            return True
-
-    for columns in (80, 60, 30):
-        monkeypatch.setattr(shutil, "get_terminal_size", lambda *a: os.terminal_size((columns, 24)))
-        out = Terminal()
-        bar = Progress(2000, stream=out)
-        for step in (1, 1000, 2000):
-            bar.update(step, loss="1.2345", lr="3.00e-04", **{"tok/s": "12.3K"})
-        lines = out.getvalue().split("\r")[1:]
-        assert lines and all(len(line.rstrip()) < columns for line in lines)
-        assert "loss 1.2345" in lines[-1] or columns < 60  # the numbers kept where they fit
-    wide = Terminal()
-    monkeypatch.setattr(shutil, "get_terminal_size", lambda *a: os.terminal_size((200, 24)))
-    Progress(100, stream=wide).update(50)
-    assert "█" * 12 + "░" * 12 in wide.getvalue()  # the full bar where there is room
+    for columns in (80, 60, 30, 200):
+        leader, follower = pty.openpty()
+        fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+        with open(follower, "w", encoding="utf-8", closefd=True) as terminal:
+            bar = Progress(2000, stream=terminal)
+            for step in (1, 1000, 2000):
+                bar.update(step, loss="1.2345", lr="3.00e-04", **{"tok/s": "12.3K"})
+        shown = os.read(leader, 1 << 16).decode("utf-8")
+        os.close(leader)
+        lines = shown.replace("\r\n", "\n").split("\r")[1:]
+        assert lines and all(len(line.rstrip()) < columns for line in lines), (columns, lines)
+        if columns >= 80:
+            assert "loss 1.2345" in lines[-1]
+        if columns == 200:
+            assert "█" * 24 in lines[-1]  # the full bar where there is room
 
 
 def test_odd_inputs_get_one_line_errors_not_tracebacks(corpus, tmp_path, cache):

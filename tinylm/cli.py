@@ -211,6 +211,7 @@ def prepare_run(opts, on_command_line):
             if bad in on_command_line:
                 raise TinylmError(f"--{bad.replace('_', '-')} cannot be combined with --resume: "
                                   "a resumed run keeps its model and directory")
+        data.recover_stdin_copy(Path(opts["resume"]) / STDIN_CORPUS)  # a killed try's
         run = Run.resume(opts["resume"], {k: v for k, v in opts.items()
                                           if k in train_keys and k in on_command_line})
         if run.tcfg.data == "-" and "data" in on_command_line:  # piped again: a new copy
@@ -262,7 +263,12 @@ def cmd_train(args):
     started = time.perf_counter()
     run, split = prepare_run(opts, on_command_line)
     val = run.train(split)
-    print(summary(run, val, time.perf_counter() - started))
+    try:
+        print(summary(run, val, time.perf_counter() - started), flush=True)
+    except BrokenPipeError:  # the reader left, but the run is whole: say where it is
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print(f"tinylm: note: standard output closed (its reader left); the run finished: "
+              f"{run.dir}", file=sys.stderr)
 
 
 # ---------------------------------------------------------------- eval
@@ -538,10 +544,10 @@ def main(argv=None):
     except BrokenPipeError:  # the reader left early (`tinylm ... | head`)
         # (before OSError, its base class, which had taken it: "tinylm: error: : Broken pipe")
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        if args.func is cmd_train:  # the run stopped with it: not a success
-            print("tinylm: error: standard output closed (its reader left), cutting the "
-                  "run short; send its output to a file instead, and continue the run with "
-                  "--resume if it saved a checkpoint", file=sys.stderr)
+        if args.func is cmd_train:  # before training ended (cmd_train takes it after)
+            print("tinylm: error: standard output closed (its reader left), so the run "
+                  "stopped; send its output to a file instead (a run that saved a "
+                  "checkpoint continues with --resume)", file=sys.stderr)
             return 2
     except OSError as e:  # e.g. --out on a read-only disk, or a full disk
         where = f"{e.filename}: " if e.filename else ""

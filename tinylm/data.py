@@ -157,8 +157,9 @@ def spool_stdin(path: Path):
     """Copies standard input to `path` (through a temporary file beside it, so that a
     copy already there stays whole until the new one is): a corpus that can be read only
     once, kept so that it can be read again. Refuses an empty one, and stops before the
-    copy would leave less than SPOOL_MARGIN of the disk free (or take more than half of
-    what was free), so that an endless stream (`yes |`) is refused, not left to fill it."""
+    copy would take more than half of the disk's free space and leave less than
+    SPOOL_MARGIN of it, so that an endless stream (`yes |`) is refused, not left to fill
+    the disk."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     stdin, size = _stdin(), 0
@@ -192,9 +193,9 @@ def stdin_copy(path: Path):
     removed and a copy that was there before is put back (or the folder it made, if left
     empty, removed), so that a run that could not start loses nothing and leaves nothing."""
     made = not path.parent.exists()
-    previous = path.with_name(path.name + ".previous")
+    previous = _previous_copy(path)
+    recover_stdin_copy(path)
     if path.exists():  # a resumed run's copy: kept until the new one has started a run
-        previous.unlink(missing_ok=True)
         try:
             os.link(path, previous)
         except OSError:  # a file system without hard links
@@ -204,13 +205,29 @@ def stdin_copy(path: Path):
         yield
     except BaseException:
         if previous.exists():
-            os.replace(previous, path)
+            recover_stdin_copy(path)
         else:
             path.unlink(missing_ok=True)
             if made and path.parent.is_dir() and not any(path.parent.iterdir()):
                 path.parent.rmdir()
         raise
     previous.unlink(missing_ok=True)
+
+
+def _previous_copy(path: Path) -> Path:
+    return path.with_name(path.name + ".previous")
+
+
+def recover_stdin_copy(path: Path):
+    """Puts back the copy stdin_copy kept while a new one was tried, if a run was killed
+    before it could (the one there may never have started a run)."""
+    previous = _previous_copy(path)
+    if not previous.exists():
+        return
+    if path.exists() and os.path.samefile(previous, path):  # one file: rename does nothing
+        previous.unlink()
+    else:
+        os.replace(previous, path)
 
 
 def _digest(tokenizer):
@@ -237,8 +254,8 @@ def _cache_entry(source, files, tokenizer) -> Path:
     return cache_dir() / f"tokens-{key}-{h.hexdigest()[:24]}.{token_dtype(tokenizer).name}"
 
 
-# What the cache holds: entries (before 2026-12, without a key; older still, .npy files)
-# and an entry's temporary, while it is written
+# What the cache holds: entries (written by earlier versions without the key, or older
+# still as .npy files) and an entry's temporary, while it is written
 _CACHE_ENTRY = re.compile(r"tokens-(?:([0-9a-f]{12})-)?[0-9a-f]{24}\.(?:npy|uint16|int32)")
 _CACHE_TEMPORARY = re.compile(r"tokens-[0-9a-f-]+\.(?:uint16|int32)\.\w+\.tmp")
 ABANDONED_SECONDS = 3600  # a temporary not written to for this long was left by a killed run
@@ -311,7 +328,8 @@ def load_tokens(source: str, tokenizer, progress=None, warn=None) -> np.ndarray:
 def _mapped(path: Path, tokenizer):
     """The cached tokens at `path`, or None if there are none, or they are damaged (a
     stream ends with end-of-text: a file cut short does not; and no id is past the
-    vocabulary, which costs 6 ms for 80 MB of tokens in the page cache)."""
+    vocabulary, which reads the whole entry: 6 ms for 80 MB in the page cache, more from
+    disk, where training would read it anyway)."""
     dtype = token_dtype(tokenizer)
     try:
         size = path.stat().st_size

@@ -479,8 +479,8 @@ class Model:
         """Holds the one KV cache for `what`, or refuses: a generator still using it would
         go on from another input's keys and values and silently give other text."""
         if not self._cache_lock.acquire(blocking=False):
-            raise TinylmError(f"cannot run {what} while a generator of this model is unfinished: "
-                              "the model has one key/value cache, which that generator is using. "
+            raise TinylmError(f"cannot run {what} while the model is in use (a generator of it "
+                              "unfinished, or another thread's call): it has one key/value cache. "
                               "Finish the generator or call its close() first, or load the model "
                               "twice to use both at once")
         try:

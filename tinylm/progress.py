@@ -1,5 +1,5 @@
 """A one-line progress bar for the terminal (plain periodic lines when not a terminal)."""
-import shutil
+import os
 import sys
 import time
 
@@ -50,7 +50,7 @@ class Progress:
         tail += f" {format_duration(elapsed)}<{format_duration(left)}"
         width = self.width
         if self.tty:  # a line longer than the terminal wraps, and \r returns to its end only
-            room = shutil.get_terminal_size().columns - 1
+            room = self._columns() - 1
             width = max(8, min(width, room - len(head) - len(tail)))
         filled = int(width * step / max(1, self.total))
         line = head + "█" * filled + "░" * (width - filled) + tail
@@ -61,6 +61,13 @@ class Progress:
         elif passed:
             self.stream.write(line + "\n")
         self.stream.flush()
+
+    def _columns(self) -> int:
+        """The width of the bar's own terminal (stdout may be a file meanwhile)."""
+        try:
+            return os.get_terminal_size(self.stream.fileno()).columns or 80
+        except (AttributeError, OSError, ValueError):
+            return 80
 
     def message(self, text: str):
         """Prints a line of its own without breaking the bar."""

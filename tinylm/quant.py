@@ -235,8 +235,9 @@ def quantize_file(in_path, out_path):
 
 
 def _output_file(in_path, out_path) -> str:
-    """Where the int8 copy goes: out_path, or through it if it is a link. Only a model
-    file is written over (not the input model, a folder, a device, a user's file)."""
+    """Where the int8 copy goes: out_path, or through it if it is a link. Only an earlier
+    int8 copy is written over (not the input, another fp32 model, a run's checkpoint, a
+    folder, a device or a user's file)."""
     from .modelfile import read_model
     target = os.path.realpath(out_path)
     if not os.path.exists(target):
@@ -245,11 +246,13 @@ def _output_file(in_path, out_path) -> str:
         raise TinylmError(f"'{out_path}' is the input model: writing the int8 copy there would "
                           "replace its fp32 weights; choose another output file")
     try:
-        read_model(target)
+        int8 = read_model(target)[3].get(WEIGHTS_KEY) == "int8"
     except TinylmError:
-        raise TinylmError(f"'{out_path}' exists and is not a tinylm model file: quantize writes "
-                          "over model files only; choose another output file, or delete it "
-                          "first") from None
+        int8 = False
+    if not int8:
+        raise TinylmError(f"'{out_path}' exists and is not an int8 model file: quantize writes "
+                          "over earlier int8 copies only; choose another output file, or "
+                          "delete it first")
     return target
 
 

@@ -298,6 +298,8 @@ class SentencePieceTokenizer(Tokenizer):
             )
         if model_type not in ("bpe", "unigram"):
             raise ValueError(f"model_type must be 'bpe' or 'unigram', got {model_type!r}")
+        if isinstance(max_sentences, bool) or not isinstance(max_sentences, int) or max_sentences < 1:
+            raise ValueError(f"max_sentences must be a positive int, got {max_sentences!r}")
         # sampled here: SentencePiece's own sampling differs from one process to the next
         sample = _sample(_training_lines(data, _TRAIN_LINE_CHARS), max_sentences, seed)
         if not sample:
