@@ -82,9 +82,7 @@ FEW_STACKS = textwrap.dedent("""
 """)
 
 
-@pytest.mark.native
-@pytest.mark.skipif(not sys.platform.startswith("linux"),
-                    reason="limits the address space, which only Linux enforces (CI's host runs it)")
+@pytest.mark.native  # (limits a process's address space: Linux, tinylm's platform, enforces it)
 def test_threads_the_system_will_not_start_are_refused_and_change_nothing(tmp_path):
     import resource
 

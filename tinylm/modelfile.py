@@ -6,7 +6,7 @@ import os
 import numpy as np
 
 from .checkpoint import CheckpointError, load_safetensors, save_safetensors
-from .config import ConfigError, ModelConfig
+from .config import ModelConfig
 from .errors import TinylmError
 from .model import check_params, param_shapes
 from .tokenizer import tokenizer_from_metadata
