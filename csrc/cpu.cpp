@@ -1,5 +1,7 @@
 #include "cpu.h"
 
+#include <unistd.h>
+
 #include <cstdlib>
 #include <stdexcept>
 
@@ -185,6 +187,17 @@ void init_isa_from_env() {
   } catch (const std::invalid_argument& e) {
     throw std::invalid_argument(std::string("TINYLM_ISA=") + env + ": " + e.what());
   }
+}
+
+int64_t l2_cache_bytes() {
+  static const int64_t bytes = [] {
+#if defined(_SC_LEVEL2_CACHE_SIZE)
+    const long n = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    if (n > 0) return int64_t(n);
+#endif
+    return int64_t(1) << 20;
+  }();
+  return bytes;
 }
 
 }  // namespace tinylm

@@ -51,4 +51,8 @@ void set_isa(const std::string& name);
 // Applies TINYLM_ISA if it is set (called once when the module is loaded).
 void init_isa_from_env();
 
+// The bytes of one core's L2 cache, as the C library reports it (sysconf), or 1 MB where
+// it does not (some ARM systems, other C libraries).
+int64_t l2_cache_bytes();
+
 }  // namespace tinylm

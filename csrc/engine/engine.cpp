@@ -30,6 +30,7 @@
 
 #include "../attention/attention.h"
 #include "../half.h"
+#include "../cpu.h"
 #include "../int8/int8.h"
 #include "engine.h"
 
@@ -142,7 +143,8 @@ Engine::Engine(const Config& cfg, Weights weights, State state)
   // ran on the calling thread): `baby` int8 (0.9 MB) 41 -> 45 us, so it keeps one
   // thread; `baby` fp32 (3.3 MB) 174 -> 148 us; `small` int8 (6.1 MB) 234 -> 204 us.
   constexpr int64_t kBytesPerThread = 1 << 20;
-  team_threads_ = int(std::clamp<int64_t>(weight_bytes(w_) / kBytesPerThread, 1, 1024));
+  weight_bytes_ = weight_bytes(w_);
+  team_threads_ = int(std::clamp<int64_t>(weight_bytes_ / kBytesPerThread, 1, 1024));
   o_out_.resize(size_t(d));
   down_out_.resize(size_t(d));
   qkv_.resize(size_t(d + 2 * kv));
@@ -164,7 +166,7 @@ void Engine::attention_share(const Layer& L, int64_t layer, int64_t pos, Lane& m
   const Matrix wq = rows_of(L.q, j0 * group * D, heads * group * D),
                wk = rows_of(L.k, j0 * D, heads * D), wv = rows_of(L.v, j0 * D, heads * D);
   const Product qkv[3] = {{&wq, q}, {&wk, k}, {&wv, v}};
-  gemv(me.h.data(), qkv, 3, {0, 1});
+  gemv(me.h.data(), qkv, 3, {0, 1}, s.prefetch);
   const float* cos = st_.cos + pos * (D / 2);
   const float* sin = st_.sin + pos * (D / 2);
   rope(q, heads * group, D, cos, sin);
@@ -212,7 +214,7 @@ void Engine::mlp_share(const Layer& L, Lane& me, const Share& s) {
   float *g = gu_.data() + r0, *u = gu_.data() + ff + r0;
   const Matrix wg = rows_of(L.gate, r0, r1 - r0), wu = rows_of(L.up, r0, r1 - r0);
   const Product gu[2] = {{&wg, g}, {&wu, u}};
-  gemv(me.h.data(), gu, 2, {0, 1});
+  gemv(me.h.data(), gu, 2, {0, 1}, s.prefetch);
   silu_mul(g, u, r1 - r0);
 }
 
@@ -227,6 +229,12 @@ void Engine::embed(int32_t token, float* x) const {
   }
 }
 
+// Software prefetch helps a GEMV whose weights sit in L2 and costs one whose weights
+// stream from beyond it (gemv_streams.h), so it is asked for where a thread's share fits.
+Engine::Share Engine::share(int t, int T, Barrier& barrier) const {
+  return Share{t, T, barrier, weight_bytes_ <= T * l2_cache_bytes()};
+}
+
 void Engine::forward_share(int32_t token, int64_t pos, float* logits, const Share& s) {
   const int64_t d = cfg_.d_model;
   Lane& me = lanes_[size_t(s.t)];
@@ -238,19 +246,19 @@ void Engine::forward_share(int32_t token, int64_t pos, float* logits, const Shar
     attention_share(L, i, pos, me, s);
     s.barrier.wait();  // attention's output complete
     const Product o[1] = {{&L.o, o_out_.data()}};
-    gemv(att_.data(), o, 1, mine);
+    gemv(att_.data(), o, 1, mine, s.prefetch);
     s.barrier.wait();  // o_proj's output complete
     add(me.x.data(), o_out_.data(), d);
     mlp_share(L, me, s);
     s.barrier.wait();  // silu(gate) * up complete
     const Product down[1] = {{&L.down, down_out_.data()}};
-    gemv(gu_.data(), down, 1, mine);
+    gemv(gu_.data(), down, 1, mine, s.prefetch);
     s.barrier.wait();  // down_proj's output complete
     add(me.x.data(), down_out_.data(), d);
   }
   rmsnorm(me.x.data(), w_.final_norm, cfg_.norm_eps, d, me.h.data());
   const Product head[1] = {{&E, logits}};
-  gemv(me.h.data(), head, 1, mine);
+  gemv(me.h.data(), head, 1, mine, s.prefetch);
 }
 
 namespace {
@@ -295,7 +303,7 @@ int64_t Engine::decode(int32_t token, int64_t pos, int64_t max_tokens, const Sam
   // between the two barriers only.
   run_team(team_size(), [&](int t, int T, Barrier& barrier) {
     for (;;) {
-      forward_share(token, pos, logits_.data(), Share{t, T, barrier});
+      forward_share(token, pos, logits_.data(), share(t, T, barrier));
       barrier.wait();  // the logits complete
       if (barrier.broken()) return;
       if (t == 0) {
@@ -347,7 +355,7 @@ void Engine::forward(int32_t token, int64_t pos, float* logits) {
   check_token(token);
   check_position(pos);
   run_team(team_size(), [&](int t, int T, Barrier& barrier) {
-    forward_share(token, pos, logits, Share{t, T, barrier});
+    forward_share(token, pos, logits, share(t, T, barrier));
   });
 }
 

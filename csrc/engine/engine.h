@@ -133,7 +133,9 @@ class Engine {
   struct Share {
     int t, T;
     Barrier& barrier;
+    bool prefetch;  // the GEMVs prefetch (this thread's share of the weights fits in L2)
   };
+  Share share(int t, int T, Barrier& barrier) const;
   void forward(int32_t token, int64_t pos, float* logits);  // step() without the clock
   void remember(int32_t token);  // decode(): a pick joins the recent tokens
   void check_token(int32_t token) const;
@@ -159,6 +161,7 @@ class Engine {
   State st_;
   std::vector<Lane> lanes_;  // one per thread
   int team_threads_ = 1;  // at most this many threads run a step
+  int64_t weight_bytes_ = 0;  // what a step streams
   // shared by the threads, each writing its share: q/k/v of their kv heads, attention's
   // output, the gate / up products, the o_proj and down_proj products
   std::vector<float> qkv_, att_, gu_, o_out_, down_out_, logits_;
@@ -180,14 +183,17 @@ struct Product {
 struct RowShare {
   int index = 0, count = 0;
 };
-void gemv(const float* x, const Product* products, int n_products, RowShare share = {});
+// prefetch: the kernels ask for their weights ahead of the loads (gemv_kernels.h), which
+// pays where those weights sit in L2.
+void gemv(const float* x, const Product* products, int n_products, RowShare share = {},
+          bool prefetch = true);
 
 // The float kernels of one instruction-set level: the GEMV, rows [n0, n1) of y = W x
 // (W [N, K] row-major), the MLP's g = silu(g) * u (silu.h), the key/value cache's
 // float-to-half conversion (bit for bit float_to_half of half.h, NaN payloads aside), and
 // the sampler's weights (bit for bit weigh_ref's arithmetic).
 using GemvKernel = void (*)(const float* W, const float* x, float* y, int64_t K, int64_t n0,
-                            int64_t n1);
+                            int64_t n1, bool prefetch);
 using SiluKernel = void (*)(float* g, const float* u, int64_t n);
 using HalvesKernel = void (*)(const float* x, uint16_t* h, int64_t n);
 using WeighKernel = uint64_t (*)(const double* x, int64_t n, double top,

@@ -114,7 +114,8 @@ const I8Info* select_i8() {
   return nullptr;
 }
 
-void gemv_int8(const float* x, const Product* products, int n_products, RowShare share) {
+void gemv_int8(const float* x, const Product* products, int n_products, RowShare share,
+               bool prefetch) {
   const int64_t K = products[0].m->cols;
   const int64_t stride = (K + int8::kPad - 1) / int8::kPad * int8::kPad;
   Int8Scratch& s = int8_scratch();
@@ -136,7 +137,7 @@ void gemv_int8(const float* x, const Product* products, int n_products, RowShare
     const Matrix& m = *products[i].m;
     int32_t* c = c_all + offsets[i];
     if (own != nullptr) {
-      own->fn(GemvI8{m.q, m.rows, K, xq, x_sum, c}, n0, n1);
+      own->fn(GemvI8{m.q, m.rows, K, xq, x_sum, c, prefetch}, n0, n1);
     } else {
       const int8::Problem p{xq, stride, &x_sum, 1, m.q, m.rows, K, c, m.rows};
       family.fn(p, n0, n1);
@@ -178,17 +179,18 @@ std::string active_gemv_int8() {
   return own != nullptr ? std::string(own->name) : "int8 family " + std::string(select_int8().name);
 }
 
-void gemv(const float* x, const Product* products, int n_products, RowShare share) {
+void gemv(const float* x, const Product* products, int n_products, RowShare share,
+          bool prefetch) {
   if (n_products < 1 || n_products > 8) throw std::invalid_argument("gemv: 1 to 8 products");
   const bool int8 = products[0].m->is_int8();
   for (int i = 1; i < n_products; ++i)
     if (products[i].m->is_int8() != int8 || products[i].m->cols != products[0].m->cols)
       throw std::invalid_argument("gemv: products must share K and the weight type");
-  if (int8) return gemv_int8(x, products, n_products, share);
+  if (int8) return gemv_int8(x, products, n_products, share, prefetch);
   const GemvKernel kernel = select_gemv().fn;
   const int64_t K = products[0].m->cols;
   for_rows(products, n_products, K * int64_t(sizeof(float)), share, [&](int i, int64_t n0, int64_t n1) {
-    kernel(products[i].m->f32, x, products[i].y, K, n0, n1);
+    kernel(products[i].m->f32, x, products[i].y, K, n0, n1, prefetch);
   });
 }
 

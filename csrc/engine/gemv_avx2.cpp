@@ -27,8 +27,9 @@ struct Avx2 {
 
 }  // namespace
 
-void gemv_avx2(const float* W, const float* x, float* y, int64_t K, int64_t n0, int64_t n1) {
-  streams::gemv_f32<Avx2>(W, x, y, K, n0, n1);
+void gemv_avx2(const float* W, const float* x, float* y, int64_t K, int64_t n0, int64_t n1,
+               bool prefetch) {
+  streams::gemv_f32<Avx2>(W, x, y, K, n0, n1, prefetch);
 }
 
 void silu_mul_avx2(float* g, const float* u, int64_t n) { silu_mul_loop(g, u, n); }

@@ -2,6 +2,8 @@
 // build_isa.py); only gemv.cpp and the tests call them directly. Each computes rows
 // [n0, n1) of y = W x for a row-major W [N, K], and sums K in the same blocked order
 // whatever rows it is given, so a row's result does not depend on how rows are split.
+// With `prefetch`, the x86 kernels ask for each weight stream ahead of its loads
+// (gemv_streams.h: where the weights sit in L2, not beyond it); the others ignore it.
 #pragma once
 
 #include <cstdint>
@@ -11,13 +13,15 @@ namespace tinylm::engine {
 // One int8 product c = W x (exact int32) for the decode step. x is padded with zeros to
 // a multiple of 64 bytes (kernels may read whole vectors of it); x_sum = sum(x). A row
 // of W may be read past its end, up to the next vector boundary (those bytes meet x's
-// zeros), but never past the end of W (the last row's end).
+// zeros), but never past the end of W (the last row's end). prefetch: as for the float32
+// kernels below.
 struct GemvI8 {
   const int8_t* W;
   int64_t N, K;
   const int8_t* x;
   int32_t x_sum;
   int32_t* c;
+  bool prefetch = true;
 };
 using GemvI8Kernel = void (*)(const GemvI8& g, int64_t n0, int64_t n1);
 
@@ -35,7 +39,8 @@ void gemv_i8_avxvnni(const GemvI8& g, int64_t n0, int64_t n1);
 void rescale_avx2(const int32_t* c, const float* scale, float x_scale, float* y, int64_t count);
 #endif
 
-void gemv_ref(const float* W, const float* x, float* y, int64_t K, int64_t n0, int64_t n1);
+void gemv_ref(const float* W, const float* x, float* y, int64_t K, int64_t n0, int64_t n1,
+              bool prefetch);
 void silu_mul_ref(float* g, const float* u, int64_t n);
 
 // engine.h's weigh, one weight at a time (sampling.cpp).
@@ -52,19 +57,22 @@ constexpr double kTaylor[11] = {1.0 / 3628800, 1.0 / 362880, 1.0 / 40320, 1.0 / 
 }  // namespace weight_exp_constants
 
 #if defined(__x86_64__) || defined(_M_X64)
-void gemv_avx2(const float* W, const float* x, float* y, int64_t K, int64_t n0, int64_t n1);
+void gemv_avx2(const float* W, const float* x, float* y, int64_t K, int64_t n0, int64_t n1,
+               bool prefetch);
 void silu_mul_avx2(float* g, const float* u, int64_t n);
 void halves_f16c(const float* x, uint16_t* h, int64_t n);  // F16C comes with our AVX2 level
 uint64_t weigh_avx2(const double* x, int64_t n, double top, double inverse_temperature,
                     double unit, uint64_t* w);
-void gemv_avx512(const float* W, const float* x, float* y, int64_t K, int64_t n0, int64_t n1);
+void gemv_avx512(const float* W, const float* x, float* y, int64_t K, int64_t n0, int64_t n1,
+                 bool prefetch);
 void silu_mul_avx512(float* g, const float* u, int64_t n);
 uint64_t weigh_avx512(const double* x, int64_t n, double top, double inverse_temperature,
                       double unit, uint64_t* w);
 #endif
 
 #if defined(__aarch64__) || defined(__arm__)
-void gemv_neon(const float* W, const float* x, float* y, int64_t K, int64_t n0, int64_t n1);
+void gemv_neon(const float* W, const float* x, float* y, int64_t K, int64_t n0, int64_t n1,
+               bool prefetch);
 void silu_mul_neon(float* g, const float* u, int64_t n);
 #endif
 

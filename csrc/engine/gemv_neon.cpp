@@ -46,7 +46,8 @@ void rows(const float* W, const float* x, float* y, int64_t K, int64_t n) {
 
 }  // namespace
 
-void gemv_neon(const float* W, const float* x, float* y, int64_t K, int64_t n0, int64_t n1) {
+void gemv_neon(const float* W, const float* x, float* y, int64_t K, int64_t n0, int64_t n1,
+               bool /*prefetch*/) {
   int64_t n = n0;
   for (; n + 4 <= n1; n += 4) rows<4>(W, x, y, K, n);
   for (; n < n1; ++n) rows<1>(W, x, y, K, n);

@@ -6,7 +6,8 @@
 
 namespace tinylm::engine {
 
-void gemv_ref(const float* W, const float* x, float* y, int64_t K, int64_t n0, int64_t n1) {
+void gemv_ref(const float* W, const float* x, float* y, int64_t K, int64_t n0, int64_t n1,
+              bool /*prefetch*/) {
   for (int64_t n = n0; n < n1; ++n) {
     const float* w = W + n * K;
     float s[4] = {0, 0, 0, 0};

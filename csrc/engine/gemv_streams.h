@@ -25,12 +25,15 @@
 
 namespace tinylm::engine::streams {
 
-// How far ahead of its loads each stream asks for its weights (a hint: it never faults,
-// even past the matrix's end). Where a thread's weights sit in its L2 the hardware
-// prefetchers left the loads waiting on it. Decode steps, old and new builds
-// alternated: `baby` int8 (0.9 MB) 1 thread 26.3 -> 24.4 us (256 and 1024 bytes the
-// same); `baby` fp32 2 threads (1.6 MB each) 100 -> 96 us (medians of 8), `small` fp32
-// 2 threads 606 -> 583 us; the rest (read from beyond L2) the same within noise.
+// How far ahead of its loads each stream asks for its weights, when the caller asks for
+// that (a hint: it never faults, even past the matrix's end). Where a thread's weights
+// sit in its L2 the hardware prefetchers left the loads waiting on it: on the Xeon
+// (2 MB of L2), decode steps, old and new builds alternated, `baby` int8 (0.9 MB) 1
+// thread 26.3 -> 24.4 us (256 and 1024 bytes the same), `baby` fp32 2 threads (1.6 MB
+// each) 100 -> 96 us (medians of 8). Where they stream from beyond L2 it costs: on the
+// Zen 4 EPYC (1 MB of L2), `medium` int8 1 thread ~1,070 -> ~940 us without it, `small`
+// fp32 ~730 -> ~670 us (benchmarks/NOTES.md, the thirteenth session). The engine asks
+// for it where a thread's share of the weights fits in its L2.
 constexpr int64_t kPrefetchBytes = 512;
 
 // The address is formed as an integer: it may lie past the end of the weights. Static,
@@ -61,7 +64,8 @@ template <class O>
 }
 
 template <class O>
-void gemv_f32(const float* W, const float* x, float* y, int64_t K, int64_t n0, int64_t n1) {
+void gemv_f32(const float* W, const float* x, float* y, int64_t K, int64_t n0, int64_t n1,
+              bool prefetch) {
   using V = typename O::V;
   constexpr int64_t w2 = 2 * O::kWidth;
   const int64_t q = (n1 - n0) / 4, whole = K / w2 * w2;
@@ -72,9 +76,10 @@ void gemv_f32(const float* W, const float* x, float* y, int64_t K, int64_t n0, i
     for (auto& r : a) r[0] = r[1] = O::zero();
     for (int64_t k = 0; k < whole; k += w2) {
       const V x0 = O::load(x + k), x1 = O::load(x + k + O::kWidth);
-      for (int r = 0; r < 4; ++r)
-        for (int64_t b = 0; b < w2 * 4; b += 64)  // every cache line of this step's block
-          prefetch_ahead(w + r * stride + k, kPrefetchBytes + b);
+      if (prefetch)
+        for (int r = 0; r < 4; ++r)
+          for (int64_t b = 0; b < w2 * 4; b += 64)  // every cache line of this step's block
+            prefetch_ahead(w + r * stride + k, kPrefetchBytes + b);
       for (int r = 0; r < 4; ++r) {
         a[r][0] = O::fma(O::load(w + r * stride + k), x0, a[r][0]);
         a[r][1] = O::fma(O::load(w + r * stride + k + O::kWidth), x1, a[r][1]);
@@ -123,7 +128,8 @@ void gemv_i8(const GemvI8& g, int64_t n0, int64_t n1) {
     for (int64_t v = 0; v < vectors; ++v) {
       const typename O::X x = O::prepare_x(g.x + v * kW);
       const int8_t* p = w + v * kW;
-      for (int j = 0; j < 4; ++j) prefetch_ahead(p + j * stride, kPrefetchBytes);
+      if (g.prefetch)
+        for (int j = 0; j < 4; ++j) prefetch_ahead(p + j * stride, kPrefetchBytes);
       a0 = O::dot(a0, O::load_w(p), x);
       a1 = O::dot(a1, O::load_w(p + stride), x);
       a2 = O::dot(a2, O::load_w(p + 2 * stride), x);

@@ -96,12 +96,13 @@ TEST(engine_gemv_kernels_match_reference) {
       const int64_t N = 13;
       const auto W = randoms(N * K, g), x = randoms(K, g);
       std::vector<float> y(size_t(N), 1e9f);
-      // in three uneven pieces: a row's result must not depend on where a split falls
-      kernel.fn(W.data(), x.data(), y.data(), K, 0, 5);
-      kernel.fn(W.data(), x.data(), y.data(), K, 5, 6);
-      kernel.fn(W.data(), x.data(), y.data(), K, 6, N);
+      // in three uneven pieces: a row's result must not depend on where a split falls,
+      // nor on the prefetching (the pieces prefetch, the whole does not)
+      kernel.fn(W.data(), x.data(), y.data(), K, 0, 5, true);
+      kernel.fn(W.data(), x.data(), y.data(), K, 5, 6, true);
+      kernel.fn(W.data(), x.data(), y.data(), K, 6, N, true);
       std::vector<float> whole(static_cast<size_t>(N));
-      kernel.fn(W.data(), x.data(), whole.data(), K, 0, N);
+      kernel.fn(W.data(), x.data(), whole.data(), K, 0, N, false);
       for (int64_t n = 0; n < N; ++n) {
         double want = 0, mag = 0;
         for (int64_t k = 0; k < K; ++k) {
@@ -157,11 +158,16 @@ TEST(engine_int8_gemv_kernels_exact) {
         std::vector<int32_t> got(static_cast<size_t>(N), 12345), want(static_cast<size_t>(N));
         engine::gemv_i8_ref({W.data(), N, K, x.data(), x_sum, want.data()}, 0, N);
         const int64_t split = N / 3 + extreme;  // [0, split) and [split, N)
-        k.fn({W.data(), N, K, x.data(), x_sum, got.data()}, 0, std::min(split, N));
-        k.fn({W.data(), N, K, x.data(), x_sum, got.data()}, std::min(split, N), N);
-        for (int64_t n = 0; n < N; ++n)
-          CHECK(got[size_t(n)] == want[size_t(n)], "%s K=%lld N=%lld extreme=%d row %lld: %d, want %d",
-                k.name, (long long)K, (long long)N, extreme, (long long)n, got[size_t(n)], want[size_t(n)]);
+        for (const bool prefetch : {true, false}) {
+          std::fill(got.begin(), got.end(), 12345);
+          k.fn({W.data(), N, K, x.data(), x_sum, got.data(), prefetch}, 0, std::min(split, N));
+          k.fn({W.data(), N, K, x.data(), x_sum, got.data(), prefetch}, std::min(split, N), N);
+          for (int64_t n = 0; n < N; ++n)
+            CHECK(got[size_t(n)] == want[size_t(n)],
+                  "%s K=%lld N=%lld extreme=%d prefetch=%d row %lld: %d, want %d", k.name,
+                  (long long)K, (long long)N, extreme, int(prefetch), (long long)n,
+                  got[size_t(n)], want[size_t(n)]);
+        }
       }
   }
 }
