@@ -129,9 +129,17 @@ def test_bad_values_are_refused(kwargs, message):
         Sampler(**kwargs)
 
 
-def test_bad_seed():
+@pytest.mark.parametrize("seed", ["x", True, -1, 2**64, 1.0])
+def test_bad_seed(seed):
+    # -1 and 2**64 used to wrap to 2**64 - 1 and 0: another seed's numbers
+    with pytest.raises(TinylmError, match=r"seed must be an integer in \[0, 2\*\*64\)"):
+        Rng(seed)
     with pytest.raises(TinylmError, match="seed"):
-        Rng("x")
+        Sampler(seed=seed)
+
+
+def test_largest_seed_is_its_own():
+    assert Rng(2**64 - 1).next_u64() != Rng(0).next_u64()
 
 
 def test_weight_exp_is_accurate():

@@ -69,7 +69,7 @@ import numpy as np
 
 from . import model as M
 from .errors import TinylmError
-from .sampling import NOT_FINITE, REPETITION_WINDOW, Sampler, check_sampling
+from .sampling import NOT_FINITE, REPETITION_WINDOW, Rng, Sampler, check_sampling
 
 # ---------------------------------------------------------------- the engines
 
@@ -581,8 +581,7 @@ def _seed(seed):
     would give the same text as its value modulo 2**64); a random one for None."""
     if seed is None:
         return int.from_bytes(os.urandom(8), "little")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**64:
-        raise TinylmError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+    Rng(seed)  # refuses anything else
     return int(seed)
 
 

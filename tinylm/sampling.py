@@ -63,8 +63,10 @@ class Rng:
     including 0, gives a well-mixed non-zero state."""
 
     def __init__(self, seed: int = 0):
-        if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
-            raise TinylmError(f"seed must be an integer, got {seed!r}")
+        # the state is 64 bits: any other seed would give the same numbers as its value
+        # modulo 2**64
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**64:
+            raise TinylmError(f"seed must be an integer in [0, 2**64), got {seed!r}")
         self.state = seed_state(int(seed))
 
     def next_u64(self) -> int:
