@@ -350,16 +350,16 @@ struct Tiled {
   static inline float scalar(float x) { return x; }
   static inline float scalar(uint16_t x) { return half_to_float(x); }
 
-  // Asks for the cache rows kPrefetchBytes past [p, p + n) (a hint: it never faults).
-  // Each head's rows of a chunk are a short run (64 keys), and with every head of a batch
-  // reading its own run the hardware prefetchers were late: in a decode step, where the
-  // weights have pushed the cache out of L2, `medium` int8 at 1 thread on the Zen 4 EPYC
-  // ~900 -> ~830 us a step (attention ~25% -> ~22% of it; 1 KB ahead was slower, 4 KB
-  // the same).
-  static constexpr int64_t kPrefetchBytes = 2048;
+  // Asks for the cache entries kCacheAheadBytes past [p, p + n) (a hint: it never
+  // faults). Each head's rows of a chunk are a short run (64 keys), and with every head
+  // of a batch reading its own run the hardware prefetchers were late: in a decode step,
+  // where the weights have pushed the cache out of L2, `medium` int8 at 1 thread on the
+  // Zen 4 EPYC (AVX-512; the GEMVs' own prefetch off) 859-969 -> 787-876 us a step (1 KB
+  // ahead was slower, 4 KB the same). Not measured on the AVX2 and NEON builds.
+  static constexpr int64_t kCacheAheadBytes = 2048;
   template <class E>
-  static inline void prefetch_ahead(const E* p, int64_t n) {
-    const uintptr_t a = reinterpret_cast<uintptr_t>(p) + kPrefetchBytes;
+  static inline void prefetch_entries_ahead(const E* p, int64_t n) {
+    const uintptr_t a = reinterpret_cast<uintptr_t>(p) + kCacheAheadBytes;
     for (uintptr_t b = 0; b < uintptr_t(n) * sizeof(E); b += 64)
       __builtin_prefetch(reinterpret_cast<const void*>(a + b), 0, 3);
   }
@@ -391,7 +391,7 @@ struct Tiled {
     int64_t t = 0;
     for (; t + 4 <= n; t += 4) {
       const E* k = K + t * D;
-      prefetch_ahead(k, 4 * D);
+      prefetch_entries_ahead(k, 4 * D);
       V a0 = O::zero(), a1 = O::zero(), a2 = O::zero(), a3 = O::zero();
       for (int64_t d = 0; d < D; d += W) {
         const V qv = O::load(q + d);
@@ -418,7 +418,8 @@ struct Tiled {
     for (; t + 2 <= n; t += 2) {
       const V p0 = O::set1(p[t]), p1 = O::set1(p[t + 1]);
       const E* row = Vrows + t * D;
-      prefetch_ahead(row, 2 * D);
+      prefetch_entries_ahead(row, NVt * W);  // this block's columns of both rows
+      prefetch_entries_ahead(row + D, NVt * W);
 #pragma GCC unroll 8
       for (int v = 0; v < NVt; ++v) {
         r[v] = O::fma(p0, load(row + v * W), r[v]);

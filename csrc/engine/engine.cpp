@@ -229,8 +229,9 @@ void Engine::embed(int32_t token, float* x) const {
   }
 }
 
-// Software prefetch helps a GEMV whose weights sit in L2 and costs one whose weights
-// stream from beyond it (gemv_streams.h), so it is asked for where a thread's share fits.
+// Software prefetch helped GEMVs whose weights sit in L2 and cost those whose weights
+// stream from beyond it on the Zen 4 (gemv_streams.h), so it is asked for where a
+// thread's share fits in its L2 (taking each thread to have an L2 of its own).
 Engine::Share Engine::share(int t, int T, Barrier& barrier) const {
   return Share{t, T, barrier, weight_bytes_ <= T * l2_cache_bytes()};
 }

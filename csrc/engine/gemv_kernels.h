@@ -1,5 +1,5 @@
 // The per-instruction-set float32 GEMV kernels (each file compiled with its own flags by
-// build_isa.py); only gemv.cpp and the tests call them directly. Each computes rows
+// build_isa.py); only gemv.cpp, the tests and benchmarks/*.cpp call them directly. Each computes rows
 // [n0, n1) of y = W x for a row-major W [N, K], and sums K in the same blocked order
 // whatever rows it is given, so a row's result does not depend on how rows are split.
 // With `prefetch`, the x86 kernels ask for each weight stream ahead of its loads
@@ -13,8 +13,8 @@ namespace tinylm::engine {
 // One int8 product c = W x (exact int32) for the decode step. x is padded with zeros to
 // a multiple of 64 bytes (kernels may read whole vectors of it); x_sum = sum(x). A row
 // of W may be read past its end, up to the next vector boundary (those bytes meet x's
-// zeros), but never past the end of W (the last row's end). prefetch: as for the float32
-// kernels below.
+// zeros), but never past the end of W (the last row's end). prefetch: as at the top of
+// this file.
 struct GemvI8 {
   const int8_t* W;
   int64_t N, K;

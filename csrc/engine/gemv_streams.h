@@ -26,14 +26,16 @@
 namespace tinylm::engine::streams {
 
 // How far ahead of its loads each stream asks for its weights, when the caller asks for
-// that (a hint: it never faults, even past the matrix's end). Where a thread's weights
-// sit in its L2 the hardware prefetchers left the loads waiting on it: on the Xeon
-// (2 MB of L2), decode steps, old and new builds alternated, `baby` int8 (0.9 MB) 1
-// thread 26.3 -> 24.4 us (256 and 1024 bytes the same), `baby` fp32 2 threads (1.6 MB
-// each) 100 -> 96 us (medians of 8). Where they stream from beyond L2 it costs: on the
-// Zen 4 EPYC (1 MB of L2), `medium` int8 1 thread ~1,070 -> ~940 us without it, `small`
-// fp32 ~730 -> ~670 us (benchmarks/NOTES.md, the thirteenth session). The engine asks
-// for it where a thread's share of the weights fits in its L2.
+// that (a hint: it never faults, even past the matrix's end). Decode steps, old and new
+// builds alternated. On the Xeon (2 MB of L2) it was added with: `baby` int8 (0.9 MB, in
+// L2) 1 thread 26.3 -> 24.4 us (256 and 1024 bytes the same), `baby` fp32 2 threads
+// (1.6 MB each) 100 -> 96 us (medians of 8), and `small` fp32 2 threads (beyond L2)
+// 606 -> 583 us. On the Zen 4 EPYC (1 MB of L2) it costs where the weights stream from
+// beyond L2: without it `medium` int8 1 thread 1,030-1,213 -> 892-984 us, `small` fp32
+// 731-782 -> 633-681, `baby` int8 the same (benchmarks/NOTES.md, the thirteenth
+// session). The engine asks for it where a thread's share of the weights fits in its L2:
+// right for every preset on the Zen 4, for `baby` on the Xeon; on the Xeon's `small`
+// fp32 and the Zen 3's `medium` (AVX2) the earlier measures favoured it beyond L2 too.
 constexpr int64_t kPrefetchBytes = 512;
 
 // The address is formed as an integer: it may lie past the end of the weights. Static,
