@@ -12,6 +12,7 @@
 //       csrc/engine/gemv_i8_avx2.cpp csrc/engine/gemv_i8_ref.cpp csrc/int8/read_avx2.cpp
 //       -o /tmp/gemv_avx2 && /tmp/gemv_avx2 small
 #include <immintrin.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -303,8 +304,13 @@ int main(int argc, char** argv) {
   for (int64_t k = 0; k < s.ff; ++k) x[k] = int8_t(int(rng() % 255) - 127);
   std::vector<int32_t> c(2048), want(2048);
 
+  // the engine's kernel as a one-thread step runs it: prefetching only where the weights
+  // fit in this core's L2 (Engine::share)
+  const long l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
+  const bool prefetch = bytes <= (l2 > 0 ? l2 : 1L << 20);
+  std::printf("the engine's kernel %s software prefetch here\n", prefetch ? "with" : "without");
   auto engine = [&](const Matrix& m) {
-    tinylm::engine::gemv_i8_avx2({m.w, m.N, m.K, x, 0, c.data()}, 0, m.N);
+    tinylm::engine::gemv_i8_avx2({m.w, m.N, m.K, x, 0, c.data(), prefetch}, 0, m.N);
   };
   // every variant must give the engine's products
   for (const Matrix& m : matrices) {
