@@ -29,8 +29,8 @@
 #include <string>
 
 #include "../attention/attention.h"
-#include "../half.h"
 #include "../cpu.h"
+#include "../half.h"
 #include "../int8/int8.h"
 #include "engine.h"
 
@@ -232,7 +232,7 @@ void Engine::embed(int32_t token, float* x) const {
 // Software prefetch helped GEMVs whose weights sit in L2 and cost those whose weights
 // stream from beyond it on the Zen 4 (gemv_streams.h), so it is asked for where a
 // thread's share fits in its L2 (taking each thread to have an L2 of its own).
-Engine::Share Engine::share(int t, int T, Barrier& barrier) const {
+Engine::Share Engine::share_of(int t, int T, Barrier& barrier) const {
   return Share{t, T, barrier, weight_bytes_ <= T * l2_cache_bytes()};
 }
 
@@ -304,7 +304,7 @@ int64_t Engine::decode(int32_t token, int64_t pos, int64_t max_tokens, const Sam
   // between the two barriers only.
   run_team(team_size(), [&](int t, int T, Barrier& barrier) {
     for (;;) {
-      forward_share(token, pos, logits_.data(), share(t, T, barrier));
+      forward_share(token, pos, logits_.data(), share_of(t, T, barrier));
       barrier.wait();  // the logits complete
       if (barrier.broken()) return;
       if (t == 0) {
@@ -356,7 +356,7 @@ void Engine::forward(int32_t token, int64_t pos, float* logits) {
   check_token(token);
   check_position(pos);
   run_team(team_size(), [&](int t, int T, Barrier& barrier) {
-    forward_share(token, pos, logits, share(t, T, barrier));
+    forward_share(token, pos, logits, share_of(t, T, barrier));
   });
 }
 

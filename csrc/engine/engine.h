@@ -135,7 +135,7 @@ class Engine {
     Barrier& barrier;
     bool prefetch;  // the GEMVs prefetch (this thread's share of the weights fits in L2)
   };
-  Share share(int t, int T, Barrier& barrier) const;
+  Share share_of(int t, int T, Barrier& barrier) const;  // thread t's of a team of T
   void forward(int32_t token, int64_t pos, float* logits);  // step() without the clock
   void remember(int32_t token);  // decode(): a pick joins the recent tokens
   void check_token(int32_t token) const;
