@@ -95,16 +95,20 @@ def test_non_native_and_non_contiguous_inputs(tmp_path):
 def test_layout_header_aligned_and_tensors_aligned(tmp_path):
     path = tmp_path / "m.safetensors"
     tensors = {"a_u8": np.arange(3, dtype=np.uint8), "b_f64": np.ones(3), "c_f16": np.ones(1, np.float16),
-               "d_f32": np.ones(5, np.float32)}
+               "d_f32": np.ones(5, np.float32),
+               # whole cache lines: each must start on one, whatever the others' sizes
+               "e_i8": np.ones((3, 64), np.int8), "f_f32": np.ones(48, np.float32), "g_u8": np.ones(64, np.uint8)}
     save_safetensors(path, tensors)
     raw = path.read_bytes()
     n = int.from_bytes(raw[:8], "little")
-    assert n % 8 == 0
+    assert (8 + n) % 64 == 0
     header = json.loads(raw[8 : 8 + n])
     for name, info in header.items():
         if name != "__metadata__":
             b, e = info["data_offsets"]
             assert b % np.dtype(tensors[name].dtype).itemsize == 0, name
+            if tensors[name].nbytes % 64 == 0:
+                assert b % 64 == 0, name
     loaded, _ = load_safetensors(path)
     assert all(a.flags.aligned for a in loaded.values())
 

@@ -190,6 +190,20 @@ def _check_metadata(path: str, metadata: Mapping[str, str] | None) -> dict[str, 
     return meta
 
 
+CACHE_LINE = 64  # bytes
+
+
+def _layout_order(name: str, arr: np.ndarray):
+    """Where a tensor goes in the data, which starts on a cache line: by the largest power
+    of two (up to a cache line) that divides its size, then the largest first. Each tensor
+    then starts on a multiple of that power, which its item size divides (so memory-mapped
+    arrays are aligned); one of whole cache lines starts on a cache line (a kernel's 64-byte
+    loads of a matrix that did not were split across two lines: `small` int8's GEMV ~4%
+    slower); and so does the largest of the rest."""
+    alignment = min(CACHE_LINE, arr.nbytes & -arr.nbytes) if arr.nbytes else CACHE_LINE
+    return -alignment, -arr.nbytes, name
+
+
 def _build_header(entries: list[tuple[str, str, np.ndarray]], meta: dict[str, str]) -> bytes:
     header: dict[str, object] = {"__metadata__": meta}
     offset = 0
@@ -197,8 +211,8 @@ def _build_header(entries: list[tuple[str, str, np.ndarray]], meta: dict[str, st
         header[name] = {"dtype": dtname, "shape": list(arr.shape), "data_offsets": [offset, offset + arr.nbytes]}
         offset += arr.nbytes
     raw = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    # Pad with spaces so that the data buffer (at 8 + len) starts 8-byte aligned.
-    return raw + b" " * (-len(raw) % 8)
+    # Pad with spaces so that the data buffer (at 8 + len) starts on a cache line.
+    return raw + b" " * (-(8 + len(raw)) % CACHE_LINE)
 
 
 def save_safetensors(
@@ -209,16 +223,15 @@ def save_safetensors(
     """Write ``tensors`` and string ``metadata`` to a safetensors file, atomically.
 
     Metadata always includes ``"format": "pt"``. Tensors are stored C-contiguous and
-    little-endian. They are laid out by decreasing item size, then by name: the format
-    forbids gaps between tensors, and this order is what keeps every tensor naturally
-    aligned in the file (so memory-mapped arrays are aligned) without padding.
+    little-endian. The format forbids gaps between tensors, so alignment comes from their
+    order alone (`_layout_order`).
     """
     spath = os.fspath(path)
     if not isinstance(tensors, Mapping):
         raise CheckpointError(f"{spath}: tensors must be a dict of name -> numpy array")
     meta = _check_metadata(spath, metadata)
     entries = [(name, *_prepare_tensor(spath, name, arr)) for name, arr in tensors.items()]
-    entries.sort(key=lambda e: (-e[2].dtype.itemsize, e[0]))
+    entries.sort(key=lambda e: _layout_order(e[0], e[2]))
     header = _build_header(entries, meta)
     with _atomic_writer(spath) as f:
         f.write(len(header).to_bytes(8, "little"))
