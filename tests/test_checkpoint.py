@@ -147,6 +147,21 @@ def test_round_trip_hypothesis(tmp_path, spec, meta):
     for name, arr in tensors.items():
         assert got[name].dtype == arr.dtype and got[name].shape == arr.shape
         np.testing.assert_array_equal(got[name], arr)
+        # the layout: aligned for its items, and on a cache line if it is whole lines
+        # (an empty tensor has no bytes in the file to place)
+        assert got[name].ctypes.data % arr.dtype.itemsize == 0, name
+        if arr.nbytes and arr.nbytes % 64 == 0:
+            assert got[name].ctypes.data % 64 == 0, name
+
+
+def test_a_header_over_the_limit_is_refused_when_written(tmp_path, monkeypatch):
+    # padding to a cache line could take a header just under the limit over it, where
+    # no reader would open the file
+    import tinylm.checkpoint as ck
+    monkeypatch.setattr(ck, "MAX_HEADER_BYTES", 100)
+    with pytest.raises(CheckpointError, match="over the format's limit of 100"):
+        save_safetensors(tmp_path / "m.safetensors", {"a": np.zeros(1, np.float32)}, {"k": "v" * 60})
+    assert not (tmp_path / "m.safetensors").exists()
 
 
 # ---------------------------------------------------------------------------- interop

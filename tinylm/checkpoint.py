@@ -199,12 +199,12 @@ def _layout_order(name: str, arr: np.ndarray):
     then starts on a multiple of that power, which its item size divides (so memory-mapped
     arrays are aligned); one of whole cache lines starts on a cache line (a kernel's 64-byte
     loads of a matrix that did not were split across two lines: `small` int8's GEMV ~4%
-    slower); and so does the largest of the rest."""
+    slower); and so does the first tensor after those."""
     alignment = min(CACHE_LINE, arr.nbytes & -arr.nbytes) if arr.nbytes else CACHE_LINE
     return -alignment, -arr.nbytes, name
 
 
-def _build_header(entries: list[tuple[str, str, np.ndarray]], meta: dict[str, str]) -> bytes:
+def _build_header(path: str, entries: list[tuple[str, str, np.ndarray]], meta: dict[str, str]) -> bytes:
     header: dict[str, object] = {"__metadata__": meta}
     offset = 0
     for name, dtname, arr in entries:
@@ -212,7 +212,11 @@ def _build_header(entries: list[tuple[str, str, np.ndarray]], meta: dict[str, st
         offset += arr.nbytes
     raw = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     # Pad with spaces so that the data buffer (at 8 + len) starts on a cache line.
-    return raw + b" " * (-(8 + len(raw)) % CACHE_LINE)
+    raw += b" " * (-(8 + len(raw)) % CACHE_LINE)
+    if len(raw) > MAX_HEADER_BYTES:  # no reader would open the file
+        raise CheckpointError(f"{path}: the header would be {len(raw):,} bytes, over the format's limit "
+                              f"of {MAX_HEADER_BYTES:,}: store large metadata as a tensor")
+    return raw
 
 
 def save_safetensors(
@@ -223,8 +227,8 @@ def save_safetensors(
     """Write ``tensors`` and string ``metadata`` to a safetensors file, atomically.
 
     Metadata always includes ``"format": "pt"``. Tensors are stored C-contiguous and
-    little-endian. The format forbids gaps between tensors, so alignment comes from their
-    order alone (`_layout_order`).
+    little-endian. The format forbids gaps between tensors, so alignment comes from the
+    header's padding (the data starts on a cache line) and their order (`_layout_order`).
     """
     spath = os.fspath(path)
     if not isinstance(tensors, Mapping):
@@ -232,7 +236,7 @@ def save_safetensors(
     meta = _check_metadata(spath, metadata)
     entries = [(name, *_prepare_tensor(spath, name, arr)) for name, arr in tensors.items()]
     entries.sort(key=lambda e: _layout_order(e[0], e[2]))
-    header = _build_header(entries, meta)
+    header = _build_header(spath, entries, meta)
     with _atomic_writer(spath) as f:
         f.write(len(header).to_bytes(8, "little"))
         f.write(header)
