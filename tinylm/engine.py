@@ -436,7 +436,11 @@ def peak_rss_mb():
 
 
 class Model:
-    """A loaded model file, ready to generate. Weights stay memory-mapped (fp32 or int8)."""
+    """A loaded model file, ready to generate. Weights stay memory-mapped (fp32 or int8).
+
+    `model.engine` is the engine underneath (prefill, step, decode over its own cache),
+    for research and the benchmarks: calls on it bypass the rule that one generator or
+    `logits()` call uses the model at a time, so do not mix them with a generation."""
 
     def __init__(self, path, engine="native"):
         from .modelfile import read_model
