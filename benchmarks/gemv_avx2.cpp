@@ -305,7 +305,7 @@ int main(int argc, char** argv) {
   std::vector<int32_t> c(2048), want(2048);
 
   // the engine's kernel as a one-thread step runs it: prefetching only where the weights
-  // fit in this core's L2 (Engine::share)
+  // fit in this core's L2 (Engine::share_of)
   const long l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
   const bool prefetch = bytes <= (l2 > 0 ? l2 : 1L << 20);
   std::printf("the engine's kernel %s software prefetch here\n", prefetch ? "with" : "without");

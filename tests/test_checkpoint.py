@@ -97,7 +97,8 @@ def test_layout_header_aligned_and_tensors_aligned(tmp_path):
     tensors = {"a_u8": np.arange(3, dtype=np.uint8), "b_f64": np.ones(3), "c_f16": np.ones(1, np.float16),
                "d_f32": np.ones(5, np.float32),
                # whole cache lines: each must start on one, whatever the others' sizes
-               "e_i8": np.ones((3, 64), np.int8), "f_f32": np.ones(48, np.float32), "g_u8": np.ones(64, np.uint8)}
+               "e_i8": np.ones((3, 64), np.int8), "f_f32": np.ones(48, np.float32),
+               "g_u8": np.ones(64, np.uint8)}
     save_safetensors(path, tensors)
     raw = path.read_bytes()
     n = int.from_bytes(raw[:8], "little")

@@ -204,7 +204,8 @@ def _layout_order(name: str, arr: np.ndarray):
     return -alignment, -arr.nbytes, name
 
 
-def _build_header(path: str, entries: list[tuple[str, str, np.ndarray]], meta: dict[str, str]) -> bytes:
+def _build_header(path: str, entries: list[tuple[str, str, np.ndarray]],
+                  meta: dict[str, str]) -> bytes:
     header: dict[str, object] = {"__metadata__": meta}
     offset = 0
     for name, dtname, arr in entries:

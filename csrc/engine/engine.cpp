@@ -303,8 +303,9 @@ int64_t Engine::decode(int32_t token, int64_t pos, int64_t max_tokens, const Sam
   // the barrier, and the others leave. token, pos, n and done are written by thread 0
   // between the two barriers only.
   run_team(team_size(), [&](int t, int T, Barrier& barrier) {
+    const Share share = share_of(t, T, barrier);
     for (;;) {
-      forward_share(token, pos, logits_.data(), share_of(t, T, barrier));
+      forward_share(token, pos, logits_.data(), share);
       barrier.wait();  // the logits complete
       if (barrier.broken()) return;
       if (t == 0) {

@@ -1,7 +1,8 @@
 // The per-instruction-set float32 GEMV kernels (each file compiled with its own flags by
-// build_isa.py); only gemv.cpp, the tests and benchmarks/*.cpp call them directly. Each computes rows
-// [n0, n1) of y = W x for a row-major W [N, K], and sums K in the same blocked order
-// whatever rows it is given, so a row's result does not depend on how rows are split.
+// build_isa.py); only gemv.cpp, the tests and benchmarks/*.cpp call them directly. Each
+// computes rows [n0, n1) of y = W x for a row-major W [N, K], and sums K in the same
+// blocked order whatever rows it is given, so a row's result does not depend on how rows
+// are split.
 // With `prefetch`, the x86 kernels ask for each weight stream ahead of its loads
 // (gemv_streams.h: where the weights sit in L2, not beyond it); the others ignore it.
 #pragma once

@@ -112,7 +112,8 @@ TEST(engine_gemv_kernels_match_reference) {
         CHECK(std::fabs(y[size_t(n)] - want) <= 1e-6 * mag + 1e-7,
               "%s K=%lld row %lld: %g, want %g", kernel.name, (long long)K, (long long)n,
               y[size_t(n)], want);
-        CHECK(y[size_t(n)] == whole[size_t(n)], "%s K=%lld row %lld depends on the split or the prefetch",
+        CHECK(y[size_t(n)] == whole[size_t(n)],
+              "%s K=%lld row %lld depends on the split or the prefetch",
               kernel.name, (long long)K, (long long)n);
       }
     }
