@@ -139,10 +139,12 @@ Engine::Engine(const Config& cfg, Weights weights, State state)
   const int64_t d = cfg_.d_model, kv = cfg_.n_kv_head * cfg_.head_dim();
   // A thread must stream enough of the weights between barriers to be worth them.
   // Measured with 2 threads, one-token steps before and after the steps became teams
-  // (before, the pool handed out each product; `baby` int8's, each below one chunk, all
-  // ran on the calling thread): `baby` int8 (0.9 MB) 41 -> 45 us, so it keeps one
-  // thread; `baby` fp32 (3.3 MB) 174 -> 148 us; `small` int8 (6.1 MB) 234 -> 204 us.
-  constexpr int64_t kBytesPerThread = 1 << 20;
+  // (before, the pool handed out each product): `baby` fp32 (3.3 MB) 174 -> 148 us,
+  // `small` int8 (6.1 MB) 234 -> 204 us. Since then the steps have become 4x shorter
+  // and the barriers no slower; on the Zen 4 EPYC, 1 and 2 threads forced, best of
+  // 3 s of decode: `baby` int8 (0.85 MB) 19.5 -> 15.0 us, `tiny` fp32 (0.47 MB) about
+  // 10.7 -> 9.6 us but noisy, `tiny` int8 (0.13 MB) 5.8 -> 6.0 us (benchmarks/NOTES.md).
+  constexpr int64_t kBytesPerThread = 256 << 10;
   weight_bytes_ = weight_bytes(w_);
   team_threads_ = int(std::clamp<int64_t>(weight_bytes_ / kBytesPerThread, 1, 1024));
   o_out_.resize(size_t(d));
