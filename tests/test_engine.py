@@ -2,6 +2,7 @@
 across thread counts and instruction sets; sampling reproducibility; streaming text,
 stop strings, the context-full policy (contexts as short as 1); one use of a model at a
 time; bad input."""
+import inspect
 import json
 import os
 import re
@@ -844,6 +845,62 @@ def test_wrong_config_in_file(model_files, tmp_path):
     path.write_bytes(len(new).to_bytes(8, "little") + new + raw[8 + header_len:])
     with pytest.raises(TinylmError, match="shape"):
         tinylm.load(str(path))
+
+
+def test_config_and_tokenizer_vocabularies_must_agree(tmp_path):
+    """A file whose config counted 200 tokens with the byte tokenizer's 257 loaded, and
+    the first prompt byte of 200 or more was a traceback; 300 against 257, the first
+    pick of 257 or more."""
+    for vocab in (200, 300):
+        cfg = ModelConfig(vocab_size=vocab, d_model=16, n_layer=1, n_head=2, n_kv_head=2,
+                          d_ff=24, context=16)
+        path = str(tmp_path / f"v{vocab}.safetensors")
+        save_model(path, cfg, init_params(cfg, seed=0), ByteTokenizer())
+        with pytest.raises(TinylmError, match=f"vocab_size is {vocab} but its tokenizer has 257"):
+            tinylm.load(path)
+
+
+def test_a_top_k_beyond_64_bits_keeps_every_token(model_files):
+    """top_k = 2**63 passed the checks and then failed crossing into C++ (an int64)."""
+    model = tinylm.load(model_files[1])
+    texts = ["".join(model.generate("hi", max_tokens=20, temperature=1.0, top_k=k, seed=4))
+             for k in (0, 2**63, 2**70)]
+    assert texts[0] == texts[1] == texts[2]
+
+
+def test_a_long_prompt_is_not_held_as_a_list(model_files):
+    """Every id of the prompt became a Python list before its last context was taken:
+    8 bytes a token more, 480 MB for a 60 MB prompt. Python's allocations (numpy's
+    included) for a 2 MB prompt: its 8 MB of int32 ids, not 16 MB more of list."""
+    import tracemalloc
+    model = tinylm.load(model_files[0])
+    prompt = bytes(range(256)) * (2 << 12)  # 2 MB
+    tracemalloc.start()
+    try:
+        text = "".join(model.generate(prompt, max_tokens=2, temperature=0))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert model.stats.prompt_tokens == len(prompt) and model.stats.generated_tokens == 2
+    assert text == "".join(model.generate(prompt[-CFG.context:], max_tokens=2, temperature=0))
+    assert peak < 14e6, peak
+
+
+def test_a_long_generation_keeps_a_bounded_history(model_files, monkeypatch):
+    """The history of picks grew without end (7.6 MB a million tokens); it is cut back to
+    what the window and the repetition penalty read, and the text is unchanged: the
+    reference engine, which reads the same history, agrees over many slides."""
+    lengths = []
+    feed = TextStream.feed
+    def spy(self, data):
+        lengths.append(len(inspect.currentframe().f_back.f_locals["history"]))
+        return feed(self, data)
+    monkeypatch.setattr(TextStream, "feed", spy)
+    kwargs = dict(max_tokens=600, temperature=1.0, repetition_penalty=1.3, seed=2,
+                  stop_at_eot=False)
+    native = "".join(tinylm.load(model_files[0]).generate("ab", **kwargs))
+    assert max(lengths) < 2 * max(CFG.context, 64) + 64 and len(lengths) > 10
+    assert native == "".join(tinylm.load(model_files[0], engine="numpy").generate("ab", **kwargs))
 
 
 @pytest.mark.parametrize("kwargs", [

@@ -180,6 +180,29 @@ def test_model_with_nan_weights_exits_2_with_one_line(tmp_path, capsys):
             assert code == 2 and "logits are NaN or infinite" in err and err.count("\n") == 1
 
 
+def test_quantize_refuses_nan_weights_and_int8_input_in_one_line(model_path, tmp_path, capsys):
+    """Quantizing a model with NaN weights ended in a ValueError's traceback-free but
+    status-1 message; an int8 input was told it "needs the int8 engine"."""
+    params = init_params(CFG, seed=5)
+    params["model.embed_tokens.weight"][1, 2] = float("inf")
+    bad, out = str(tmp_path / "inf.safetensors"), str(tmp_path / "out.safetensors")
+    save_model(bad, CFG, params, ByteTokenizer())
+    assert main(["quantize", bad, out]) == 2
+    err = capsys.readouterr().err
+    assert "model.embed_tokens.weight: contains NaN or infinity" in err and err.count("\n") == 1
+    int8 = str(tmp_path / "m8.safetensors")
+    quantize_file(model_path, int8)
+    assert main(["quantize", int8, out]) == 2
+    err = capsys.readouterr().err
+    assert "is already an int8 model; quantize reads an fp32 model" in err and err.count("\n") == 1
+
+
+def test_info_refuses_an_empty_model_path(capsys):
+    """`tinylm info ''` printed the CPU report, as if no model had been named."""
+    assert main(["info", ""]) == 2
+    assert "the model path is empty" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_console_streams_through_a_pipe(model_path, tmp_path):
     """Run as a user would: a subprocess whose output is a pipe; stdin gives the prompt.

@@ -157,10 +157,19 @@ def test_presets_match_the_documented_shapes():
     (dict(d_model=12, n_head=4, n_kv_head=4), "must be even"),
     (dict(n_layer=0), "n_layer must be positive"),
     (dict(context=2.5), "context must be an integer"),
+    # a NaN rope_theta made NaN logits, reported as NaN weights
+    (dict(rope_theta=float("nan")), "rope_theta must be a finite number, got nan"),
+    (dict(norm_eps=float("inf")), "norm_eps must be a finite number, got inf"),
+    (dict(rope_theta=True), "rope_theta must be a finite number, got True"),
 ])
 def test_invalid_configs_are_refused_with_a_clear_message(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         ModelConfig(**kwargs)
+
+
+def test_a_config_that_is_not_an_object_is_refused():
+    with pytest.raises(ConfigError, match="a model config must be a JSON object of fields, got list"):
+        ModelConfig.from_dict([1, 2])
 
 
 @pytest.mark.parametrize("n_kv_head", [4, 2])

@@ -1,4 +1,5 @@
 """Model shape: the config dataclass, its validation, and the named presets."""
+import math
 from dataclasses import asdict, dataclass, fields, replace
 
 from .errors import TinylmError
@@ -34,6 +35,9 @@ class ModelConfig:
             value = getattr(self, f.name)
             if f.type in ("int", int) and (not isinstance(value, int) or isinstance(value, bool)):
                 raise ConfigError(f"{f.name} must be an integer, got {value!r}")
+            if f.type in ("float", float) and (not isinstance(value, (int, float))
+                                               or isinstance(value, bool) or not math.isfinite(value)):
+                raise ConfigError(f"{f.name} must be a finite number, got {value!r}")
             if value <= 0:
                 raise ConfigError(f"{f.name} must be positive, got {value}")
         if self.d_model % self.n_head:
@@ -56,6 +60,8 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
+        if not isinstance(d, dict):
+            raise ConfigError(f"a model config must be a JSON object of fields, got {type(d).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:

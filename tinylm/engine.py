@@ -282,14 +282,15 @@ class NativeEngine(Engine):
         from . import _C
         with _not_finite_as_tinylm_error():
             token, sampler.rng.state = _C.engine_sample(
-                logits, sampler.temperature, sampler.top_k, sampler.top_p,
+                logits, sampler.temperature, _top_k(sampler, self.cfg.vocab_size), sampler.top_p,
                 sampler.repetition_penalty, sampler.rng.state, _recent(history, sampler))
         return token
 
     def decode(self, token, n, sampler, history, stop_token=-1):
         with _not_finite_as_tinylm_error():
             picks, sampler.rng.state = self._native.decode(
-                int(token), self.length, n, sampler.temperature, sampler.top_k, sampler.top_p,
+                int(token), self.length, n, sampler.temperature,
+                _top_k(sampler, self.cfg.vocab_size), sampler.top_p,
                 sampler.repetition_penalty, sampler.rng.state, _recent(history, sampler),
                 stop_token)
         self.length += len(picks)
@@ -299,6 +300,11 @@ class NativeEngine(Engine):
     def native_seconds(self):
         """Seconds spent in C++ decode steps so far (the benchmark's Python share)."""
         return self._native.native_seconds
+
+
+def _top_k(sampler, vocab_size):
+    """top-k for C++ (an int64): any k of at least the vocabulary keeps every token."""
+    return min(sampler.top_k, vocab_size)
 
 
 def _recent(history, sampler):
@@ -507,8 +513,11 @@ class Model:
         stream = TextStream(_stop_strings(stop))
         tok = self.tokenizer
         ids = tok.encode_bytes(prompt) if isinstance(prompt, (bytes, bytearray)) else tok.encode(prompt)
-        history = ids.tolist() or [tok.eot_id]  # nothing to continue: start a document
-        return self._generate(history, int(max_tokens), sampler, stream, bool(stop_at_eot))
+        # only the last context's worth is read (a list of every id of a long prompt took
+        # 8 bytes a token more, 480 MB for a 60 MB prompt)
+        history = ids[-self.cfg.context:].tolist() or [tok.eot_id]  # nothing: start a document
+        return self._generate(history, max(len(ids), len(history)), int(max_tokens), sampler,
+                              stream, bool(stop_at_eot))
 
     def _token_bytes(self, token):
         """The bytes of one token, memoized (decode_bytes goes through numpy)."""
@@ -517,16 +526,20 @@ class Model:
             b = self._bytes_of[token] = self.tokenizer.decode_bytes([token])
         return b
 
-    def _generate(self, history, max_tokens, sampler, stream, stop_at_eot=True):
+    def _generate(self, history, prompt_tokens, max_tokens, sampler, stream, stop_at_eot=True):
         # the cache is claimed at the first piece: a generator never started runs no
         # code, not even a `finally`, so it must not hold anything
         with self._using_cache("a second model.generate()"):
-            yield from self._stream(history, max_tokens, sampler, stream, stop_at_eot)
+            yield from self._stream(history, prompt_tokens, max_tokens, sampler, stream,
+                                    stop_at_eot)
 
-    def _stream(self, history, max_tokens, sampler, stream, stop_at_eot):
+    def _stream(self, history, prompt_tokens, max_tokens, sampler, stream, stop_at_eot):
         tok, eng, ctx = self.tokenizer, self.engine, self.cfg.context
         eot = tok.eot_id if stop_at_eot else -1
-        st = self.stats = Stats(prompt_tokens=len(history))
+        # what the window and the repetition penalty look at; history is cut back to it
+        # when it has grown to twice that, so a long generation keeps its memory
+        keep_history = max(ctx, REPETITION_WINDOW)
+        st = self.stats = Stats(prompt_tokens=prompt_tokens)
         t0 = time.perf_counter()
         if max_tokens == 0:
             return
@@ -548,6 +561,8 @@ class Model:
             if done:
                 picks = picks[:-1]
             history += picks
+            if len(history) >= 2 * keep_history:
+                del history[:-keep_history]
             text = stream.feed(b"".join(map(self._token_bytes, picks)))
             if text:
                 yield text

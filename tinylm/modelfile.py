@@ -53,6 +53,9 @@ def read_model(path):
         tokenizer = tokenizer_from_metadata(meta, tensors)
     except (ValueError, TypeError) as e:
         raise TinylmError(f"'{path}': invalid model metadata: {e}") from None
+    if cfg.vocab_size != tokenizer.vocab_size:  # ids of one would be out of range in the other
+        raise TinylmError(f"'{path}': invalid model metadata: the config's vocab_size is "
+                          f"{cfg.vocab_size} but its tokenizer has {tokenizer.vocab_size} tokens")
     return cfg, tensors, tokenizer, meta
 
 

@@ -224,10 +224,15 @@ def to_tensors(qparams: dict) -> dict:
 def quantize_file(in_path, out_path):
     """Reads an fp32 model file, writes the int8 model file; returns (fp32 bytes, int8 bytes)
     of the parameters. Refuses to write over its input (the fp32 weights would be gone)."""
-    from .modelfile import load_model, save_model
+    from .modelfile import load_model, read_model, save_model
+    if read_model(in_path)[3].get(WEIGHTS_KEY) == "int8":
+        raise TinylmError(f"'{in_path}' is already an int8 model; quantize reads an fp32 model")
     cfg, params, tokenizer = load_model(in_path)
     target = _output_file(in_path, out_path)
-    qparams = quantize_params(params)
+    try:
+        qparams = quantize_params(params)
+    except ValueError as e:  # NaN or infinity: a run that diverged, or a damaged file
+        raise TinylmError(f"'{in_path}': {e}") from None
     save_model(target, cfg, to_tensors(qparams), tokenizer,
                extra_metadata={WEIGHTS_KEY: "int8", "tinylm.int8_scheme": SCHEME})
     return (sum(np.asarray(p).nbytes for p in params.values()),
