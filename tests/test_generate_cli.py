@@ -183,13 +183,15 @@ def test_model_with_nan_weights_exits_2_with_one_line(tmp_path, capsys):
 def test_quantize_refuses_nan_weights_and_int8_input_in_one_line(model_path, tmp_path, capsys):
     """Quantizing a model with NaN weights ended in a ValueError's traceback-free but
     status-1 message; an int8 input was told it "needs the int8 engine"."""
-    params = init_params(CFG, seed=5)
-    params["model.embed_tokens.weight"][1, 2] = float("inf")
-    bad, out = str(tmp_path / "inf.safetensors"), str(tmp_path / "out.safetensors")
-    save_model(bad, CFG, params, ByteTokenizer())
-    assert main(["quantize", bad, out]) == 2
-    err = capsys.readouterr().err
-    assert "model.embed_tokens.weight: contains NaN or infinity" in err and err.count("\n") == 1
+    out = str(tmp_path / "out.safetensors")
+    for value in ("nan", "inf"):
+        params = init_params(CFG, seed=5)
+        params["model.layers.1.mlp.up_proj.weight"][1, 2] = float(value)
+        bad = str(tmp_path / f"{value}.safetensors")
+        save_model(bad, CFG, params, ByteTokenizer())
+        assert main(["quantize", bad, out]) == 2
+        err = capsys.readouterr().err
+        assert "up_proj.weight: contains NaN or infinity" in err and err.count("\n") == 1
     int8 = str(tmp_path / "m8.safetensors")
     quantize_file(model_path, int8)
     assert main(["quantize", int8, out]) == 2
@@ -200,7 +202,8 @@ def test_quantize_refuses_nan_weights_and_int8_input_in_one_line(model_path, tmp
 def test_info_refuses_an_empty_model_path(capsys):
     """`tinylm info ''` printed the CPU report, as if no model had been named."""
     assert main(["info", ""]) == 2
-    assert "the model path is empty" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "the model path is empty" in err and err.count("\n") == 1
 
 
 @pytest.mark.slow

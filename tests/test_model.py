@@ -161,6 +161,7 @@ def test_presets_match_the_documented_shapes():
     (dict(rope_theta=float("nan")), "rope_theta must be a finite number, got nan"),
     (dict(norm_eps=float("inf")), "norm_eps must be a finite number, got inf"),
     (dict(rope_theta=True), "rope_theta must be a finite number, got True"),
+    (dict(rope_theta=10**400), r"rope_theta must be a finite number, got 1000\d+\.\.\."),
 ])
 def test_invalid_configs_are_refused_with_a_clear_message(kwargs, message):
     with pytest.raises(ConfigError, match=message):
@@ -168,8 +169,14 @@ def test_invalid_configs_are_refused_with_a_clear_message(kwargs, message):
 
 
 def test_a_config_that_is_not_an_object_is_refused():
-    with pytest.raises(ConfigError, match="a model config must be a JSON object of fields, got list"):
+    with pytest.raises(ConfigError, match="must be a JSON object of fields, got list"):
         ModelConfig.from_dict([1, 2])
+
+
+def test_float_fields_take_any_finite_real():
+    """An integer rope_theta (JSON's 10000) and numpy's scalars are numbers too."""
+    assert ModelConfig(rope_theta=10000).rope_theta == 10000
+    assert ModelConfig(rope_theta=np.float32(1e4), norm_eps=np.float64(1e-6)).norm_eps == 1e-6
 
 
 @pytest.mark.parametrize("n_kv_head", [4, 2])

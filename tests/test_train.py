@@ -198,6 +198,22 @@ def test_truncated_checkpoint_is_refused_clearly(corpus, tmp_path, cache):
 
 
 @pytest.mark.slow
+def test_a_checkpoint_whose_vocabularies_disagree_is_refused_on_resume(corpus, tmp_path, cache):
+    """--resume read the config and the tokenizer itself, past the model files' check."""
+    out = tmp_path / "run"
+    train(corpus, out, cache, "--steps", 2)
+    ckpt = out / "checkpoint.safetensors"
+    raw = ckpt.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = raw[8:8 + n].replace(b'\\"vocab_size\\": 257', b'\\"vocab_size\\": 300')
+    assert len(header) == n and header != raw[8:8 + n]  # same length: the data stays put
+    ckpt.write_bytes(raw[:8] + header + raw[8 + n:])
+    proc = tinylm("train", "--resume", out, check=False, cache=cache)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "vocab_size is 300 but its tokenizer has 257 tokens" in proc.stderr
+
+
+@pytest.mark.slow
 def test_binary_corpus_and_stdin(tmp_path, cache):
     data = bytes(np.random.default_rng(1).integers(0, 256, 4000, dtype=np.uint8))
     out = tmp_path / "bin"

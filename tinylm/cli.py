@@ -5,7 +5,6 @@ been applied to the BLAS library's environment, which numpy reads when it is imp
 """
 import argparse
 import contextlib
-import itertools
 import os
 import re
 import sys
@@ -433,17 +432,17 @@ def cmd_generate(args):
                    as_flags=True)
     prompt = read_prompt(args)
     model = load(args.model, engine=args.engine)
-    pieces = model.generate(prompt, max_tokens=args.max_tokens, temperature=args.temperature,
+    tok, ctx = model.tokenizer, model.cfg.context
+    ids = tok.encode_bytes(prompt) if isinstance(prompt, bytes) else tok.encode(prompt)
+    if len(ids) > ctx:
+        print(f"tinylm: note: the prompt is {len(ids)} tokens; the model reads its last {ctx} "
+              "(its context)", file=sys.stderr)
+    pieces = model.generate(ids, max_tokens=args.max_tokens, temperature=args.temperature,
                             top_k=args.top_k, top_p=args.top_p,
                             repetition_penalty=args.repetition_penalty, seed=args.seed,
                             stop=args.stop)
-    first = next(pieces, "")  # by then the prompt is read, and its length in the stats
-    ctx, n_prompt = model.cfg.context, model.stats.prompt_tokens
-    if n_prompt > ctx:
-        print(f"tinylm: note: the prompt is {n_prompt} tokens; the model reads its last {ctx} "
-              "(its context)", file=sys.stderr)
-    # a reader that leaves early (| head) is handled in main()
-    for piece in itertools.chain([first], pieces):
+    del ids  # a long prompt's ids are not needed while it generates
+    for piece in pieces:  # a reader that leaves early (| head) is handled in main()
         write_utf8(piece)
     write_utf8("\n")
     if args.stats:
@@ -465,7 +464,8 @@ def add_info_parser(sub):
 def cmd_info(args):
     set_threads(args.threads)
     if args.model == "":
-        raise TinylmError("the model path is empty; give a model file, or nothing for the CPU report")
+        raise TinylmError("the model path is empty; give a model file, or nothing for the "
+                          "CPU report")
     if args.model is not None:
         return describe_model(args.model)
     import platform

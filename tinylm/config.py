@@ -1,5 +1,6 @@
 """Model shape: the config dataclass, its validation, and the named presets."""
 import math
+import numbers
 from dataclasses import asdict, dataclass, fields, replace
 
 from .errors import TinylmError
@@ -7,6 +8,17 @@ from .errors import TinylmError
 
 class ConfigError(TinylmError):
     pass
+
+
+def _finite_number(value) -> bool:
+    """A real number (numpy's too; not a bool) that is finite as a float: an integer too
+    large for a float (JSON allows 1 followed by 400 zeros) is not."""
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -35,9 +47,9 @@ class ModelConfig:
             value = getattr(self, f.name)
             if f.type in ("int", int) and (not isinstance(value, int) or isinstance(value, bool)):
                 raise ConfigError(f"{f.name} must be an integer, got {value!r}")
-            if f.type in ("float", float) and (not isinstance(value, (int, float))
-                                               or isinstance(value, bool) or not math.isfinite(value)):
-                raise ConfigError(f"{f.name} must be a finite number, got {value!r}")
+            if f.type in ("float", float) and not _finite_number(value):
+                shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+                raise ConfigError(f"{f.name} must be a finite number, got {shown}")
             if value <= 0:
                 raise ConfigError(f"{f.name} must be positive, got {value}")
         if self.d_model % self.n_head:
@@ -61,7 +73,8 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
         if not isinstance(d, dict):
-            raise ConfigError(f"a model config must be a JSON object of fields, got {type(d).__name__}")
+            raise ConfigError("a model config must be a JSON object of fields, "
+                              f"got {type(d).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:

@@ -302,6 +302,11 @@ class NativeEngine(Engine):
         return self._native.native_seconds
 
 
+def _history_limit(context):
+    """The recent tokens a generation keeps: the window's and the repetition penalty's."""
+    return max(context, REPETITION_WINDOW)
+
+
 def _top_k(sampler, vocab_size):
     """top-k for C++ (an int64): any k of at least the vocabulary keeps every token."""
     return min(sampler.top_k, vocab_size)
@@ -500,7 +505,8 @@ class Model:
 
     def generate(self, prompt="", max_tokens=256, temperature=0.8, top_k=0, top_p=0.95,
                  repetition_penalty=1.0, seed=None, stop=(), stop_at_eot=True):
-        """Yields the text as it is produced, for `prompt` (str or bytes). Stops after
+        """Yields the text as it is produced, for `prompt` (str, bytes, or a 1-d sequence of
+        token ids, as the tokenizer's encode gives them). Stops after
         max_tokens tokens, at the end-of-text token (unless stop_at_eot is false, as for
         a benchmark that wants exactly max_tokens), or before the first stop string
         (`stop`: a str, a list of str, or None for none). `seed`: an integer in
@@ -511,13 +517,27 @@ class Model:
             raise TinylmError(f"max_tokens must be a non-negative integer, got {max_tokens!r}")
         sampler = Sampler(temperature, top_k, top_p, repetition_penalty, _seed(seed))
         stream = TextStream(_stop_strings(stop))
-        tok = self.tokenizer
-        ids = tok.encode_bytes(prompt) if isinstance(prompt, (bytes, bytearray)) else tok.encode(prompt)
+        ids = self._prompt_ids(prompt)
         # only the last context's worth is read (a list of every id of a long prompt took
-        # 8 bytes a token more, 480 MB for a 60 MB prompt)
-        history = ids[-self.cfg.context:].tolist() or [tok.eot_id]  # nothing: start a document
-        return self._generate(history, max(len(ids), len(history)), int(max_tokens), sampler,
-                              stream, bool(stop_at_eot))
+        # 8 bytes a token more, 480 MB for a 60 MB prompt); nothing: start a document
+        history = ids[-self.cfg.context:].tolist() or [self.tokenizer.eot_id]
+        return self._generate(history, len(ids) or 1, int(max_tokens), sampler, stream,
+                              bool(stop_at_eot))
+
+    def _prompt_ids(self, prompt):
+        """The prompt's token ids: a str or bytes encoded, token ids checked."""
+        tok = self.tokenizer
+        if isinstance(prompt, str):
+            return tok.encode(prompt)
+        if isinstance(prompt, (bytes, bytearray, memoryview)):
+            return tok.encode_bytes(prompt)
+        ids = np.asarray(prompt)
+        if ids.ndim != 1 or (ids.size and ids.dtype.kind not in "iu"):
+            raise TinylmError(f"a prompt is a str, bytes or a 1-d sequence of token ids, got "
+                              f"{type(prompt).__name__} ({ids.dtype} {ids.shape})")
+        if ids.size and (ids.min() < 0 or ids.max() >= self.cfg.vocab_size):
+            raise TinylmError(f"a prompt's token ids must lie in [0, {self.cfg.vocab_size})")
+        return ids.astype(np.int32, copy=False)
 
     def _token_bytes(self, token):
         """The bytes of one token, memoized (decode_bytes goes through numpy)."""
@@ -536,14 +556,13 @@ class Model:
     def _stream(self, history, prompt_tokens, max_tokens, sampler, stream, stop_at_eot):
         tok, eng, ctx = self.tokenizer, self.engine, self.cfg.context
         eot = tok.eot_id if stop_at_eot else -1
-        # what the window and the repetition penalty look at; history is cut back to it
-        # when it has grown to twice that, so a long generation keeps its memory
-        keep_history = max(ctx, REPETITION_WINDOW)
+        # what the window and the repetition penalty read; history is cut back to it when
+        # it has grown to twice that, so a long generation's memory stays bounded
+        history_limit = _history_limit(ctx)
         st = self.stats = Stats(prompt_tokens=prompt_tokens)
         t0 = time.perf_counter()
         if max_tokens == 0:
             return
-        history = history[-ctx:]
         eng.reset()
         picks = [eng.sample(eng.prefill(history), sampler, history)]
         st.prefill_seconds = st.first_token_seconds = time.perf_counter() - t0
@@ -561,8 +580,8 @@ class Model:
             if done:
                 picks = picks[:-1]
             history += picks
-            if len(history) >= 2 * keep_history:
-                del history[:-keep_history]
+            if len(history) >= 2 * history_limit:
+                del history[:-history_limit]
             text = stream.feed(b"".join(map(self._token_bytes, picks)))
             if text:
                 yield text

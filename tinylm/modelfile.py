@@ -51,12 +51,18 @@ def read_model(path):
     try:
         cfg = ModelConfig.from_dict(json.loads(meta[CONFIG_KEY]))
         tokenizer = tokenizer_from_metadata(meta, tensors)
+        check_vocab(cfg, tokenizer)
     except (ValueError, TypeError) as e:
         raise TinylmError(f"'{path}': invalid model metadata: {e}") from None
-    if cfg.vocab_size != tokenizer.vocab_size:  # ids of one would be out of range in the other
-        raise TinylmError(f"'{path}': invalid model metadata: the config's vocab_size is "
-                          f"{cfg.vocab_size} but its tokenizer has {tokenizer.vocab_size} tokens")
     return cfg, tensors, tokenizer, meta
+
+
+def check_vocab(cfg, tokenizer):
+    """ValueError unless the config and the tokenizer count the same tokens (the ids of
+    one would be out of range in the other, failing at the first such byte or pick)."""
+    if cfg.vocab_size != tokenizer.vocab_size:
+        raise ValueError(f"the config's vocab_size is {cfg.vocab_size} but its tokenizer has "
+                         f"{tokenizer.vocab_size} tokens")
 
 
 def load_model(path):

@@ -28,7 +28,7 @@ from .checkpoint import CheckpointError, load_safetensors, save_safetensors
 from .config import ModelConfig, format_count
 from .errors import TinylmError
 from .model import check_params, forward, init_params, loss_and_grads, param_shapes
-from .modelfile import CONFIG_KEY, model_tensors_and_metadata, save_model
+from .modelfile import CONFIG_KEY, check_vocab, model_tensors_and_metadata, save_model
 from .optim import AdamW, clip_grad_norm, lr_at
 from .progress import Progress, format_bytes, format_duration
 from .tokenizer import tokenizer_from_metadata
@@ -253,6 +253,7 @@ class Run:
             state = json.loads(meta[STATE_KEY])
             model_cfg = ModelConfig.from_dict(json.loads(meta[CONFIG_KEY]))
             tokenizer = tokenizer_from_metadata(meta, tensors)
+            check_vocab(model_cfg, tokenizer)
             check_params(model_cfg, tensors)
             saved = dict(state["train"])
             if (saved["data"] == "-" and "data" not in (overrides or {})

@@ -137,17 +137,20 @@ Engine::Engine(const Config& cfg, Weights weights, State state)
   const bool half = !st_.k_cache && !st_.v_cache && st_.k_half && st_.v_half;
   if (!f32 && !half) invalid("engine: the k and v caches must both be float32 or both halves");
   const int64_t d = cfg_.d_model, kv = cfg_.n_kv_head * cfg_.head_dim();
-  // A thread must stream enough of the weights between barriers to be worth them.
-  // Measured with 2 threads, one-token steps before and after the steps became teams
-  // (before, the pool handed out each product): `baby` fp32 (3.3 MB) 174 -> 148 us,
-  // `small` int8 (6.1 MB) 234 -> 204 us. Since then the steps have become 4x shorter
-  // and the barriers no slower; on the Zen 4 EPYC, 1 and 2 threads forced, best of
-  // 3 s of decode: `baby` int8 (0.85 MB) 19.5 -> 15.0 us, `tiny` fp32 (0.47 MB) about
-  // 10.7 -> 9.6 us but noisy, `tiny` int8 (0.13 MB) 5.8 -> 6.0 us (benchmarks/NOTES.md).
-  // 384 KB a thread gives `baby` int8 the team of two measured, on more cores too.
-  constexpr int64_t kBytesPerThread = 384 << 10;
+  // A thread must stream enough of the weights between barriers to be worth them: one
+  // per MB, and a team of two from 768 KB. On the Xeon, 2 threads, one-token steps
+  // before and after the steps became teams (before, the pool handed out each product):
+  // `baby` fp32 (3.3 MB) 174 -> 148 us, `small` int8 (6.1 MB) 234 -> 204 us, but `baby`
+  // int8 (0.85 MB) 41 -> 45 us, so it had kept one thread. On the Zen 4 EPYC, with
+  // steps 2x shorter, 1 and 2 threads forced, best of 3 s of decode calls: `baby` int8
+  // 19.5 -> 15.0 us; `tiny` int8 (0.13 MB) 5.8 -> 6.0 us; `tiny` fp32 (0.47 MB) 10.7 ->
+  // 9.6 us at best, but as slow as 16.5 us on average in one run, so it keeps one
+  // (benchmarks/NOTES.md). Larger teams for smaller shares were not measured.
+  constexpr int64_t kBytesPerThread = 1 << 20, kBytesForTwo = 768 << 10;
   weight_bytes_ = weight_bytes(w_);
-  team_threads_ = int(std::clamp<int64_t>(weight_bytes_ / kBytesPerThread, 1, 1024));
+  team_threads_ = int(std::clamp<int64_t>(
+      std::max<int64_t>(weight_bytes_ / kBytesPerThread, weight_bytes_ >= kBytesForTwo ? 2 : 1),
+      1, 1024));
   o_out_.resize(size_t(d));
   down_out_.resize(size_t(d));
   qkv_.resize(size_t(d + 2 * kv));

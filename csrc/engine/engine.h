@@ -112,8 +112,9 @@ class Engine {
 
   const Config& config() const { return cfg_; }
 
-  // Threads a step uses at most (the pool's size caps it): by default one per 384 KB of
-  // weights, as fewer bytes a thread do not repay a step's barriers. Settable for tests.
+  // Threads a step uses at most (the pool's size caps it): by default one per MB of
+  // weights and two from 768 KB, as fewer bytes a thread do not repay a step's barriers.
+  // Settable for tests.
   int max_threads() const { return team_threads_; }
   void set_max_threads(int n) { team_threads_ = std::max(1, n); }
 
