@@ -181,8 +181,8 @@ def test_model_with_nan_weights_exits_2_with_one_line(tmp_path, capsys):
 
 
 def test_quantize_refuses_nan_weights_and_int8_input_in_one_line(model_path, tmp_path, capsys):
-    """Quantizing a model with NaN weights ended in a ValueError's traceback-free but
-    status-1 message; an int8 input was told it "needs the int8 engine"."""
+    """Quantizing a model with NaN or infinite weights exited with status 1 and the
+    bare ValueError; an int8 input was told it "needs the int8 engine"."""
     out = str(tmp_path / "out.safetensors")
     for value in ("nan", "inf"):
         params = init_params(CFG, seed=5)
