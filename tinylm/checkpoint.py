@@ -215,8 +215,8 @@ def _build_header(path: str, entries: list[tuple[str, str, np.ndarray]],
     # Pad with spaces so that the data buffer (at 8 + len) starts on a cache line.
     raw += b" " * (-(8 + len(raw)) % CACHE_LINE)
     if len(raw) > MAX_HEADER_BYTES:  # no reader would open the file
-        raise CheckpointError(f"{path}: the header would be {len(raw):,} bytes, over the format's limit "
-                              f"of {MAX_HEADER_BYTES:,}: store large metadata as a tensor")
+        raise CheckpointError(f"{path}: the header would be {len(raw):,} bytes, over the format's "
+                              f"limit of {MAX_HEADER_BYTES:,}: store large metadata as a tensor")
     return raw
 
 

@@ -282,8 +282,8 @@ class NativeEngine(Engine):
         from . import _C
         with _not_finite_as_tinylm_error():
             token, sampler.rng.state = _C.engine_sample(
-                logits, sampler.temperature, _top_k(sampler, self.cfg.vocab_size), sampler.top_p,
-                sampler.repetition_penalty, sampler.rng.state, _recent(history, sampler))
+                logits, sampler.temperature, _top_k(sampler, self.cfg.vocab_size),
+                sampler.top_p, sampler.repetition_penalty, sampler.rng.state, _recent(history, sampler))
         return token
 
     def decode(self, token, n, sampler, history, stop_token=-1):

@@ -65,7 +65,8 @@ class Rng:
     def __init__(self, seed: int = 0):
         # the state is 64 bits: any other seed would give the same numbers as its value
         # modulo 2**64
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**64:
+        if (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
+                or not 0 <= seed < 2**64):
             raise TinylmError(f"seed must be an integer in [0, 2**64), got {seed!r}")
         self.state = seed_state(int(seed))
 

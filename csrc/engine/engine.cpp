@@ -148,9 +148,8 @@ Engine::Engine(const Config& cfg, Weights weights, State state)
   // (benchmarks/NOTES.md). Larger teams for smaller shares were not measured.
   constexpr int64_t kBytesPerThread = 1 << 20, kBytesForTwo = 768 << 10;
   weight_bytes_ = weight_bytes(w_);
-  team_threads_ = int(std::clamp<int64_t>(
-      std::max<int64_t>(weight_bytes_ / kBytesPerThread, weight_bytes_ >= kBytesForTwo ? 2 : 1),
-      1, 1024));
+  const int64_t at_least = weight_bytes_ >= kBytesForTwo ? 2 : 1;
+  team_threads_ = int(std::min<int64_t>(std::max(weight_bytes_ / kBytesPerThread, at_least), 1024));
   o_out_.resize(size_t(d));
   down_out_.resize(size_t(d));
   qkv_.resize(size_t(d + 2 * kv));
