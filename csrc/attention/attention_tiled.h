@@ -350,18 +350,21 @@ struct Tiled {
   static inline float scalar(float x) { return x; }
   static inline float scalar(uint16_t x) { return half_to_float(x); }
 
-  // Asks for the cache entries kCacheAheadBytes past [p, p + n) (a hint: it never
-  // faults). Each head's rows of a chunk are a short run (64 keys), and with every head
-  // of a batch reading its own run the hardware prefetchers were late: in a decode step,
-  // where the weights have pushed the cache out of L2, `medium` int8 at 1 thread on the
-  // Zen 4 EPYC (AVX-512; the GEMVs' own prefetch off) 859-969 -> 787-876 us a step (1 KB
-  // ahead was slower, 4 KB the same). Not measured on the AVX2 and NEON builds.
+  // Asks for the cache entries [p, p + n) (a hint: it never faults): the rows the same
+  // thread reads next, so that they arrive while it computes on the rows it has.
+  template <class E>
+  static inline void prefetch_entries(const E* p, int64_t n) {
+    const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+    for (uintptr_t b = 0; b < uintptr_t(n) * sizeof(E); b += 64)
+      __builtin_prefetch(reinterpret_cast<const void*>(a + b), 0, 3);
+  }
+
+  // ... and the entries kCacheAheadBytes further on, ahead of a run's own loads (1 KB
+  // ahead was slower, 4 KB the same, for `medium` int8 on the Zen 4 EPYC).
   static constexpr int64_t kCacheAheadBytes = 2048;
   template <class E>
   static inline void prefetch_entries_ahead(const E* p, int64_t n) {
-    const uintptr_t a = reinterpret_cast<uintptr_t>(p) + kCacheAheadBytes;
-    for (uintptr_t b = 0; b < uintptr_t(n) * sizeof(E); b += 64)
-      __builtin_prefetch(reinterpret_cast<const void*>(a + b), 0, 3);
+    prefetch_entries(reinterpret_cast<const E*>(reinterpret_cast<uintptr_t>(p) + kCacheAheadBytes), n);
   }
 
   template <class E>
@@ -385,13 +388,16 @@ struct Tiled {
 
   // s[t] = q . k_t for n keys (D a multiple of W), four keys at a time so that four
   // independent chains of FMAs overlap, their horizontal sums done together (one sum at a
-  // time, its shuffles were most of a key's work at D = 48).
+  // time, its shuffles were most of a key's work at D = 48). Asks for the same keys' rows
+  // of `values` on the way, which the weighted sum reads next.
   template <class E>
-  static void scores4(const float* q, const E* K, int64_t D, int64_t n, float scale, float* s) {
+  static void scores4(const float* q, const E* K, const E* values, int64_t D, int64_t n,
+                      float scale, float* s) {
     int64_t t = 0;
     for (; t + 4 <= n; t += 4) {
       const E* k = K + t * D;
       prefetch_entries_ahead(k, 4 * D);
+      prefetch_entries(values + t * D, 4 * D);
       V a0 = O::zero(), a1 = O::zero(), a2 = O::zero(), a3 = O::zero();
       for (int64_t d = 0; d < D; d += W) {
         const V qv = O::load(q + d);
@@ -402,15 +408,17 @@ struct Tiled {
       }
       O::hsum4(a0, a1, a2, a3, scale, s + t);
     }
+    prefetch_entries(values + t * D, (n - t) * D);
     for (; t < n; ++t) s[t] = dot(q, K + t * D, D) * scale;
   }
 
   // acc[d0 : d0 + NVt*W] += sum_t p[t] * Vrows[t][same], accumulated in registers: even
   // and odd keys in separate accumulators, so that each FMA waits on the one two keys
-  // back (with one set, every key waited out the FMA latency of the key before).
+  // back (with one set, every key waited out the FMA latency of the key before). Asks for
+  // n rows of `next` on the way (when not null).
   template <int NVt, class E>
   static inline void weighted_rows(float* acc, const float* p, const E* Vrows, int64_t D,
-                                   int64_t n) {
+                                   int64_t n, const E* next) {
     V r[NVt], r2[NVt];
 #pragma GCC unroll 8
     for (int v = 0; v < NVt; ++v) r[v] = O::load(acc + v * W), r2[v] = O::zero();
@@ -420,6 +428,7 @@ struct Tiled {
       const E* row = Vrows + t * D;
       prefetch_entries_ahead(row, NVt * W);  // this block's columns of both rows
       prefetch_entries_ahead(row + D, NVt * W);
+      if (next != nullptr) prefetch_entries(next + t * D, 2 * D);
 #pragma GCC unroll 8
       for (int v = 0; v < NVt; ++v) {
         r[v] = O::fma(p0, load(row + v * W), r[v]);
@@ -427,6 +436,7 @@ struct Tiled {
       }
     }
     if (t < n) {
+      if (next != nullptr) prefetch_entries(next + t * D, D);
       const V pt = O::set1(p[t]);
 #pragma GCC unroll 8
       for (int v = 0; v < NVt; ++v) r[v] = O::fma(pt, load(Vrows + t * D + v * W), r[v]);
@@ -435,86 +445,70 @@ struct Tiled {
     for (int v = 0; v < NVt; ++v) O::store(acc + v * W, O::add(r[v], r2[v]));
   }
 
-  // acc[0:D] += sum_t p[t] * Vrows[t] (D a multiple of W), in column blocks of 4 vectors.
+  // acc[0:D] += sum_t p[t] * Vrows[t] (D a multiple of W), in column blocks of 4 vectors;
+  // the first block asks for n rows of `next`.
   template <class E>
-  static void weighted_sum(float* acc, const float* p, const E* Vrows, int64_t D, int64_t n) {
+  static void weighted_sum(float* acc, const float* p, const E* Vrows, const E* next, int64_t D,
+                           int64_t n) {
     int64_t d = 0;
-    for (; d + 4 * W <= D; d += 4 * W) weighted_rows<4>(acc + d, p, Vrows + d, D, n);
+    for (; d + 4 * W <= D; d += 4 * W, next = nullptr)
+      weighted_rows<4>(acc + d, p, Vrows + d, D, n, next);
     switch ((D - d) / W) {
-      case 3: weighted_rows<3>(acc + d, p, Vrows + d, D, n); break;
-      case 2: weighted_rows<2>(acc + d, p, Vrows + d, D, n); break;
-      case 1: weighted_rows<1>(acc + d, p, Vrows + d, D, n); break;
+      case 3: weighted_rows<3>(acc + d, p, Vrows + d, D, n, next); break;
+      case 2: weighted_rows<2>(acc + d, p, Vrows + d, D, n, next); break;
+      case 1: weighted_rows<1>(acc + d, p, Vrows + d, D, n, next); break;
       default: break;
     }
   }
 
-  // Cache positions [begin, end) for the query heads of kv heads [hk0, hk1), m, l and acc
-  // indexed from the first of them. Query heads go through each phase of a chunk (scores,
-  // softmax, weighted rows) in batches of kBatch, one after another: at short lengths a
-  // head's work is one long dependent chain, and chains side by side overlap where one
-  // after another would wait.
+  // Cache positions [begin, end) (at most kDecodePart) for the query heads of kv heads
+  // [hk0, hk1), m, l and acc indexed from the first of them: a head at a time, a run of
+  // its keys (the scores), their softmax, a run of its values (the weighted sum). The
+  // cache is read as long runs, each asked for while the one before is computed on: the
+  // scores ask for the values they will weigh, the weighted sum for the next head's keys.
+  // Where the weights push the cache out to memory (`medium` int8 on the Zen 4 EPYC),
+  // this took attention from 290-340 to 143-154 us a step at positions 128-384 (1 thread),
+  // against chunks of 64 keys read by batches of 8 heads side by side, each run asked for
+  // 2 KB ahead only; `baby` and `small`, whose caches stay in L2 and L3, ran the same.
   template <class E>
   static void decode_cache(const DecodeJob& j, const E* k_cache, const E* v_cache, int64_t hk0,
                            int64_t hk1, int64_t begin, int64_t end, float* m, float* l,
                            float* acc) {
-    constexpr int kChunk = 64;  // keys per online-softmax step, read once for the whole group
-    constexpr int kBatch = 8;   // query heads in step
     const int64_t group = j.H / j.Hkv, D = j.D, Dp = j.Dp, heads = (hk1 - hk0) * group;
+    const int64_t n = end - begin, nv = round_up(n, W);
     const bool fast = D % W == 0;  // whole vectors per cache row
+    auto rows = [&](const E* cache, int64_t h) {  // query head h's cache rows from begin
+      return cache + ((hk0 + h / group) * j.capacity + begin) * D;
+    };
+    alignas(64) float s[kDecodePart];
     for (int64_t h = 0; h < heads; ++h) {
-      m[h] = kNegInf, l[h] = 0.f;
-      for (int64_t d = 0; d < Dp; d += W) O::store(acc + h * Dp + d, O::zero());
-    }
-    alignas(64) float s[kBatch][kChunk];
-    for (int64_t c0 = begin; c0 < end; c0 += kChunk) {
-      const int64_t n = min64(kChunk, end - c0);
+      const float* q = j.q + (hk0 * group + h) * D;
+      const E *keys = rows(k_cache, h), *values = rows(v_cache, h);
+      if (fast) {
+        scores4(q, keys, values, D, n, j.scale, s);
+      } else {
+        for (int64_t t = 0; t < n; ++t) s[t] = dot(q, keys + t * D, D) * j.scale;
+      }
       // the softmax over whole vectors of scores, the last one padded with -inf (whose
-      // weights are 0): only as many as hold keys (a short cache, early in a decode,
-      // would otherwise pay for the whole chunk's exponentials)
-      const int64_t nv = round_up(n, W);
-      for (int64_t h0 = 0; h0 < heads; h0 += kBatch) {
-        const int64_t batch = min64(kBatch, heads - h0);
-        auto rows = [&](const E* cache, int64_t b) {  // this chunk's cache rows for head h0 + b
-          return cache + ((hk0 + (h0 + b) / group) * j.capacity + c0) * D;
-        };
-        for (int64_t b = 0; b < batch; ++b) {
-          const float* q = j.q + (hk0 * group + h0 + b) * D;
-          if (fast) {
-            scores4(q, rows(k_cache, b), D, n, j.scale, s[b]);
-          } else {
-            for (int64_t t = 0; t < n; ++t) s[b][t] = dot(q, rows(k_cache, b) + t * D, D) * j.scale;
-          }
-          for (int64_t t = n; t < nv; ++t) s[b][t] = kNegInf;
-        }
-        for (int64_t b = 0; b < batch; ++b) {
-          const int64_t h = h0 + b;
-          V vmax = O::load(s[b]);  // in vectors: a scalar loop waits on every max in turn
-          for (int64_t t = W; t < nv; t += W) vmax = O::max(vmax, O::load(s[b] + t));
-          const float m_new = maxf(m[h], O::hmax(vmax));
-          const float alpha = m[h] == kNegInf ? 0.f : expf(m[h] - m_new);  // 0: the first chunk
-          const V neg_max = O::set1(-m_new);
-          V sum = O::zero();
-          for (int64_t t = 0; t < nv; t += W) {
-            const V p = exp(O::add(O::load(s[b] + t), neg_max));
-            O::store(s[b] + t, p);
-            sum = O::add(sum, p);
-          }
-          if (alpha != 1.f && c0 != begin) {  // (the first chunk's accumulators are zeros)
-            const V va = O::set1(alpha);
-            float* a = acc + h * Dp;
-            for (int64_t d = 0; d < Dp; d += W) O::store(a + d, O::mul(O::load(a + d), va));
-          }
-          l[h] = l[h] * alpha + O::hsum(sum);
-          m[h] = m_new;
-        }
-        for (int64_t b = 0; b < batch; ++b) {
-          float* a = acc + (h0 + b) * Dp;
-          if (fast) {
-            weighted_sum(a, s[b], rows(v_cache, b), D, n);
-          } else {
-            for (int64_t t = 0; t < n; ++t) axpy(a, s[b][t], rows(v_cache, b) + t * D, D);
-          }
-        }
+      // weights are 0)
+      for (int64_t t = n; t < nv; ++t) s[t] = kNegInf;
+      V vmax = O::load(s);  // in vectors: a scalar loop waits on every max in turn
+      for (int64_t t = W; t < nv; t += W) vmax = O::max(vmax, O::load(s + t));
+      m[h] = O::hmax(vmax);
+      const V neg_max = O::set1(-m[h]);
+      V sum = O::zero();
+      for (int64_t t = 0; t < nv; t += W) {
+        const V p = exp(O::add(O::load(s + t), neg_max));
+        O::store(s + t, p);
+        sum = O::add(sum, p);
+      }
+      l[h] = O::hsum(sum);
+      float* a = acc + h * Dp;
+      for (int64_t d = 0; d < Dp; d += W) O::store(a + d, O::zero());
+      if (fast) {
+        weighted_sum(a, s, values, h + 1 < heads ? rows(k_cache, h + 1) : nullptr, D, n);
+      } else {
+        for (int64_t t = 0; t < n; ++t) axpy(a, s[t], values + t * D, D);
       }
     }
   }

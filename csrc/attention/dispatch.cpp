@@ -266,8 +266,7 @@ void decode_cache(const TileKernels* kern, const DecodeDims& d, const float* q,
   if (kern == nullptr) return reference::decode(d, q, k_cache, v_cache, out);
   const int64_t H = d.heads, Hkv = d.kv_heads, D = d.head_dim, L = d.length, group = H / Hkv;
   const int64_t Dp = round_up(D, kern->lanes);
-  constexpr int64_t kSplit = 512;  // cache positions per item
-  const int64_t splits = (L + kSplit - 1) / kSplit;
+  const int64_t splits = (L + kDecodePart - 1) / kDecodePart;
   const Scratch scratch{splits * H, splits * H, splits * H * Dp};
   float *m = scratch[0], *l = scratch[1], *acc = scratch[2];
 
@@ -282,19 +281,19 @@ void decode_cache(const TileKernels* kern, const DecodeDims& d, const float* q,
   // Waking the pool costs more than a short cache takes: stay on this thread then.
   const int64_t grain = L * H * D < (int64_t(1) << 15) ? items : 1;
   parallel_for(items, grain, [&](int64_t begin, int64_t end) {
-    if (splits == 1) {  // items are kv heads: all of them in one call, side by side
+    if (splits == 1) {  // items are kv heads: all of them in one call
       const int64_t row = begin * group;
       kern->decode_part(job, begin, end, 0, L, &m[row], &l[row], &acc[row * Dp]);
       return;
     }
     for (int64_t i = begin; i < end; ++i) {
       const int64_t hk = i / splits, s = i % splits, row = s * H + hk * group;
-      kern->decode_part(job, hk, hk + 1, s * kSplit, std::min(L, (s + 1) * kSplit), &m[row],
-                        &l[row], &acc[row * Dp]);
+      const int64_t first = s * kDecodePart, last = std::min(L, first + kDecodePart);
+      kern->decode_part(job, hk, hk + 1, first, last, &m[row], &l[row], &acc[row * Dp]);
     }
   });
 
-  if (splits == 1) {  // one part per head (up to kSplit positions): only the division
+  if (splits == 1) {  // one part per head (up to kDecodePart positions): only the division
     for (int64_t h = 0; h < H; ++h)
       for (int64_t c = 0; c < D; ++c) out[h * D + c] = acc[h * Dp + c] / l[h];
     return;

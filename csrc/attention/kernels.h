@@ -19,6 +19,11 @@ namespace tinylm::attention::detail {
 
 constexpr int kMaxTile = 64;
 
+// The most cache positions one decode_part call takes: the driver splits longer caches
+// into parts (their results combined like the training kernel's tiles), which also
+// spreads one kv head's long cache over threads.
+constexpr int64_t kDecodePart = 512;
+
 // Floats of per-thread working memory a kernel call gets (64-byte aligned): tile buffers
 // live there rather than on the stack, which may be small on a caller's threads.
 constexpr int64_t kWorkFloats = 2 * kMaxTile * kMaxTile + 4 * kMaxTile * kMaxHeadDim + 3 * kMaxTile;
@@ -77,9 +82,10 @@ struct TileKernels {
   void (*backward_keys)(const BackwardJob& job, int64_t bkv, int64_t kt_begin, int64_t kt_end,
                         float* dq, float* work);
 
-  // Cache positions [begin, end) for the query heads of kv heads [hk0, hk1): per query
-  // head h, counted from the first of them, the running max m[h], the sum l[h] of
-  // exp(score - m[h]) and the unnormalized output acc[h * Dp + d].
+  // Cache positions [begin, end), at most kDecodePart of them, for the query heads of kv
+  // heads [hk0, hk1): per query head h, counted from the first of them, the max m[h] of
+  // its scores, the sum l[h] of exp(score - m[h]) and the unnormalized output
+  // acc[h * Dp + d].
   void (*decode_part)(const DecodeJob& job, int64_t hk0, int64_t hk1, int64_t begin,
                       int64_t end, float* m, float* l, float* acc);
 };
