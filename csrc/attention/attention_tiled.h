@@ -364,7 +364,9 @@ struct Tiled {
   static constexpr int64_t kCacheAheadBytes = 2048;
   template <class E>
   static inline void prefetch_entries_ahead(const E* p, int64_t n) {
-    prefetch_entries(reinterpret_cast<const E*>(reinterpret_cast<uintptr_t>(p) + kCacheAheadBytes), n);
+    // as an integer: the address may lie past the cache's end
+    const uintptr_t ahead = reinterpret_cast<uintptr_t>(p) + kCacheAheadBytes;
+    prefetch_entries(reinterpret_cast<const E*>(ahead), n);
   }
 
   template <class E>
@@ -466,10 +468,11 @@ struct Tiled {
   // its keys (the scores), their softmax, a run of its values (the weighted sum). The
   // cache is read as long runs, each asked for while the one before is computed on: the
   // scores ask for the values they will weigh, the weighted sum for the next head's keys.
-  // Where the weights push the cache out to memory (`medium` int8 on the Zen 4 EPYC),
-  // this took attention from 290-340 to 143-154 us a step at positions 128-384 (1 thread),
-  // against chunks of 64 keys read by batches of 8 heads side by side, each run asked for
-  // 2 KB ahead only; `baby` and `small`, whose caches stay in L2 and L3, ran the same.
+  // Where the weights push the cache out to memory (`medium` int8 on the Zen 4 EPYC, 1
+  // thread, positions 128-384), attention took 143-152 us a step this way against 292-344
+  // with chunks of 64 keys read by batches of 8 heads side by side, each run asked for
+  // 2 KB ahead only; `baby` and `small`, whose caches stay in L2 and L3, ran the same
+  // (benchmarks/NOTES.md, the fifteenth session).
   template <class E>
   static void decode_cache(const DecodeJob& j, const E* k_cache, const E* v_cache, int64_t hk0,
                            int64_t hk1, int64_t begin, int64_t end, float* m, float* l,
