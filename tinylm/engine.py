@@ -605,7 +605,7 @@ class Model:
             picks = eng.decode(token, min(chunk, max_tokens - st.generated_tokens), sampler,
                                history, eot)
             seconds_per_token = (time.perf_counter() - t) / len(picks)
-            chunk = max(1, min(2 * chunk, MAX_CHUNK, int(CHUNK_SECONDS / seconds_per_token)))
+            chunk = max(1, min(8 * chunk, MAX_CHUNK, int(CHUNK_SECONDS / seconds_per_token)))
         st.decode_seconds = time.perf_counter() - t_decode
         st.native_seconds = getattr(eng, "native_seconds", 0.0) - native_start
         tail = stream.flush()
@@ -637,7 +637,9 @@ def _stop_strings(stop):
 
 
 # Tokens decoded per call during generation: at most MAX_CHUNK, and no more than fit in
-# CHUNK_SECONDS at the speed measured so far.
+# CHUNK_SECONDS at the speed measured so far; from one token, up to 8x the last call's
+# (doubling, a `baby` int8 generation of 256 tokens at 2 threads took 13 calls where it
+# now takes 10, and Python's share of its steps was 4.4-4.7% against 4.0-4.3%).
 MAX_CHUNK = 64
 CHUNK_SECONDS = 0.02
 

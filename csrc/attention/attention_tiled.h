@@ -359,8 +359,9 @@ struct Tiled {
       __builtin_prefetch(reinterpret_cast<const void*>(a + b), 0, 3);
   }
 
-  // ... and the entries kCacheAheadBytes further on, ahead of a run's own loads (1 KB
-  // ahead was slower, 4 KB the same, for `medium` int8 on the Zen 4 EPYC).
+  // ... and the entries kCacheAheadBytes further on, ahead of a run's own loads (with the
+  // kernel before this one, chunks of 64 keys: 1 KB ahead was slower, 4 KB the same, for
+  // `medium` int8 on the Zen 4 EPYC).
   static constexpr int64_t kCacheAheadBytes = 2048;
   template <class E>
   static inline void prefetch_entries_ahead(const E* p, int64_t n) {
@@ -467,12 +468,15 @@ struct Tiled {
   // [hk0, hk1), m, l and acc indexed from the first of them: a head at a time, a run of
   // its keys (the scores), their softmax, a run of its values (the weighted sum). The
   // cache is read as long runs, each asked for while the one before is computed on: the
-  // scores ask for the values they will weigh, the weighted sum for the next head's keys.
-  // Where the weights push the cache out to memory (`medium` int8 on the Zen 4 EPYC, 1
-  // thread, positions 128-384), attention took 143-152 us a step this way against 292-344
-  // with chunks of 64 keys read by batches of 8 heads side by side, each run asked for
-  // 2 KB ahead only; `baby` and `small`, whose caches stay in L2 and L3, ran the same
-  // (benchmarks/NOTES.md, the fifteenth session).
+  // scores ask for the values they will weigh, the weighted sum for the next head's keys
+  // (rows of whole vectors; the other path asks for nothing). Where the weights push the
+  // cache out to memory (`medium` int8 on the Zen 4 EPYC, 1 thread, positions 128-384),
+  // attention took 204-252 us a step against 298-365 with chunks of 64 keys read by
+  // batches of 8 heads side by side, each run asked for 2 KB ahead only (143-152 against
+  // 292-344 for a scratch build of the same reads in a quieter spell); `baby` and `small`,
+  // whose caches stay in L2 and L3, ran the same (benchmarks/NOTES.md, the fifteenth
+  // session). A group of query heads sharing a kv head reads its runs once a head (from
+  // L1 or L2 after the first); no preset has such groups, and that was not measured.
   template <class E>
   static void decode_cache(const DecodeJob& j, const E* k_cache, const E* v_cache, int64_t hk0,
                            int64_t hk1, int64_t begin, int64_t end, float* m, float* l,
@@ -483,7 +487,8 @@ struct Tiled {
     auto rows = [&](const E* cache, int64_t h) {  // query head h's cache rows from begin
       return cache + ((hk0 + h / group) * j.capacity + begin) * D;
     };
-    alignas(64) float s[kDecodePart];
+    static_assert(kDecodePart % W == 0, "the scores are padded to whole vectors in s");
+    alignas(64) float s[kDecodePart];  // n <= kDecodePart: the driver's parts
     for (int64_t h = 0; h < heads; ++h) {
       const float* q = j.q + (hk0 * group + h) * D;
       const E *keys = rows(k_cache, h), *values = rows(v_cache, h);

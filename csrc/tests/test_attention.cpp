@@ -97,8 +97,10 @@ void check_decode(const char* label, const detail::TileKernels* kernels, bool di
       // column blocks (1 to 3 vectors) on each vector width
       {6, 6, 300, 190, 48}, {4, 4, 64, 33, 32}, {2, 1, 70, 67, 16}, {3, 3, 80, 66, 24},
       {2, 2, 40, 39, 40}, {8, 8, 700, 600, 64}, {2, 2, 130, 129, 96},
-      // groups of 3 query heads to a kv head, nine heads over a short cache, one whole part
-      {12, 4, 100, 77, 32}, {9, 9, 20, 5, 16}, {3, 1, 512, 512, 48}};
+      // groups of 3 query heads to a kv head, nine heads over a short cache; one part less
+      // a position, one whole part, two whole parts
+      {12, 4, 100, 77, 32}, {9, 9, 20, 5, 16}, {2, 1, 520, 511, 48}, {3, 1, 512, 512, 48},
+      {2, 2, 1030, 1024, 32}};
   uint32_t seed = 100;
   for (const DecodeDims& d : shapes) {
     const auto q = random_values(d.heads * d.head_dim, seed++, 2.f);
