@@ -476,7 +476,8 @@ struct Tiled {
   // 292-344 for a scratch build of the same reads in a quieter spell); `baby` and `small`,
   // whose caches stay in L2 and L3, ran the same (benchmarks/NOTES.md, the fifteenth
   // session). A group of query heads sharing a kv head reads its runs once a head (from
-  // L1 or L2 after the first); no preset has such groups, and that was not measured.
+  // L1 or L2 after the first): over a hot cache, 8 query heads on 2 kv heads ran as fast
+  // as before on halves (no preset has such groups; not measured in a step).
   template <class E>
   static void decode_cache(const DecodeJob& j, const E* k_cache, const E* v_cache, int64_t hk0,
                            int64_t hk1, int64_t begin, int64_t end, float* m, float* l,
