@@ -281,20 +281,20 @@ class NativeEngine(Engine):
         """The native sampler: the reference's picks, in ~7 us a call against numpy's ~90."""
         from . import _C
         with _not_finite_as_tinylm_error():
-            token, sampler.rng.state = _C.engine_sample(
-                logits, sampler.temperature, _top_k(sampler, self.cfg.vocab_size),
-                sampler.top_p, sampler.repetition_penalty, sampler.rng.state, _recent(history, sampler))
+            token, sampler.rng.state = _C.engine_sample(logits, *self._sampling(sampler, history))
         return token
 
     def decode(self, token, n, sampler, history, stop_token=-1):
         with _not_finite_as_tinylm_error():
             picks, sampler.rng.state = self._native.decode(
-                int(token), self.length, n, sampler.temperature,
-                _top_k(sampler, self.cfg.vocab_size), sampler.top_p,
-                sampler.repetition_penalty, sampler.rng.state, _recent(history, sampler),
-                stop_token)
+                int(token), self.length, n, *self._sampling(sampler, history), stop_token)
         self.length += len(picks)
         return picks
+
+    def _sampling(self, sampler, history):
+        """The sampler's settings and state as the C++ sampler takes them."""
+        return (sampler.temperature, _top_k(sampler, self.cfg.vocab_size), sampler.top_p,
+                sampler.repetition_penalty, sampler.rng.state, _recent(history, sampler))
 
     @property
     def native_seconds(self):
@@ -638,8 +638,8 @@ def _stop_strings(stop):
 
 # Tokens decoded per call during generation: at most MAX_CHUNK, and no more than fit in
 # CHUNK_SECONDS at the speed measured so far; from one token, up to 8x the last call's
-# (doubling, a `baby` int8 generation of 256 tokens at 2 threads took 13 calls where it
-# now takes 10, and Python's share of its steps was 4.4-4.7% against 4.0-4.3%).
+# (growing 2x a call, a `baby` int8 generation of 256 tokens at 2 threads took 13 calls
+# instead of 10, and Python's share of its steps was 4.4-4.7% instead of 4.0-4.3%).
 MAX_CHUNK = 64
 CHUNK_SECONDS = 0.02
 
