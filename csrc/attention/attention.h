@@ -52,6 +52,34 @@ void decode(const DecodeDims& d, const float* q, const float* k_cache, const flo
 void decode(const DecodeDims& d, const float* q, const uint16_t* k_cache,
             const uint16_t* v_cache, float* out);
 
+// The int8 models' key cache: each key (one position of one kv head) quantized to int8
+// with a scale of its own (int8::quantize_rows' scheme), in blocks of 16 positions laid
+// out for 4-byte dot products (one vector instruction scores 16 positions at once):
+//   codes [Hkv, capacity rounded up to 16, Dq * 4] bytes, Dq = ceil(D / 4): dimension d
+//   of position p of a head at byte ((p / 16 * Dq + d / 4) * 16 + p % 16) * 4 + d % 4,
+//   holding the code + 128 (unsigned; padding dimensions 128, i.e. 0);
+//   scales [Hkv, capacity rounded up to 16] floats.
+// The query is quantized the same way, a scale a head, so a score is an exact int32 dot
+// product, rescaled: score[p] = float(sum_d q8[d] * key8[p][d]) * (q_scale * float(1 /
+// sqrt(D))) * scales[p]. The values stay IEEE halves [Hkv, capacity, D].
+struct Int8Keys {
+  uint8_t* codes;
+  float* scales;
+};
+constexpr int64_t kKeyBlock = 16;
+inline int64_t key_positions(int64_t capacity) {  // a head's rows of codes and of scales
+  return (capacity + kKeyBlock - 1) / kKeyBlock * kKeyBlock;
+}
+inline int64_t key_row_bytes(int64_t head_dim) { return (head_dim + 3) / 4 * 4; }
+// Quantizes key [head_dim] into position pos of one head's codes and scales.
+void store_int8_key(const float* key, int64_t head_dim, int64_t pos, Int8Keys head);
+// Dimension d of the key at position pos of one head: its code, and the key as floats,
+// code * scale.
+int8_t int8_key_code(Int8Keys head, int64_t head_dim, int64_t pos, int64_t d);
+void load_int8_key(Int8Keys head, int64_t head_dim, int64_t pos, float* key);
+void decode(const DecodeDims& d, const float* q, Int8Keys k_cache, const uint16_t* v_cache,
+            float* out);
+
 // Name of the implementation the calls above use now: "avx512", "avx2", "neon", "scalar".
 const char* active_path();
 
@@ -65,6 +93,8 @@ void decode(const DecodeDims& d, const float* q, const float* k_cache, const flo
             float* out);
 void decode(const DecodeDims& d, const float* q, const uint16_t* k_cache,
             const uint16_t* v_cache, float* out);
+void decode(const DecodeDims& d, const float* q, Int8Keys k_cache, const uint16_t* v_cache,
+            float* out);
 }  // namespace reference
 
 }  // namespace tinylm::attention

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "../half.h"
+#include "../int8/int8.h"
 #include "../threads.h"
 #include "attention.h"
 
@@ -96,23 +97,17 @@ namespace {
 inline double value(float x) { return x; }
 inline double value(uint16_t x) { return half_to_float(x); }
 
-template <class E>
-void decode_cache(const DecodeDims& d, const float* q, const E* k_cache, const E* v_cache,
-                  float* out) {
+// score(h, j): query head h's scaled score for cache position j.
+template <class Score, class E>
+void decode_scores(const DecodeDims& d, Score score, const E* v_cache, float* out) {
   validate(d);
   const int64_t D = d.head_dim, L = d.length, group = d.heads / d.kv_heads;
-  const double scale = 1.0 / std::sqrt(double(D));
   parallel_for(d.heads, 1, [&](int64_t begin, int64_t end) {
     std::vector<double> s(L), o(D);
     for (int64_t h = begin; h < end; ++h) {
-      const E* kh = k_cache + (h / group) * d.capacity * D;
       const E* vh = v_cache + (h / group) * d.capacity * D;
       double mx = -std::numeric_limits<double>::infinity(), sum = 0;
-      for (int64_t j = 0; j < L; ++j) {
-        double dot = 0;
-        for (int64_t c = 0; c < D; ++c) dot += double(q[h * D + c]) * value(kh[j * D + c]);
-        mx = std::max(mx, s[j] = dot * scale);
-      }
+      for (int64_t j = 0; j < L; ++j) mx = std::max(mx, s[j] = score(h, j));
       std::fill(o.begin(), o.end(), 0.0);
       for (int64_t j = 0; j < L; ++j) {
         const double p = std::exp(s[j] - mx);
@@ -122,6 +117,20 @@ void decode_cache(const DecodeDims& d, const float* q, const E* k_cache, const E
       for (int64_t c = 0; c < D; ++c) out[h * D + c] = float(o[c] / sum);
     }
   });
+}
+
+template <class E>
+void decode_cache(const DecodeDims& d, const float* q, const E* k_cache, const E* v_cache,
+                  float* out) {
+  const int64_t D = d.head_dim, group = d.heads / d.kv_heads;
+  const double scale = 1.0 / std::sqrt(double(D));
+  auto score = [&](int64_t h, int64_t j) {
+    const E* key = k_cache + ((h / group) * d.capacity + j) * D;
+    double dot = 0;
+    for (int64_t c = 0; c < D; ++c) dot += double(q[h * D + c]) * value(key[c]);
+    return dot * scale;
+  };
+  decode_scores(d, score, v_cache, out);
 }
 
 }  // namespace
@@ -134,6 +143,26 @@ void decode(const DecodeDims& d, const float* q, const float* k_cache, const flo
 void decode(const DecodeDims& d, const float* q, const uint16_t* k_cache, const uint16_t* v_cache,
             float* out) {
   decode_cache(d, q, k_cache, v_cache, out);
+}
+
+// The queries quantized as the keys are (attention.h's Int8Keys), the scores exact in
+// int32 and rescaled with the kernels' expression; the rest in double.
+void decode(const DecodeDims& d, const float* q, Int8Keys k_cache, const uint16_t* v_cache,
+            float* out) {
+  validate(d);
+  const int64_t H = d.heads, D = d.head_dim, group = H / d.kv_heads, C = key_positions(d.capacity);
+  std::vector<int8_t> q8(size_t(H * D));
+  std::vector<float> q_scale(static_cast<size_t>(H));
+  int8::quantize_rows(q, H, D, q8.data(), D, q_scale.data());
+  const float inverse_sqrt_d = float(1.0 / std::sqrt(double(D)));
+  auto score = [&](int64_t h, int64_t j) {
+    const int64_t hk = h / group;
+    const Int8Keys head{k_cache.codes + hk * C * key_row_bytes(D), k_cache.scales + hk * C};
+    int32_t dot = 0;
+    for (int64_t c = 0; c < D; ++c) dot += int32_t(int8_key_code(head, D, j, c)) * q8[size_t(h * D + c)];
+    return double(float(dot) * (q_scale[size_t(h)] * inverse_sqrt_d) * head.scales[j]);
+  };
+  decode_scores(d, score, v_cache, out);
 }
 
 }  // namespace tinylm::attention::reference

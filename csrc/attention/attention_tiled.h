@@ -343,7 +343,8 @@ struct Tiled {
   // ------------------------------------------------------------------ decode
   //
   // The cache holds float32 or IEEE halves (E = uint16_t, kernels.h's DecodeJob): the
-  // same code reads either, widening halves to float as it loads them.
+  // same code reads either, widening halves to float as it loads them. Int8 keys (with
+  // halves for values) are scored by the job's int8_scores kernel (int8_keys_*.cpp).
 
   static inline V load(const float* p) { return O::load(p); }
   static inline V load(const uint16_t* p) { return O::load_half(p); }
@@ -415,13 +416,19 @@ struct Tiled {
     for (; t < n; ++t) s[t] = dot(q, K + t * D, D) * scale;
   }
 
+  // The next head's key rows, which the weighted sum asks for on the way: `bytes` a row.
+  struct Next {
+    const char* rows;
+    int64_t bytes;
+  };
+
   // acc[d0 : d0 + NVt*W] += sum_t p[t] * Vrows[t][same], accumulated in registers: even
   // and odd keys in separate accumulators, so that each FMA waits on the one two keys
   // back (with one set, every key waited out the FMA latency of the key before). Asks for
   // n rows of `next` on the way (when not null).
   template <int NVt, class E>
   static inline void weighted_rows(float* acc, const float* p, const E* Vrows, int64_t D,
-                                   int64_t n, const E* next) {
+                                   int64_t n, Next next) {
     V r[NVt], r2[NVt];
 #pragma GCC unroll 8
     for (int v = 0; v < NVt; ++v) r[v] = O::load(acc + v * W), r2[v] = O::zero();
@@ -431,7 +438,7 @@ struct Tiled {
       const E* row = Vrows + t * D;
       prefetch_entries_ahead(row, NVt * W);  // this block's columns of both rows
       prefetch_entries_ahead(row + D, NVt * W);
-      if (next != nullptr) prefetch_entries(next + t * D, 2 * D);
+      if (next.rows != nullptr) prefetch_entries(next.rows + t * next.bytes, 2 * next.bytes);
 #pragma GCC unroll 8
       for (int v = 0; v < NVt; ++v) {
         r[v] = O::fma(p0, load(row + v * W), r[v]);
@@ -439,7 +446,7 @@ struct Tiled {
       }
     }
     if (t < n) {
-      if (next != nullptr) prefetch_entries(next + t * D, D);
+      if (next.rows != nullptr) prefetch_entries(next.rows + t * next.bytes, next.bytes);
       const V pt = O::set1(p[t]);
 #pragma GCC unroll 8
       for (int v = 0; v < NVt; ++v) r[v] = O::fma(pt, load(Vrows + t * D + v * W), r[v]);
@@ -451,10 +458,10 @@ struct Tiled {
   // acc[0:D] += sum_t p[t] * Vrows[t] (D a multiple of W), in column blocks of 4 vectors;
   // the first block asks for n rows of `next`.
   template <class E>
-  static void weighted_sum(float* acc, const float* p, const E* Vrows, const E* next, int64_t D,
+  static void weighted_sum(float* acc, const float* p, const E* Vrows, Next next, int64_t D,
                            int64_t n) {
     int64_t d = 0;
-    for (; d + 4 * W <= D; d += 4 * W, next = nullptr)
+    for (; d + 4 * W <= D; d += 4 * W, next.rows = nullptr)
       weighted_rows<4>(acc + d, p, Vrows + d, D, n, next);
     switch ((D - d) / W) {
       case 3: weighted_rows<3>(acc + d, p, Vrows + d, D, n, next); break;
@@ -462,6 +469,41 @@ struct Tiled {
       case 1: weighted_rows<1>(acc + d, p, Vrows + d, D, n, next); break;
       default: break;
     }
+  }
+
+  // A kv head's key rows from cache position `begin` (a multiple of 16 for int8 keys),
+  // and the bytes of a row.
+  template <class E>
+  static const E* key_rows(const DecodeJob& j, const E* cache, int64_t hk, int64_t begin) {
+    return cache + (hk * j.capacity + begin) * j.D;
+  }
+  static const uint8_t* key_rows(const DecodeJob& j, const uint8_t* codes, int64_t hk,
+                                 int64_t begin) {
+    return codes + (hk * key_positions(j.capacity) + begin) * key_row_bytes(j.D);
+  }
+  template <class E>
+  static int64_t key_bytes(const DecodeJob& j, const E*) { return j.D * int64_t(sizeof(E)); }
+  static int64_t key_bytes(const DecodeJob& j, const uint8_t*) { return key_row_bytes(j.D); }
+
+  // s[t] = q . key_t * scale for the n keys from `begin` of kv head hk, for query head h
+  // (counted over all heads); asks for the same positions' `values` on the way.
+  template <class E>
+  static void head_scores(const DecodeJob& j, int64_t h, const E* keys, const E* values,
+                          int64_t hk, int64_t begin, int64_t n, float* s) {
+    const float* q = j.q + h * j.D;
+    if (j.D % W == 0) return scores4(q, keys, values, j.D, n, j.scale, s);
+    for (int64_t t = 0; t < n; ++t) s[t] = dot(q, keys + t * j.D, j.D) * j.scale;
+  }
+  static void head_scores(const DecodeJob& j, int64_t h, const uint8_t* keys,
+                          const uint16_t* values, int64_t hk, int64_t begin, int64_t n,
+                          float* s) {
+    const int64_t Dq = key_row_bytes(j.D) / 4;
+    const bool whole = j.D % W == 0;  // the weighted sum reads whole vectors
+    j.int8_scores({j.q8 + h * Dq * 4, j.q8_bias[h], j.q8_scale[h], keys,
+                   j.k_scales + hk * key_positions(j.capacity) + begin,
+                   (n + kKeyBlock - 1) / kKeyBlock, Dq,
+                   whole ? reinterpret_cast<const char*>(values) : nullptr,
+                   kKeyBlock * j.D * int64_t(sizeof(uint16_t)), s});
   }
 
   // Cache positions [begin, end) (at most kDecodePart) for the query heads of kv heads
@@ -478,26 +520,22 @@ struct Tiled {
   // session). A group of query heads sharing a kv head reads its runs once a head (from
   // L1 or L2 after the first): over a hot cache, 8 query heads on 2 kv heads ran as fast
   // as before on halves (no preset has such groups; not measured in a step).
-  template <class E>
-  static void decode_cache(const DecodeJob& j, const E* k_cache, const E* v_cache, int64_t hk0,
+  // K is the key type (float, uint16_t halves, uint8_t int8 codes), E the values'.
+  template <class K, class E>
+  static void decode_cache(const DecodeJob& j, const K* k_cache, const E* v_cache, int64_t hk0,
                            int64_t hk1, int64_t begin, int64_t end, float* m, float* l,
                            float* acc) {
     const int64_t group = j.H / j.Hkv, D = j.D, Dp = j.Dp, heads = (hk1 - hk0) * group;
     const int64_t n = end - begin, nv = round_up(n, W);
     const bool fast = D % W == 0;  // whole vectors per cache row
-    auto rows = [&](const E* cache, int64_t h) {  // query head h's cache rows from begin
-      return cache + ((hk0 + h / group) * j.capacity + begin) * D;
-    };
-    static_assert(kDecodePart % W == 0, "the scores are padded to whole vectors in s");
+    static_assert(kDecodePart % kKeyBlock == 0 && kKeyBlock % W == 0,
+                  "the scores are padded to whole vectors and key blocks in s");
     alignas(64) float s[kDecodePart];  // n <= kDecodePart: the driver's parts
     for (int64_t h = 0; h < heads; ++h) {
-      const float* q = j.q + (hk0 * group + h) * D;
-      const E *keys = rows(k_cache, h), *values = rows(v_cache, h);
-      if (fast) {
-        scores4(q, keys, values, D, n, j.scale, s);
-      } else {
-        for (int64_t t = 0; t < n; ++t) s[t] = dot(q, keys + t * D, D) * j.scale;
-      }
+      const int64_t hk = hk0 + h / group;
+      const K* keys = key_rows(j, k_cache, hk, begin);
+      const E* values = v_cache + (hk * j.capacity + begin) * D;
+      head_scores(j, hk0 * group + h, keys, values, hk, begin, n, s);
       // the softmax over whole vectors of scores, the last one padded with -inf (whose
       // weights are 0)
       for (int64_t t = n; t < nv; ++t) s[t] = kNegInf;
@@ -515,7 +553,9 @@ struct Tiled {
       float* a = acc + h * Dp;
       for (int64_t d = 0; d < Dp; d += W) O::store(a + d, O::zero());
       if (fast) {
-        weighted_sum(a, s, values, h + 1 < heads ? rows(k_cache, h + 1) : nullptr, D, n);
+        const bool last = h + 1 == heads;
+        const K* next = last ? nullptr : key_rows(j, k_cache, hk0 + (h + 1) / group, begin);
+        weighted_sum(a, s, values, {reinterpret_cast<const char*>(next), key_bytes(j, next)}, D, n);
       } else {
         for (int64_t t = 0; t < n; ++t) axpy(a, s[t], values + t * D, D);
       }
@@ -524,6 +564,8 @@ struct Tiled {
 
   static void decode_part(const DecodeJob& j, int64_t hk0, int64_t hk1, int64_t begin,
                           int64_t end, float* m, float* l, float* acc) {
+    if (j.k_codes != nullptr)
+      return decode_cache(j, j.k_codes, j.v_half, hk0, hk1, begin, end, m, l, acc);
     if (j.k_half != nullptr)
       return decode_cache(j, j.k_half, j.v_half, hk0, hk1, begin, end, m, l, acc);
     decode_cache(j, j.k_cache, j.v_cache, hk0, hk1, begin, end, m, l, acc);

@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "../cpu.h"
+#include "../int8/int8.h"
 #include "../threads.h"
 #include "attention.h"
 #include "kernels.h"
@@ -258,25 +259,13 @@ void backward_with(const TileKernels* kern, const Dims& d, const float* q, const
 
 namespace {
 
-// Either cache type: E is float or uint16_t (halves); the job carries the pointers.
-template <class E>
-void decode_cache(const TileKernels* kern, const DecodeDims& d, const float* q,
-                  const E* k_cache, const E* v_cache, float* out) {
-  validate(d);
-  if (kern == nullptr) return reference::decode(d, q, k_cache, v_cache, out);
+// The decode items of a job (validated): the kernel's parts, combined.
+void run_decode(const TileKernels* kern, const DecodeDims& d, const DecodeJob& job, float* out) {
   const int64_t H = d.heads, Hkv = d.kv_heads, D = d.head_dim, L = d.length, group = H / Hkv;
-  const int64_t Dp = round_up(D, kern->lanes);
+  const int64_t Dp = job.Dp;
   const int64_t splits = (L + kDecodePart - 1) / kDecodePart;
   const Scratch scratch{splits * H, splits * H, splits * H * Dp};
   float *m = scratch[0], *l = scratch[1], *acc = scratch[2];
-
-  DecodeJob job{q, nullptr, nullptr, nullptr, nullptr, H, Hkv, d.capacity, D, Dp,
-                float(1.0 / std::sqrt(double(D)))};
-  if constexpr (std::is_same_v<E, float>) {
-    job.k_cache = k_cache, job.v_cache = v_cache;
-  } else {
-    job.k_half = k_cache, job.v_half = v_cache;
-  }
   const int64_t items = Hkv * splits;
   // Waking the pool costs more than a short cache takes: stay on this thread then.
   const int64_t grain = L * H * D < (int64_t(1) << 15) ? items : 1;
@@ -312,6 +301,24 @@ void decode_cache(const TileKernels* kern, const DecodeDims& d, const float* q,
   }
 }
 
+
+// Either cache type: E is float or uint16_t (halves); the job carries the pointers.
+template <class E>
+void decode_cache(const TileKernels* kern, const DecodeDims& d, const float* q,
+                  const E* k_cache, const E* v_cache, float* out) {
+  validate(d);
+  if (kern == nullptr) return reference::decode(d, q, k_cache, v_cache, out);
+  DecodeJob job{q, nullptr, nullptr, nullptr, nullptr, d.heads, d.kv_heads, d.capacity,
+                d.head_dim, round_up(d.head_dim, kern->lanes),
+                float(1.0 / std::sqrt(double(d.head_dim)))};
+  if constexpr (std::is_same_v<E, float>) {
+    job.k_cache = k_cache, job.v_cache = v_cache;
+  } else {
+    job.k_half = k_cache, job.v_half = v_cache;
+  }
+  run_decode(kern, d, job, out);
+}
+
 }  // namespace
 
 void decode_with(const TileKernels* kern, const DecodeDims& d, const float* q,
@@ -322,6 +329,41 @@ void decode_with(const TileKernels* kern, const DecodeDims& d, const float* q,
 void decode_with(const TileKernels* kern, const DecodeDims& d, const float* q,
                  const uint16_t* k_cache, const uint16_t* v_cache, float* out) {
   decode_cache(kern, d, q, k_cache, v_cache, out);
+}
+
+void decode_with(const TileKernels* kern, Int8ScoresKernel scores, const DecodeDims& d,
+                 const float* q, Int8Keys k_cache, const uint16_t* v_cache, float* out) {
+  validate(d);
+  if (kern == nullptr) return reference::decode(d, q, k_cache, v_cache, out);
+  const int64_t H = d.heads, D = d.head_dim, row = key_row_bytes(D);
+  // the queries quantized as the keys are, each head's bias and scale (Int8Scores)
+  thread_local std::vector<int8_t> q8;
+  thread_local std::vector<int32_t> bias;
+  thread_local std::vector<float> scale;
+  q8.assign(size_t(H * row), 0);
+  bias.resize(size_t(H));
+  scale.resize(size_t(H));
+  int8::quantize_rows(q, H, D, q8.data(), row, scale.data(), bias.data());
+  const float inverse_sqrt_d = float(1.0 / std::sqrt(double(D)));
+  for (int64_t h = 0; h < H; ++h) bias[size_t(h)] *= 128, scale[size_t(h)] *= inverse_sqrt_d;
+  DecodeJob job{q, nullptr, nullptr, nullptr, v_cache, H, d.kv_heads, d.capacity, D,
+                round_up(D, kern->lanes), inverse_sqrt_d};
+  job.k_codes = k_cache.codes, job.k_scales = k_cache.scales;
+  job.q8 = q8.data(), job.q8_bias = bias.data(), job.q8_scale = scale.data();
+  job.int8_scores = scores != nullptr ? scores : int8_scores_ref;
+  run_decode(kern, d, job, out);
+}
+
+Int8ScoresKernel select_int8_scores() {
+  const uint32_t f = active_features();
+#if defined(__x86_64__) || defined(_M_X64)
+  if ((f & kAVX512) && (f & kAVX512VNNI)) return int8_scores_avx512vnni;
+  if (f & kAVX2) return int8_scores_avx2;
+#elif defined(__aarch64__) || defined(__arm__)
+  if (f & kNEON) return int8_scores_neon;
+#endif
+  (void)f;
+  return int8_scores_ref;
 }
 
 }  // namespace detail
@@ -344,6 +386,12 @@ void decode(const DecodeDims& d, const float* q, const float* k_cache, const flo
 void decode(const DecodeDims& d, const float* q, const uint16_t* k_cache,
             const uint16_t* v_cache, float* out) {
   detail::decode_with(detail::select_kernels(), d, q, k_cache, v_cache, out);
+}
+
+void decode(const DecodeDims& d, const float* q, Int8Keys k_cache, const uint16_t* v_cache,
+            float* out) {
+  detail::decode_with(detail::select_kernels(), detail::select_int8_scores(), d, q, k_cache,
+                      v_cache, out);
 }
 
 const char* active_path() {

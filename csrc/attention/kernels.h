@@ -56,6 +56,32 @@ struct BackwardJob {
   float scale;
 };
 
+// One query head's scores over whole blocks of int8 keys (attention.h's Int8Keys):
+//   s[t] = float(sum_d (keys[t][d] - 128) * q[d]) * q_scale * key_scales[t]
+// for t in [0, 16 * blocks), the sum exact in int32. Stored keys' bytes are in [1, 255]
+// (codes in [-127, 127]); a position never written holds 0s, whose score (masked by the
+// caller) may differ from kernel to kernel.
+struct Int8Scores {
+  const int8_t* q;          // the query's codes, Dq * 4 of them (the padding 0)
+  int32_t q_bias;           // 128 * sum(q): what the keys' bias adds to each sum
+  float q_scale;            // the query's scale times 1 / sqrt(D)
+  const uint8_t* keys;      // the first block
+  const float* key_scales;  // its first position's
+  int64_t blocks, Dq;
+  const char* ahead;        // asked for on the way, ahead_bytes a block (the values next
+  int64_t ahead_bytes;      // read), or null
+  float* s;
+};
+using Int8ScoresKernel = void (*)(const Int8Scores& job);
+void int8_scores_ref(const Int8Scores& job);
+#if defined(__x86_64__) || defined(_M_X64)
+void int8_scores_avx2(const Int8Scores& job);
+void int8_scores_avx512vnni(const Int8Scores& job);
+#endif
+#if defined(__aarch64__) || defined(__arm__)
+void int8_scores_neon(const Int8Scores& job);
+#endif
+
 struct DecodeJob {
   const float* q;        // [H, D]
   const float* k_cache;  // [Hkv, capacity, D], float32; or
@@ -64,6 +90,14 @@ struct DecodeJob {
   const uint16_t* v_half;
   int64_t H, Hkv, capacity, D, Dp;
   float scale;
+  // int8 keys (attention.h's Int8Keys; then k_half is null and the values are v_half),
+  // with the queries quantized [H, Dq * 4], each head's bias and scale as in Int8Scores
+  const uint8_t* k_codes = nullptr;
+  const float* k_scales = nullptr;
+  const int8_t* q8 = nullptr;
+  const int32_t* q8_bias = nullptr;
+  const float* q8_scale = nullptr;
+  Int8ScoresKernel int8_scores = nullptr;
 };
 
 struct TileKernels {
@@ -107,5 +141,10 @@ void decode_with(const TileKernels* kernels, const DecodeDims& d, const float* q
                  const float* k_cache, const float* v_cache, float* out);
 void decode_with(const TileKernels* kernels, const DecodeDims& d, const float* q,
                  const uint16_t* k_cache, const uint16_t* v_cache, float* out);
+// int8 keys: `scores` scores them (nullptr: int8_scores_ref); select_int8_scores() is the
+// kernel for active_features()
+Int8ScoresKernel select_int8_scores();
+void decode_with(const TileKernels* kernels, Int8ScoresKernel scores, const DecodeDims& d,
+                 const float* q, Int8Keys k_cache, const uint16_t* v_cache, float* out);
 
 }  // namespace tinylm::attention::detail

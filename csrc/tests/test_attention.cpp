@@ -133,6 +133,100 @@ void check_decode(const char* label, const detail::TileKernels* kernels, bool di
   }
 }
 
+// The int8 key cache of `k` [Hkv, capacity, D] (attention.h's Int8Keys), stored as the
+// engine stores it; bytes past the stored positions hold 0 (a fresh cache's).
+struct Int8Cache {
+  std::vector<uint8_t> codes;
+  std::vector<float> scales;
+  Int8Cache(const std::vector<float>& k, const DecodeDims& d) {
+    using namespace tinylm::attention;
+    const int64_t C = key_positions(d.capacity), row = key_row_bytes(d.head_dim);
+    codes.assign(size_t(d.kv_heads * C * row), 0);
+    scales.assign(size_t(d.kv_heads * C), 0.f);
+    for (int64_t h = 0; h < d.kv_heads; ++h)
+      for (int64_t p = 0; p < d.length; ++p)
+        store_int8_key(&k[size_t((h * d.capacity + p) * d.head_dim)], d.head_dim, p,
+                       {&codes[size_t(h * C * row)], &scales[size_t(h * C)]});
+  }
+  tinylm::attention::Int8Keys keys() { return {codes.data(), scales.data()}; }
+};
+
+// Decode over int8 keys and half values against the reference; and the reference against
+// float32 attention over the keys as stored (what quantizing the queries changes).
+void check_decode_int8_keys(const char* label, const detail::TileKernels* kernels,
+                            detail::Int8ScoresKernel scores, bool dispatch) {
+  const DecodeDims shapes[] = {{1, 1, 1, 1, 2},      {4, 2, 40, 37, 8},     {6, 6, 256, 190, 48},
+                               {8, 8, 1030, 1025, 64}, {2, 1, 600, 513, 18}, {12, 4, 100, 77, 32},
+                               {3, 1, 512, 512, 48},   {2, 2, 90, 64, 128},  {2, 2, 40, 17, 256}};
+  uint32_t seed = 700;
+  for (const DecodeDims& d : shapes) {
+    const auto q = random_values(d.heads * d.head_dim, seed++, 2.f);
+    const auto k = random_values(d.kv_heads * d.capacity * d.head_dim, seed++, 2.f);
+    const auto v = random_values(d.kv_heads * d.capacity * d.head_dim, seed++);
+    std::vector<uint16_t> vh(v.size());
+    for (size_t i = 0; i < v.size(); ++i) vh[i] = tinylm::float_to_half(v[i]);
+    Int8Cache cache(k, d);
+    std::vector<float> out(d.heads * d.head_dim), out_r(out.size()), out_f(out.size());
+    ref::decode(d, q.data(), cache.keys(), vh.data(), out_r.data());
+    if (dispatch)
+      tinylm::attention::decode(d, q.data(), cache.keys(), vh.data(), out.data());
+    else
+      detail::decode_with(kernels, scores, d, q.data(), cache.keys(), vh.data(), out.data());
+    double err = 0;
+    CHECK(close(out, out_r, 5e-5f, &err),
+          "%s: decode over int8 keys differs from the reference by %.3g (H=%lld Hkv=%lld "
+          "length=%lld D=%lld)", label, err, (long long)d.heads, (long long)d.kv_heads,
+          (long long)d.length, (long long)d.head_dim);
+    if (!dispatch) continue;
+    std::vector<float> keys(k.size());  // the stored keys, as floats
+    for (int64_t h = 0; h < d.kv_heads; ++h)
+      for (int64_t p = 0; p < d.length; ++p) {
+        const int64_t C = tinylm::attention::key_positions(d.capacity);
+        tinylm::attention::load_int8_key(
+            {&cache.codes[size_t(h * C * tinylm::attention::key_row_bytes(d.head_dim))],
+             &cache.scales[size_t(h * C)]},
+            d.head_dim, p, &keys[size_t((h * d.capacity + p) * d.head_dim)]);
+      }
+    for (size_t i = 0; i < k.size(); ++i)  // within half a step of 2 / 127 of the originals
+      if (std::fabs(keys[i] - k[i]) > 1.01f / 127 && (i / d.head_dim) % d.capacity < size_t(d.length)) {
+        CHECK(false, "%s: key %zu stored as %g, was %g", label, i, keys[i], k[i]);
+        break;
+      }
+    ref::decode(d, q.data(), keys.data(), v.data(), out_f.data());
+    CHECK(close(out_r, out_f, 2e-2f, &err) && err > 0,
+          "%s: int8 keys' attention differs from float32's over the same keys by %.3g (D=%lld)",
+          label, err, (long long)d.head_dim);
+  }
+}
+
+// A scores kernel against int8_scores_ref, bit for bit, over the bytes a key may hold.
+void check_int8_scores(const char* label, detail::Int8ScoresKernel kernel) {
+  for (int64_t Dq : {1, 2, 3, 12, 16, 64})
+    for (int64_t blocks : {1, 2, 3, 5}) {
+      const int64_t n = blocks * 16;
+      const auto r = random_values(n * Dq * 4 + Dq * 4 + n, uint32_t(Dq * 10 + blocks));
+      const size_t N = static_cast<size_t>(n);
+      std::vector<uint8_t> keys(N * Dq * 4);
+      std::vector<int8_t> q(static_cast<size_t>(Dq * 4));
+      std::vector<float> scales(N), s(N), s_ref(N);
+      for (size_t i = 0; i < keys.size(); ++i)  // codes -127 and 127 too
+        keys[i] = i % 97 == 0 ? uint8_t(i % 2 ? 255 : 1) : uint8_t(r[i] * 127 + 128);
+      int32_t sum = 0;
+      for (size_t i = 0; i < q.size(); ++i) {
+        q[i] = i % 5 == 0 ? int8_t(i % 2 ? 127 : -127) : int8_t(r[keys.size() + i] * 127);
+        sum += q[i];
+      }
+      for (int64_t t = 0; t < n; ++t) scales[size_t(t)] = 0.01f + std::fabs(r[size_t(n * Dq * 4 + Dq * 4 + t)]);
+      detail::Int8Scores job{q.data(), 128 * sum, 0.03f, keys.data(), scales.data(), blocks, Dq,
+                             nullptr, 0, s_ref.data()};
+      detail::int8_scores_ref(job);
+      job.s = s.data();
+      kernel(job);
+      CHECK(s == s_ref, "%s: int8 scores differ from the reference (Dq=%lld, %lld blocks)", label,
+            (long long)Dq, (long long)blocks);
+    }
+}
+
 // Runs `body(level)` with the kernels capped at each level this CPU can execute.
 template <typename Fn>
 void on_every_isa(Fn body) {
@@ -160,12 +254,28 @@ TEST(attention_decode_every_isa) {
   });
 }
 
+TEST(attention_decode_int8_keys_every_isa) {
+  on_every_isa([](const std::string& level) {
+    const std::string label = level + " (" + tinylm::attention::active_path() + ")";
+    check_decode_int8_keys(label.c_str(), nullptr, nullptr, true);
+  });
+}
+
+TEST(attention_int8_scores_every_isa) {
+  on_every_isa([](const std::string& level) {
+    check_int8_scores(level.c_str(), detail::select_int8_scores());
+  });
+}
+
 #if defined(TINYLM_SIMDE) && (defined(__x86_64__) || defined(_M_X64))
 // Built against SIMDe, the AVX-512 source runs on any x86 CPU: check its logic even
 // where the CPU (and so the dispatcher) cannot use real AVX-512.
 TEST(attention_avx512_source_via_simde) {
   check_training("avx512 (SIMDe)", detail::avx512_kernels(), false);
   check_decode("avx512 (SIMDe)", detail::avx512_kernels(), false);
+  check_int8_scores("avx512vnni (SIMDe)", detail::int8_scores_avx512vnni);
+  check_decode_int8_keys("avx512 (SIMDe)", detail::avx512_kernels(),
+                         detail::int8_scores_avx512vnni, false);
 }
 #endif
 
