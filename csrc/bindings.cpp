@@ -546,30 +546,61 @@ std::unique_ptr<EngineHandle> make_engine(const py::dict& cfg_d, const py::handl
     w.layers.push_back(L);
   }
   const int64_t D = c.d_model / c.n_head;
-  auto kc = cache_arg(k_obj, "k_cache", 4), vc = cache_arg(v_obj, "v_cache", 4);
-  require_same_dtype(vc, "v_cache", kc, "k_cache");
+  E::State state{};
+  // a float32 model's keys, or an int8 model's (codes, scales)
+  const bool int8_keys = py::isinstance<py::tuple>(k_obj);
+  auto vc = cache_arg(v_obj, "v_cache", 4);
   const int64_t cache_shape[4] = {c.n_layer, c.n_kv_head, c.context, D};
-  for (int axis = 0; axis < 4; ++axis) {
-    require_dim(kc, "k_cache", axis, cache_shape[axis], "[n_layer, n_kv_head, context, head_dim]");
+  for (int axis = 0; axis < 4; ++axis)
     require_dim(vc, "v_cache", axis, cache_shape[axis], "[n_layer, n_kv_head, context, head_dim]");
-  }
-  require_writeable(kc, "k_cache");
   require_writeable(vc, "v_cache");
+  keep.push_back(vc);
+  if (int8_keys) {
+    auto kt = py::reinterpret_borrow<py::tuple>(k_obj);
+    if (kt.size() != 2) bad_arg("k_cache", "int8 keys are a pair (codes, scales)");
+    if (!is_half(vc)) bad_arg("v_cache", "with int8 keys the values must be float16");
+    namespace A = tinylm::attention;
+    const int64_t P = A::key_positions(c.context), row = A::key_row_bytes(D);
+    auto codes = checked<uint8_t>(kt[0], "k_cache codes", 6);
+    auto scales = checked<float>(kt[1], "k_cache scales", 3);
+    const int64_t code_shape[6] = {c.n_layer, c.n_kv_head, P / A::kKeyBlock, row / 4, A::kKeyBlock, 4};
+    for (int axis = 0; axis < 6; ++axis)
+      require_dim(codes, "k_cache codes", axis, code_shape[axis],
+                  "[n_layer, n_kv_head, context / 16, head_dim / 4, 16, 4], both rounded up");
+    const int64_t scale_shape[3] = {c.n_layer, c.n_kv_head, P};
+    for (int axis = 0; axis < 3; ++axis)
+      require_dim(scales, "k_cache scales", axis, scale_shape[axis],
+                  "[n_layer, n_kv_head, context rounded up to 16]");
+    require_writeable(codes, "k_cache codes");
+    require_writeable(scales, "k_cache scales");
+    require_aligned(scales, "k_cache scales");
+    state.k_codes = codes.mutable_data();
+    state.k_scales = scales.mutable_data();
+    state.v_half = static_cast<uint16_t*>(vc.mutable_data());
+    keep.push_back(codes);
+    keep.push_back(scales);
+  } else {
+    auto kc = attention_arg(k_obj, "k_cache", 4);
+    require_same_dtype(vc, "v_cache", kc, "k_cache");
+    for (int axis = 0; axis < 4; ++axis)
+      require_dim(kc, "k_cache", axis, cache_shape[axis], "[n_layer, n_kv_head, context, head_dim]");
+    require_writeable(kc, "k_cache");
+    state.k_cache = kc.mutable_data();
+    state.v_cache = static_cast<float*>(vc.mutable_data());
+    keep.push_back(kc);
+  }
   auto cs = checked<float>(cos_obj, "cos", 2), sn = checked<float>(sin_obj, "sin", 2);
   for (auto* t : {&cs, &sn}) {
     const char* name = t == &cs ? "cos" : "sin";
     require_dim(*t, name, 0, c.context, "[context, head_dim / 2]");
     require_dim(*t, name, 1, D / 2, "[context, head_dim / 2]");
   }
-  for (py::object o : {py::object(kc), py::object(vc), py::object(cs), py::object(sn)}) keep.push_back(o);
+  keep.push_back(cs);
+  keep.push_back(sn);
+  state.cos = cs.data();
+  state.sin = sn.data();
   try {
-    h->engine = std::make_unique<E::Engine>(
-        c, std::move(w),
-        is_half(kc) ? E::State{nullptr, nullptr, cs.data(), sn.data(),
-                               static_cast<uint16_t*>(kc.mutable_data()),
-                               static_cast<uint16_t*>(vc.mutable_data())}
-                    : E::State{static_cast<float*>(kc.mutable_data()),
-                               static_cast<float*>(vc.mutable_data()), cs.data(), sn.data()});
+    h->engine = std::make_unique<E::Engine>(c, std::move(w), state);
   } catch (const std::invalid_argument& e) {
     throw py::value_error(e.what());
   }
@@ -587,7 +618,10 @@ void bind_engine(py::module_& m) {
            "config: dict of the model's sizes; embed and each matrix a float32 array or an "
            "(int8 values, float32 scales) pair; layers: 9 tensors per layer in "
            "tinylm.model.LAYER_PARAMS order; k_cache, v_cache [n_layer, n_kv_head, context, "
-           "head_dim] float32 (written in place); cos, sin [context, head_dim / 2].")
+           "head_dim] float32, or for an int8 model k_cache a pair (codes uint8 [n_layer, "
+           "n_kv_head, context / 16, head_dim / 4, 16, 4], scales float32 [n_layer, n_kv_head, "
+           "context rounded up to 16]; tinylm/kvcache.py) and v_cache float16 (all written in "
+           "place); cos, sin [context, head_dim / 2].")
       .def(
           "step",
           [](EngineHandle& h, int32_t token, int64_t pos) {

@@ -17,7 +17,7 @@ import tinylm
 from tinylm import _C
 from tinylm.checkpoint import save_safetensors
 from tinylm.config import ModelConfig
-from tinylm.engine import NativeEngine, ReferenceEngine, TextStream
+from tinylm.engine import NativeEngine, ReferenceEngine, TextStream, _native_weight
 from tinylm.errors import TinylmError
 from tinylm.model import LAYER_PARAMS, forward, init_params, layer_param
 from tinylm.modelfile import save_model
@@ -108,11 +108,19 @@ def test_native_int8_prefill_matches_reference(params, chunks):
         np.testing.assert_allclose(last_only.prefill(ids), want[-1], atol=1e-5, rtol=1e-5)
         start += n
         assert nat.length == ref.length == start
-    for cache in ("k_cache", "v_cache"):  # float16: equal to within a half's rounding
-        got, want = (getattr(e, cache)[:, :, :start].astype(np.float32) for e in (nat, ref))
-        np.testing.assert_allclose(got, want, rtol=2e-3, atol=1e-4)
+    # values in float16: equal to within a half's rounding
+    got, want = (e.v_cache[:, :, :start].astype(np.float32) for e in (nat, ref))
+    np.testing.assert_allclose(got, want, rtol=2e-3, atol=1e-4)
+    assert np.abs(want).max() > 0.1
+    assert not nat.v_cache[:, :, start:].any()  # nothing written past the tokens
+    for layer in range(CFG.n_layer):  # int8 keys: equal but where a rounding tipped a code
+        got, want = (e.keys.load(layer, start) for e in (nat, ref))
+        assert np.abs(got - want).max() <= 1.001 * ref.keys.scales[layer, :, :start].max()
+        assert (nat.keys.rows(layer)[:, :start] == ref.keys.rows(layer)[:, :start]).mean() > 0.99
+        np.testing.assert_allclose(nat.keys.scales[layer, :, :start], ref.keys.scales[layer, :, :start],
+                                   rtol=1e-5)
         assert np.abs(want).max() > 0.1
-        assert not getattr(nat, cache)[:, :, start:].any()  # nothing written past the tokens
+        assert not nat.keys.rows(layer)[:, start:].any() and not nat.keys.scales[layer, :, start:].any()
     # and the cache is what the next decode step reads: it continues as the reference's
     if start < CFG.context:
         np.testing.assert_allclose(nat.step(7), ref.step(7), atol=1e-5, rtol=1e-5)
@@ -156,7 +164,8 @@ def test_native_int8_prefill_after_the_start_is_the_decode_steps_bit_for_bit(big
     stepped.prefill(ids[:1])
     got = batched.prefill(ids[1:], all_logits=True)
     np.testing.assert_array_equal(got, np.stack([stepped.step(t) for t in ids[1:]]))
-    np.testing.assert_array_equal(batched.k_cache, stepped.k_cache)
+    np.testing.assert_array_equal(batched.keys.codes, stepped.keys.codes)
+    np.testing.assert_array_equal(batched.keys.scales, stepped.keys.scales)
 
 
 def test_native_int8_prefill_independent_of_threads(big_int8):
@@ -192,11 +201,15 @@ def test_native_prefill_refuses_bad_input(params):
         NativeEngine(CFG, params)._native.prefill(ids, 0)
 
 
-def test_cache_is_float16_for_int8_models_float32_otherwise(params):
-    assert NativeEngine(CFG, params).k_cache.dtype == np.float32
+def test_cache_is_int8_keys_float16_values_for_int8_models_float32_otherwise(params):
+    eng = NativeEngine(CFG, params)
+    assert eng.keys.array.dtype == eng.v_cache.dtype == np.float32
     q = quantize_params(params)
     for engine in (NativeEngine(CFG, q), ReferenceEngine(CFG, q, int8_impl="numpy")):
-        assert engine.k_cache.dtype == engine.v_cache.dtype == np.float16
+        assert engine.keys.codes.dtype == np.uint8 and engine.keys.scales.dtype == np.float32
+        # context 24 in blocks of 16 positions, head_dim 12 in groups of 4
+        assert engine.keys.codes.shape == (CFG.n_layer, CFG.n_kv_head, 2, 3, 16, 4)
+        assert engine.v_cache.dtype == np.float16
 
 
 @given(st.lists(st.floats(width=32, allow_nan=False), min_size=1, max_size=200))
@@ -996,15 +1009,27 @@ def test_native_engine_refuses_bad_arrays(params):
     args = dict(vocab_size=257, d_model=72, n_layer=2, n_head=6, n_kv_head=2, d_ff=99, context=24)
     with pytest.raises(ValueError, match="layers"):
         _C.Engine(args, params["model.embed_tokens.weight"], params["model.norm.weight"], [],
-                  eng.k_cache, eng.v_cache, eng.cos, eng.sin)
+                  eng.keys.array, eng.v_cache, eng.cos, eng.sin)
     with pytest.raises(ValueError, match="k_cache"):
         _C.Engine(args, params["model.embed_tokens.weight"], params["model.norm.weight"],
                   [params[layer_param(i, n)] for i in range(2) for n, _ in LAYER_PARAMS],
-                  eng.k_cache[:1], eng.v_cache, eng.cos, eng.sin)
+                  eng.keys.array[:1], eng.v_cache, eng.cos, eng.sin)
     with pytest.raises(ValueError, match="v_cache.*dtype"):
         _C.Engine(args, params["model.embed_tokens.weight"], params["model.norm.weight"],
                   [params[layer_param(i, n)] for i in range(2) for n, _ in LAYER_PARAMS],
-                  eng.k_cache.astype(np.float16), eng.v_cache, eng.cos, eng.sin)
+                  eng.keys.array, eng.v_cache.astype(np.float16), eng.cos, eng.sin)
+    q = quantize_params(params)
+    i8 = NativeEngine(CFG, q)
+    codes, scales = i8.keys.native()
+    int8_layers = [_native_weight(q[layer_param(i, n)]) for i in range(2) for n, _ in LAYER_PARAMS]
+    for keys, values, match in [((codes, scales), i8.v_cache.astype(np.float32), "v_cache.*float16"),
+                                ((codes[:, :, :1].copy(), scales), i8.v_cache, "k_cache codes.*dimension 2 must be 2"),
+                                ((codes, scales[..., :24].copy()), i8.v_cache, "k_cache scales.*must be 32"),
+                                ((codes.astype(np.int8), scales), i8.v_cache, "codes.*dtype uint8"),
+                                ((codes,), i8.v_cache, "pair")]:
+        with pytest.raises(ValueError, match=match):
+            _C.Engine(args, _native_weight(q["model.embed_tokens.weight"]), q["model.norm.weight"],
+                      int8_layers, keys, values, eng.cos, eng.sin)
 
 
 # ---------------------------------------------------------------- the fused GEMV

@@ -61,7 +61,7 @@ def test_quantize_then_generate_from_both_formats(trained, capsys):
     assert main(["info", str(int8)]) in (0, None)
     info8 = capsys.readouterr().out
     assert "int8" in info8 and "2 layers, d_model 32" in info8
-    assert "kv cache    float16" in info8
+    assert "kv cache    int8 keys, float16 values" in info8
 
     # The command line (a subprocess: what a user runs) against the numpy reference engine
     # in this process, greedy so that the text is determined by the logits.

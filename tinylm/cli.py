@@ -487,10 +487,8 @@ def cmd_info(args):
 
 
 def describe_model(path):
-    import numpy as np
-
+    from . import kvcache
     from .config import format_count
-    from .engine import cache_dtype
     from .modelfile import read_model
     cfg, tensors, tokenizer, meta = read_model(path)
     size = os.path.getsize(path)
@@ -502,9 +500,9 @@ def describe_model(path):
     print(f"  shape       {cfg.n_layer} layers, d_model {cfg.d_model}, {cfg.n_head} heads "
           f"({cfg.n_kv_head} kv), d_ff {cfg.d_ff}, context {cfg.context}")
     print(f"  tokenizer   {tokenizer.name}, vocab {tokenizer.vocab_size}")
-    dtype = np.dtype(cache_dtype(meta.get("tinylm.weights") == "int8"))
-    cache = 2 * cfg.n_layer * cfg.n_kv_head * cfg.context * cfg.head_dim * dtype.itemsize
-    print(f"  kv cache    {dtype.name}, {cache / 1e6:.2f} MB at the full context")
+    int8 = meta.get("tinylm.weights") == "int8"
+    kinds = "int8 keys, float16 values" if int8 else "float32"
+    print(f"  kv cache    {kinds}, {kvcache.nbytes(cfg, int8) / 1e6:.2f} MB at the full context")
     if "tinylm.step" in meta:
         print(f"  trained     {meta['tinylm.step']} steps")
 

@@ -8,14 +8,15 @@
 How a generation runs
 ---------------------
 The engine keeps the keys and values of every position it has seen in a cache sized to
-the model's context, `[n_layer, n_kv_head, context, head_dim]` for each of k and v:
-float32 for a float32 model, whose logits then match the training forward pass; float16
-for an int8 model, which already trades exactness for speed. Halves halve the cache's
-memory and the bytes a decode step reads from it (a `small` model's cache at position
-190 is 2.6 MB in float32, 43% of its int8 weights; `medium`'s at its full context of
-1024, 33.5 MB, more than its 25.6 MB of int8 weights). Both engines store the same halves (the reference engine rounds with numpy's
-astype, the native engine with csrc/half.h, which rounds exactly as numpy does) and
-compute with them widened to float32.
+the model's context (tinylm/kvcache.py): float32 for a float32 model, whose logits then
+match the training forward pass; for an int8 model, which already trades exactness for
+speed, int8 keys (a scale a key, laid out for vector dot products; each query rounded
+to int8 the same way) and float16 values. They shrink the cache's memory and the bytes
+a decode step reads from it (a `small` model's cache at position 190 is 2.6 MB in
+float32, 43% of its int8 weights, and 1.0 MB so; `medium`'s at its full context of 1024,
+33.5 MB in float32, more than its 25.6 MB of int8 weights). Both engines store the same
+codes and halves (the reference engine rounds halves with numpy's astype, the native
+engine with csrc/half.h, which rounds exactly as numpy does).
 
 - **Prefill**: the prompt goes through the model in one batched pass (matrix-matrix
   products), filling the cache. `ReferenceEngine` runs it in numpy; `NativeEngine`
@@ -56,7 +57,6 @@ run two at once, load the model twice.
 """
 import codecs
 import contextlib
-import math
 import os
 import resource
 import sys
@@ -67,6 +67,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import kvcache
 from . import model as M
 from .errors import TinylmError
 from .sampling import NOT_FINITE, REPETITION_WINDOW, Rng, Sampler, check_sampling
@@ -76,28 +77,6 @@ from .sampling import NOT_FINITE, REPETITION_WINDOW, Rng, Sampler, check_samplin
 
 def _is_int8(w):
     return type(w).__name__ == "Int8Weight"
-
-
-def cache_dtype(int8):
-    """The KV cache's element type: float16 for an int8 model, float32 otherwise."""
-    return np.float16 if int8 else np.float32
-
-
-def _cache_array(shape, dtype):
-    """A zeroed array whose memory becomes resident only where it is written.
-
-    Each cache head keeps its positions contiguous, so a short generation writes a few
-    pages of every head. With transparent huge pages each such write would make a whole
-    2 MB page resident, i.e. the full cache at once; an anonymous map marked "no huge
-    pages" keeps the footprint at what is used."""
-    import mmap
-    nbytes = math.prod(shape) * np.dtype(dtype).itemsize  # (np.prod wraps at 2^31 on 32-bit)
-    advice = getattr(mmap, "MADV_NOHUGEPAGE", None)
-    if advice is None or nbytes < (1 << 21):
-        return np.zeros(shape, dtype)
-    buf = mmap.mmap(-1, nbytes)
-    buf.madvise(advice)
-    return np.frombuffer(buf, dtype).reshape(shape)
 
 
 class Engine:
@@ -114,11 +93,11 @@ class Engine:
         self.int8_impl = int8_impl  # "numpy": the exact int32 reference; "native": the kernel
         shape = (cfg.n_layer, cfg.n_kv_head, cfg.context, cfg.head_dim)
         try:
-            self.k_cache = _cache_array(shape, cache_dtype(self.int8))
-            self.v_cache = _cache_array(shape, cache_dtype(self.int8))
+            self.keys = (kvcache.Int8Keys if self.int8 else kvcache.FloatKeys)(cfg)
+            self.v_cache = kvcache.zeroed(shape, np.float16 if self.int8 else np.float32)
             self.cos, self.sin = M.rope_tables(cfg.context, cfg.head_dim, cfg.rope_theta, np.float32)
         except (OSError, MemoryError, OverflowError) as e:  # a damaged or hostile config's context
-            size = 2 * math.prod(shape) * np.dtype(cache_dtype(self.int8)).itemsize
+            size = kvcache.nbytes(cfg, self.int8)
             raise TinylmError(f"the model's context of {cfg.context:,} tokens needs a {size / 1e9:,.1f} GB "
                               f"key/value cache, which this machine cannot map ({e}); is the "
                               "model file's config damaged?") from None
@@ -147,8 +126,8 @@ class Engine:
             q = self._linear(h, w("self_attn.q_proj.weight")).reshape(T, H, D).transpose(1, 0, 2)
             k = self._linear(h, w("self_attn.k_proj.weight")).reshape(T, Hkv, D).transpose(1, 0, 2)
             v = self._linear(h, w("self_attn.v_proj.weight")).reshape(T, Hkv, D).transpose(1, 0, 2)
-            self._store(self.k_cache[i, :, start:start + T], M.rope_forward(k, cos, sin))
-            self._store(self.v_cache[i, :, start:start + T], v)
+            self.keys.store(i, start, M.rope_forward(k, cos, sin))
+            self.v_cache[i, :, start:start + T] = v  # (numpy rounds float16 to nearest even)
             out = self._attend(i, M.rope_forward(q, cos, sin), start + T)  # [H, T, D]
             x = x + self._linear(out.transpose(1, 0, 2).reshape(T, H * D), w("self_attn.o_proj.weight"))
             h, _ = M.rmsnorm_forward(x, w("post_attention_layernorm.weight"), cfg.norm_eps)
@@ -179,24 +158,16 @@ class Engine:
         the cached keys and values of positions [0, end)."""
         H, T, D = q.shape
         group = H // self.cfg.n_kv_head
-        k = np.repeat(self._load(self.k_cache[layer, :, :end]), group, axis=0)  # [H, end, D]
-        v = np.repeat(self._load(self.v_cache[layer, :, :end]), group, axis=0)
+        if self.int8:
+            q = kvcache.round_queries(q)
+        k = np.repeat(self.keys.load(layer, end), group, axis=0)  # [H, end, D]
+        v = np.repeat(self.v_cache[layer, :, :end].astype(np.float32), group, axis=0)
         scores = (q @ k.transpose(0, 2, 1)) / np.float32(np.sqrt(D))  # [H, T, end]
         # query j sits at position end - T + j and sees keys up to that position
         future = np.arange(end)[None, :] > (end - T + np.arange(T))[:, None]
         scores[:, future] = -np.inf
         scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
         return (scores / scores.sum(axis=-1, keepdims=True)) @ v
-
-    @staticmethod
-    def _store(cache, x):
-        """cache[...] = x, rounded to the cache's type (numpy rounds float16 to nearest even)."""
-        cache[...] = x
-
-    @staticmethod
-    def _load(cache):
-        """The cached values as float32."""
-        return cache.astype(np.float32)
 
     def step(self, token):
         raise NotImplementedError
@@ -247,7 +218,7 @@ class NativeEngine(Engine):
                  n_head=cfg.n_head, n_kv_head=cfg.n_kv_head, d_ff=cfg.d_ff,
                  context=cfg.context, rope_theta=cfg.rope_theta, norm_eps=cfg.norm_eps),
             _native_weight(params[M.EMBED]), np.asarray(params[M.FINAL_NORM]), weights,
-            self.k_cache, self.v_cache, self.cos, self.sin)
+            self.keys.native(), self.v_cache, self.cos, self.sin)
 
     def prefill(self, ids, all_logits=False):
         """An int8 model's batched pass runs in C++ (Engine::prefill, with the int8 GEMM),
@@ -265,8 +236,8 @@ class NativeEngine(Engine):
         if q.shape[1] != end:
             return super()._attend(layer, q, end)
         from . import attention
-        k = self._load(self.k_cache[layer, :, :end])[None]
-        v = self._load(self.v_cache[layer, :, :end])[None]
+        k = np.ascontiguousarray(self.keys.load(layer, end)[None])
+        v = np.ascontiguousarray(self.v_cache[layer, :, :end][None])
         return attention.forward(q[None], k, v, impl="native")[0][0]
 
     def step(self, token):

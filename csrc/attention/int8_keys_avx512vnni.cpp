@@ -27,9 +27,18 @@ inline void ask_for(const char* p, int64_t bytes) {
   for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(p + b, 0, 3);
 }
 
+inline __m512 to_floats(__m512i x) {
+#if defined(TINYLM_SIMDE)  // SIMDe has no _mm512_cvtepi32_ps: two AVX conversions
+  return _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_cvtepi32_ps(_mm512_castsi512_si256(x))),
+                            _mm256_cvtepi32_ps(_mm512_extracti64x4_epi64(x, 1)), 1);
+#else
+  return _mm512_cvtepi32_ps(x);
+#endif
+}
+
 // The scores of 16 positions from their int32 sums.
 inline void finish(const Int8Scores& j, int64_t b, __m512i sum) {
-  const __m512 f = _mm512_cvtepi32_ps(_mm512_sub_epi32(sum, _mm512_set1_epi32(j.q_bias)));
+  const __m512 f = to_floats(_mm512_sub_epi32(sum, _mm512_set1_epi32(j.q_bias)));
   const int64_t t = b * kKeyBlock;
   _mm512_storeu_ps(j.s + t, _mm512_mul_ps(_mm512_mul_ps(f, _mm512_set1_ps(j.q_scale)),
                                           _mm512_loadu_ps(j.key_scales + t)));

@@ -98,6 +98,17 @@ void add(float* x, const float* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) x[i] += y[i];
 }
 
+// Each of the rows [rows, D] of x replaced by its int8 quantization, as floats (code *
+// scale): the queries as decode attention over int8 keys sees them.
+void round_to_int8(float* x, int64_t rows, int64_t D) {
+  std::vector<int8_t> codes(static_cast<size_t>(D));
+  for (int64_t r = 0; r < rows; ++r) {
+    float scale;
+    int8::quantize_rows(x + r * D, 1, D, codes.data(), D, &scale);
+    for (int64_t d = 0; d < D; ++d) x[r * D + d] = float(codes[size_t(d)]) * scale;
+  }
+}
+
 }  // namespace
 
 void validate(const Config& c, const Weights& w) {
@@ -133,9 +144,10 @@ void validate(const Config& c, const Weights& w) {
 Engine::Engine(const Config& cfg, Weights weights, State state)
     : cfg_(cfg), w_(std::move(weights)), st_(state) {
   validate(cfg_, w_);
-  const bool f32 = st_.k_cache && st_.v_cache && !st_.k_half && !st_.v_half;
-  const bool half = !st_.k_cache && !st_.v_cache && st_.k_half && st_.v_half;
-  if (!f32 && !half) invalid("engine: the k and v caches must both be float32 or both halves");
+  const bool f32 = st_.k_cache && st_.v_cache && !st_.k_codes && !st_.k_scales && !st_.v_half;
+  const bool int8 = !st_.k_cache && !st_.v_cache && st_.k_codes && st_.k_scales && st_.v_half;
+  if (!f32 && !int8)
+    invalid("engine: the cache must be float32 keys and values, or int8 keys and half values");
   const int64_t d = cfg_.d_model, kv = cfg_.n_kv_head * cfg_.head_dim();
   // A thread must stream enough of the weights between barriers to be worth them: one
   // per MB, and a team of two from 768 KB. On the Xeon, 2 threads, one-token steps
@@ -180,14 +192,20 @@ void Engine::attention_share(const Layer& L, int64_t layer, int64_t pos, Lane& m
   attend(layer, j0, heads, pos + 1, q, att_.data() + j0 * group * D);
 }
 
+attention::Int8Keys Engine::int8_keys(int64_t layer, int64_t j) const {
+  const int64_t head = layer * cfg_.n_kv_head + j, P = attention::key_positions(cfg_.context);
+  return {st_.k_codes + head * P * attention::key_row_bytes(cfg_.head_dim()),
+          st_.k_scales + head * P};
+}
+
 void Engine::store_kv(int64_t layer, int64_t j0, int64_t heads, int64_t pos, const float* k,
                       const float* v) {
   const int64_t D = cfg_.head_dim(), C = cfg_.context;
   const int64_t first = (layer * cfg_.n_kv_head + j0) * C * D;  // the cache is [layer, Hkv, C, D]
   for (int64_t j = 0; j < heads; ++j) {
     const int64_t row = first + j * C * D + pos * D;
-    if (st_.k_half != nullptr) {  // rounded as numpy's astype(float16) rounds
-      to_halves(k + j * D, st_.k_half + row, D);
+    if (st_.k_codes != nullptr) {  // values rounded as numpy's astype(float16) rounds
+      attention::store_int8_key(k + j * D, D, pos, int8_keys(layer, j0 + j));
       to_halves(v + j * D, st_.v_half + row, D);
     } else {
       std::memcpy(st_.k_cache + row, k + j * D, size_t(D) * sizeof(float));
@@ -201,8 +219,8 @@ void Engine::attend(int64_t layer, int64_t j0, int64_t heads, int64_t length, co
   const int64_t D = cfg_.head_dim(), C = cfg_.context, Hkv = cfg_.n_kv_head;
   const int64_t first = (layer * Hkv + j0) * C * D;
   const attention::DecodeDims dims{heads * (cfg_.n_head / Hkv), heads, C, length, D};
-  if (st_.k_half != nullptr)
-    attention::decode(dims, q, st_.k_half + first, st_.v_half + first, out);
+  if (st_.k_codes != nullptr)
+    attention::decode(dims, q, int8_keys(layer, j0), st_.v_half + first, out);
   else
     attention::decode(dims, q, st_.k_cache + first, st_.v_cache + first, out);
 }
@@ -374,11 +392,13 @@ void Engine::attend_causal(int64_t layer, int64_t T, const float* q, float* out)
   for (int64_t t = 0; t < T; ++t)
     for (int64_t h = 0; h < H; ++h)
       std::memcpy(&qh[size_t((h * T + t) * D)], q + (t * H + h) * D, size_t(D) * sizeof(float));
+  if (st_.k_codes != nullptr) round_to_int8(qh.data(), H * T, D);
   const int64_t first = layer * Hkv * C * D;
   for (int64_t j = 0; j < Hkv; ++j) {
     const int64_t from = first + j * C * D, n = T * D;
-    if (st_.k_half != nullptr) {
-      halves_to_floats(st_.k_half + from, &k[size_t(j * n)], n);
+    if (st_.k_codes != nullptr) {
+      for (int64_t t = 0; t < T; ++t)
+        attention::load_int8_key(int8_keys(layer, j), D, t, &k[size_t(j * n + t * D)]);
       halves_to_floats(st_.v_half + from, &v[size_t(j * n)], n);
     } else {
       std::memcpy(&k[size_t(j * n)], st_.k_cache + from, size_t(n) * sizeof(float));

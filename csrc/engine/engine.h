@@ -24,6 +24,7 @@
 #include <string>
 #include <vector>
 
+#include "../attention/attention.h"
 #include "../threads.h"
 
 namespace tinylm::engine {
@@ -55,15 +56,19 @@ struct Weights {
   std::vector<Layer> layers;
 };
 
-// The key/value cache: k and v [n_layer, n_kv_head, context, head_dim], float32 or IEEE
-// halves (one pair set, the other null); the rotary tables cos and sin [context,
-// head_dim / 2] (the same arrays the numpy engine uses).
+// The key/value cache of a float32 model: k and v [n_layer, n_kv_head, context,
+// head_dim] float32; of an int8 model: the keys in int8 (attention.h's Int8Keys, per
+// layer and kv head: codes [key_positions(context), key_row_bytes(head_dim)] and scales
+// [key_positions(context)]) and the values IEEE halves [n_layer, n_kv_head, context,
+// head_dim] (one set, the other null). The rotary tables cos and sin [context, head_dim /
+// 2] (the same arrays the numpy engine uses).
 struct State {
   float* k_cache;
   float* v_cache;
   const float* cos;
   const float* sin;
-  uint16_t* k_half = nullptr;
+  uint8_t* k_codes = nullptr;
+  float* k_scales = nullptr;
   uint16_t* v_half = nullptr;
 };
 
@@ -146,6 +151,7 @@ class Engine {
   void forward_share(int32_t token, int64_t pos, float* logits, const Share& s);
   void attention_share(const Layer& L, int64_t layer, int64_t pos, Lane& me, const Share& s);
   void mlp_share(const Layer& L, Lane& me, const Share& s);
+  attention::Int8Keys int8_keys(int64_t layer, int64_t j) const;  // kv head j's, int8 models
   // Writes position pos of kv heads [j0, j0 + heads) of a layer into the cache, from k
   // and v [heads, head_dim].
   void store_kv(int64_t layer, int64_t j0, int64_t heads, int64_t pos, const float* k, const float* v);
@@ -154,7 +160,8 @@ class Engine {
   void attend(int64_t layer, int64_t j0, int64_t heads, int64_t length, const float* q,
               float* out) const;
   // Attention of T tokens at positions [0, T), q and out [T, n_head * head_dim], with the
-  // causal kernel of training over the cached keys and values (widened to float).
+  // causal kernel of training over the cached keys and values (as floats; an int8 model's
+  // queries rounded to int8 as the decode kernel rounds them).
   void attend_causal(int64_t layer, int64_t T, const float* q, float* out) const;
 
   Config cfg_;
