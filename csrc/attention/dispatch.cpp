@@ -283,8 +283,14 @@ void run_decode(const TileKernels* kern, const DecodeDims& d, const DecodeJob& j
   });
 
   if (splits == 1) {  // one part per head (up to kDecodePart positions): only the division
-    for (int64_t h = 0; h < H; ++h)
-      for (int64_t c = 0; c < D; ++c) out[h * D + c] = acc[h * Dp + c] / l[h];
+    for (int64_t h = 0; h < H; ++h) {
+      // in locals, so that the compiler sees no aliasing and divides in vectors (with l[h]
+      // read from memory each time, a scalar loop: 0.27 us a `small` layer)
+      const float sum = l[h];
+      const float* __restrict a = acc + h * Dp;
+      float* __restrict o = out + h * D;
+      for (int64_t c = 0; c < D; ++c) o[c] = a[c] / sum;
+    }
     return;
   }
   for (int64_t h = 0; h < H; ++h) {
