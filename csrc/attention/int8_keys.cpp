@@ -17,11 +17,13 @@ int64_t code_offset(int64_t p, int64_t d, int64_t Dq) {
 }  // namespace
 
 void store_int8_key(const float* key, int64_t head_dim, int64_t pos, Int8Keys head) {
-  int8_t codes[kMaxHeadDim];
+  int8_t codes[kMaxHeadDim + 4];
   int8::quantize_rows(key, 1, head_dim, codes, head_dim, head.scales + pos);
   const int64_t Dq = key_row_bytes(head_dim) / 4;
-  for (int64_t d = 0; d < Dq * 4; ++d)  // the padding dimensions: code 0
-    head.codes[code_offset(pos, d, Dq)] = uint8_t((d < head_dim ? codes[d] : 0) + 128);
+  for (int64_t d = head_dim; d < Dq * 4; ++d) codes[d] = 0;  // the padding dimensions
+  uint8_t* lane = head.codes + code_offset(pos, 0, Dq);  // its 4 bytes of each 64
+  for (int64_t g = 0; g < Dq; ++g)
+    for (int64_t i = 0; i < 4; ++i) lane[g * kKeyBlock * 4 + i] = uint8_t(codes[g * 4 + i] + 128);
 }
 
 int8_t int8_key_code(Int8Keys head, int64_t head_dim, int64_t pos, int64_t d) {
