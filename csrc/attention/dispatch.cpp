@@ -366,6 +366,7 @@ Int8ScoresKernel select_int8_scores() {
   if ((f & kAVX512) && (f & kAVX512VNNI)) return int8_scores_avx512vnni;
   if (f & kAVX2) return int8_scores_avx2;
 #elif defined(__aarch64__) || defined(__arm__)
+  if ((f & kNEON) && (f & kDotProd)) return int8_scores_neon_dotprod;
   if (f & kNEON) return int8_scores_neon;
 #endif
   (void)f;

@@ -80,6 +80,7 @@ void int8_scores_avx512vnni(const Int8Scores& job);
 #endif
 #if defined(__aarch64__) || defined(__arm__)
 void int8_scores_neon(const Int8Scores& job);
+void int8_scores_neon_dotprod(const Int8Scores& job);
 #endif
 
 struct DecodeJob {
