@@ -92,6 +92,18 @@ def test_native_matches_int8_reference_at_every_step(params):
     assert 0 < err < 0.05 * np.abs(fp32).max()  # int8, yet close to fp32
 
 
+def test_native_matches_int8_reference_with_odd_head_dim():
+    """head_dim 10: int8 keys padded to 12 dimensions; two query heads a kv head; a
+    context of 40, whose last block of keys is half full."""
+    odd = ModelConfig(vocab_size=257, d_model=40, n_layer=2, n_head=4, n_kv_head=2, d_ff=64, context=40)
+    q = quantize_params(init_params(odd, seed=5))
+    ids = np.random.default_rng(5).integers(0, odd.vocab_size, odd.context)
+    ref = run_steps(ReferenceEngine(odd, q, int8_impl="numpy"), ids, 17)
+    nat = run_steps(NativeEngine(odd, q), ids, 17)
+    np.testing.assert_allclose(nat, ref, atol=1e-5, rtol=1e-5)
+    assert np.abs(ref).max() > 0.1
+
+
 @pytest.mark.parametrize("chunks", [[1], [CFG.context], [5, 7, 1, 11]], ids=str)
 def test_native_int8_prefill_matches_reference(params, chunks):
     """The C++ batched pass (Engine::prefill): a window from position 0 through the causal
