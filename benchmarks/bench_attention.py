@@ -3,8 +3,8 @@ scaled_dot_product_attention (when torch is installed), side by side in one run.
 
 Measures forward and forward+backward for (batch, heads, T, head_dim) in the issue's
 shapes at 1 and 2 threads, and decode-attention time per token (one query per head
-against a KV cache, float32 and float16 as int8 models keep it) for cache lengths
-256..4096. Prints a markdown table and writes JSON.
+against a KV cache: float32; float16; int8 keys with float16 values, as int8 models keep
+it) for cache lengths 256..4096. Prints a markdown table and writes JSON.
 
     python benchmarks/bench_attention.py                 # full run (a few minutes)
     python benchmarks/bench_attention.py --quick         # seconds: small shapes, 1 thread
@@ -22,12 +22,14 @@ import platform
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import numpy as np
 
 from tinylm import _C
 from tinylm import attention as attn
+from tinylm import kvcache
 
 try:
     import torch
@@ -170,7 +172,11 @@ def bench_decode(lengths, thread_counts, repeat):
     q = rng.standard_normal((H, D), dtype=np.float32)
     k_cache = rng.standard_normal((Hkv, capacity, D), dtype=np.float32)
     v_cache = rng.standard_normal((Hkv, capacity, D), dtype=np.float32)
-    k_half, v_half = k_cache.astype(np.float16), v_cache.astype(np.float16)  # int8 models' cache
+    k_half, v_half = k_cache.astype(np.float16), v_cache.astype(np.float16)
+    # the int8 models' cache: int8 keys, float16 values
+    keys = kvcache.Int8Keys(types.SimpleNamespace(n_layer=1, n_kv_head=Hkv, context=capacity, head_dim=D))
+    keys.store(0, 0, k_cache)
+    k_int8 = (keys.codes[0], keys.scales[0])
     for threads in thread_counts:
         set_threads(threads)
         for length in lengths:
@@ -178,6 +184,7 @@ def bench_decode(lengths, thread_counts, repeat):
             fns = {
                 "native": lambda: attn.decode(q, k_cache, v_cache, length),
                 "native_f16": lambda: attn.decode(q, k_half, v_half, length),
+                "native_i8k": lambda: attn.decode(q, k_int8, v_half, length),
                 "numpy": lambda: attn.decode(q, k_cache, v_cache, length, impl="numpy"),
             }
             if torch is not None:
@@ -223,15 +230,16 @@ def print_tables(result):
         print_training_row(row)
     print(f"\ndecode, one token: {DECODE_HEADS} heads, {DECODE_KV_HEADS} kv heads, "
           f"head_dim {DECODE_DIM}\n")
-    print("| cache length | threads | native us | native float16 cache us | torch us | numpy us | "
-          "native/float16 | torch/native | numpy/native |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| cache length | threads | native us | native float16 cache us | native int8 keys us | "
+          "torch us | numpy us | native/float16 | float16/int8 keys | torch/native | numpy/native |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for row in result["decode"]:
         t = row.get("torch")
         print(f"| {row['length']} | {row['threads']} | {row['native'] * 1e6:.1f} | "
-              f"{row['native_f16'] * 1e6:.1f} | "
+              f"{row['native_f16'] * 1e6:.1f} | {row['native_i8k'] * 1e6:.1f} | "
               f"{t * 1e6 if t else float('nan'):.1f} | {row['numpy'] * 1e6:.1f} | "
               f"{ratio(row['native'], row['native_f16'])} | "
+              f"{ratio(row['native_f16'], row['native_i8k'])} | "
               f"{ratio(t, row['native'])} | {ratio(row['numpy'], row['native'])} |")
 
 

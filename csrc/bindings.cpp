@@ -265,6 +265,45 @@ void run_kernel(Fn&& fn) {
   }
 }
 
+// attention_decode over int8 keys (attention.h's Int8Keys): k_ a pair (codes, scales).
+py::array_t<float> attention_decode_int8_keys(const py::array_t<float>& q, const py::object& k_,
+                                              const py::object& v_, int64_t length) {
+  namespace A = tinylm::attention;
+  auto kt = py::reinterpret_borrow<py::tuple>(k_);
+  if (kt.size() != 2) bad_arg("k_cache", "int8 keys are a pair (codes, scales)");
+  auto codes = checked<uint8_t>(kt[0], "k_cache codes", 5);
+  auto scales = checked<float>(kt[1], "k_cache scales", 2);
+  auto vc = checked_half(v_, "v_cache", 3);
+  const int64_t H = q.shape(0), D = q.shape(1), Hkv = vc.shape(0), C = vc.shape(1);
+  require_dim(vc, "v_cache", 2, D, "head_dim of q");
+  if (Hkv < 1 || H % Hkv != 0)
+    bad_arg("v_cache", "shape " + shape_str(vc) + ": its kv heads must divide the " +
+                           std::to_string(H) + " heads of q");
+  if (D > A::kMaxHeadDim)
+    bad_arg("q", "head_dim " + std::to_string(D) + " is above the supported " +
+                     std::to_string(A::kMaxHeadDim));
+  const int64_t P = A::key_positions(C), row = A::key_row_bytes(D);
+  const int64_t code_shape[5] = {Hkv, P / A::kKeyBlock, row / 4, A::kKeyBlock, 4};
+  for (int axis = 0; axis < 5; ++axis)
+    require_dim(codes, "k_cache codes", axis, code_shape[axis],
+                "[kv heads, capacity / 16, head_dim / 4, 16, 4], both rounded up");
+  require_dim(scales, "k_cache scales", 0, Hkv, "[kv heads, capacity rounded up to 16]");
+  require_dim(scales, "k_cache scales", 1, P, "[kv heads, capacity rounded up to 16]");
+  require_aligned(scales, "k_cache scales");
+  if (length < 1 || length > C)
+    bad_arg("length", std::to_string(length) + " is outside [1, " + std::to_string(C) +
+                          "] (the cache capacity)");
+  const A::DecodeDims d{H, Hkv, C, length, D};
+  auto out = new_output({H, D});
+  float* o = out.mutable_data();
+  // the kernels only read the cache (Int8Keys is the engine's writable view)
+  const A::Int8Keys keys{const_cast<uint8_t*>(codes.data()), const_cast<float*>(scales.data())};
+  run_kernel([&] {
+    A::decode(d, q.data(), keys, static_cast<const uint16_t*>(vc.data()), o);
+  });
+  return out;
+}
+
 void bind_attention(py::module_& m) {
   m.def(
       "attention_forward",
@@ -310,6 +349,7 @@ void bind_attention(py::module_& m) {
       "attention_decode",
       [](py::object q_, py::object k_, py::object v_, int64_t length) {
         auto q = attention_arg(q_, "q", 2);
+        if (py::isinstance<py::tuple>(k_)) return attention_decode_int8_keys(q, k_, v_, length);
         auto kc = cache_arg(k_, "k_cache", 3), vc = cache_arg(v_, "v_cache", 3);
         require_dim(kc, "k_cache", 2, q.shape(1), "head_dim of q");
         require_same_shape(vc, "v_cache", kc, "k_cache");
@@ -340,7 +380,9 @@ void bind_attention(py::module_& m) {
       },
       py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("length"),
       "One query per head against cache positions [0, length). q [H,D] float32, k_cache and "
-      "v_cache [Hkv, capacity, D], both float32 or both float16 -> out [H,D].");
+      "v_cache [Hkv, capacity, D], both float32 or both float16, or k_cache int8 keys (codes "
+      "uint8 [Hkv, capacity / 16, D / 4, 16, 4], scales float32 [Hkv, capacity], capacity "
+      "and D rounded up; tinylm/kvcache.py) with v_cache float16 -> out [H,D].");
   m.def("attention_path", &tinylm::attention::active_path,
         "The attention implementation the active ISA level selects.");
 }

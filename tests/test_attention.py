@@ -1,6 +1,8 @@
 """Attention: the native kernels (every instruction-set path this CPU runs) against the
 numpy reference, the numpy reference against torch, and bad input."""
 
+import types
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -8,6 +10,7 @@ from hypothesis import strategies as st
 
 from tinylm import _C
 from tinylm import attention as attn
+from tinylm import kvcache
 from kernel_paths import isa, threads
 
 try:
@@ -174,6 +177,37 @@ def test_decode_matches_reference_on_every_isa(Hkv, group, capacity, D, half, da
             out = attn.decode(q, k, v, length)
             assert out.shape == (Hkv * group, D) and out.dtype == np.float32
             assert_close(out, expected, 2e-5, f"{name} decode")
+
+
+def int8_keys(k):
+    """k [Hkv, capacity, D] stored as an int8 model's keys: (codes, scales) of one layer."""
+    Hkv, capacity, D = k.shape
+    cfg = types.SimpleNamespace(n_layer=1, n_kv_head=Hkv, context=capacity, head_dim=D)
+    keys = kvcache.Int8Keys(cfg)
+    keys.store(0, 0, k)
+    return keys.codes[0], keys.scales[0]
+
+
+@FAST
+@given(
+    Hkv=st.integers(1, 3),
+    group=st.integers(1, 3),
+    capacity=st.one_of(st.integers(1, 80), st.integers(500, 1100)),
+    D=st.one_of(st.integers(1, 20), st.sampled_from([32, 48, 64, 128])),
+    data=st.data(),
+)
+def test_decode_over_int8_keys_matches_reference_on_every_isa(Hkv, group, capacity, D, data):
+    """The int8 models' cache: keys in int8, values float16; the expected output is
+    numpy's over the keys as stored (code * scale) and q rounded as they are."""
+    length = data.draw(st.integers(1, capacity), label="length")
+    q, k, v = random_cache(capacity * D + length + 7, Hkv * group, Hkv, capacity, D)
+    keys, v = int8_keys(k), v.astype(np.float16)
+    expected = attn.decode(*f64(q), keys, v, length, impl="numpy")
+    for name in _C.available_isas():
+        with isa(name):
+            out = attn.decode(q, keys, v, length)
+            assert out.shape == (Hkv * group, D) and out.dtype == np.float32
+            assert_close(out, expected, 2e-5, f"{name} decode over int8 keys")
 
 
 def test_decode_equals_the_forward_row_of_the_same_position():
@@ -354,3 +388,14 @@ def test_bad_decode_arguments_raise_value_error():
         _C.attention_decode(q, shifted, v16, 4)
     with pytest.raises(ValueError, match="q"):
         _C.attention_decode(q[None], k, v, 4)
+    # int8 keys: a pair in the layout of the values' capacity and head_dim, float16 values
+    codes, scales = int8_keys(k)
+    for keys, values, match in [((codes, scales), v, "v_cache.*float16"),
+                                ((codes, scales), np.zeros((2, 40, 8), np.float16), "codes.*dimension 1 must be 3"),
+                                ((codes[:, :, :1].copy(), scales), v16, "codes.*dimension 2 must be 2"),
+                                ((codes, scales[:1].copy()), v16, "scales.*dimension 0 must be 2"),
+                                ((codes,), v16, "pair")]:
+        with pytest.raises(ValueError, match=match):
+            _C.attention_decode(q, keys, values, 4)
+    with pytest.raises(ValueError, match="length"):
+        _C.attention_decode(q, (codes, scales), v16, 17)

@@ -147,14 +147,23 @@ def backward(q, k, v, out, lse, dout, impl=None):
 
 def decode(q, k_cache, v_cache, length, impl=None):
     """out [H, D] for q [H, D] against k_cache, v_cache [Hkv, capacity, D], positions < length.
-    The caches are float32, or both float16."""
+    The caches are float32, or both float16; or k_cache is int8 keys, a pair (codes,
+    scales) in tinylm/kvcache.py's layout for one layer, and v_cache float16 (the int8
+    models' cache; q is rounded to int8 as those keys are)."""
     length = int(length)
+    int8_keys = isinstance(k_cache, tuple)
     if _check_impl(impl or _default_impl) == "numpy":
-        capacity = np.shape(k_cache)[1]
+        capacity = np.shape(v_cache)[1]
         if not 1 <= length <= capacity:
             raise ValueError(f"argument 'length': {length} is outside [1, {capacity}] (the cache capacity)")
+        if int8_keys:
+            from . import kvcache
+            q = kvcache.round_queries(np.asarray(q, np.float32))
+            k_cache = kvcache.int8_keys_as_floats(*k_cache, q.shape[1])
         return attention_decode(q, k_cache, v_cache, length)
-    if np.asarray(k_cache).dtype == np.float16:  # the int8 models' cache: read as is
+    if int8_keys:  # read as they are
+        caches = [tuple(np.ascontiguousarray(c) for c in k_cache), np.ascontiguousarray(v_cache)]
+    elif np.asarray(k_cache).dtype == np.float16:  # read as they are
         caches = [np.ascontiguousarray(c) for c in (k_cache, v_cache)]
     else:
         caches = _native_args(k_cache=k_cache, v_cache=v_cache)

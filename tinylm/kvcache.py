@@ -105,17 +105,28 @@ class Int8Keys:
         self.scales[layer, :, start:start + T] = scales.reshape(Hkv, T)
 
     def load(self, layer, end):
-        codes = self.rows(layer)[:, :end, :self.head_dim].astype(np.int16) - 128
-        return codes.astype(np.float32) * self.scales[layer, :, :end, None]
+        return int8_keys_as_floats(self.codes[layer], self.scales[layer], self.head_dim)[:, :end]
 
     def rows(self, layer):
         """A layer's stored bytes by position: [n_kv_head, positions, head_dim rounded up
         to 4] (a copy)."""
-        Hkv, blocks, groups = self.codes.shape[1:4]
-        return self.codes[layer].transpose(0, 1, 3, 2, 4).reshape(Hkv, blocks * KEY_BLOCK, groups * 4)
+        return _rows(self.codes[layer])
 
     def native(self):
         return (self.codes, self.scales)
+
+
+def _rows(codes):
+    """One layer's codes [n_kv_head, blocks, groups, 16, 4] by position: [n_kv_head,
+    blocks * 16, groups * 4]."""
+    Hkv, blocks, groups = codes.shape[:3]
+    return codes.transpose(0, 1, 3, 2, 4).reshape(Hkv, blocks * KEY_BLOCK, groups * 4)
+
+
+def int8_keys_as_floats(codes, scales, head_dim):
+    """One layer's int8 keys as float32 [n_kv_head, positions, head_dim]: code * scale."""
+    values = _rows(codes)[:, :, :head_dim].astype(np.int16) - 128
+    return values.astype(np.float32) * scales[:, :, None]
 
 
 def round_queries(q):
