@@ -7,8 +7,8 @@ the weights themselves (warm, as they are when decoding, with the same thread co
 the CPU's widest vector loads: `int8_read_checksum`),
 and reports each decode step as a multiple of it. (A step also reads the KV cache, which
 this floor leaves out: at the `small` preset's average position here, 2.6 MB of it in
-float32, 11% of the fp32 weights; the int8 models' cache is float16, 1.3 MB, 21% of
-their weights.) It also reports the share of a token's time spent in Python:
+float32, 11% of the fp32 weights; the int8 models' cache, int8 keys and float16 values,
+1.0 MB, 17% of their weights.) It also reports the share of a token's time spent in Python:
 everything outside native code (the generation loop, streaming the text, crossing into
 C++), from the native engine's own clock in the same run. And it reports what a user
 sees of a whole generation, its tokens over its time: the prompt's prefill, the decode

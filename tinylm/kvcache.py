@@ -14,11 +14,11 @@ already trades exactness for speed, keeps its values in float16 and its keys in 
   integer dot product, rescaled by the two scales.
 
 Against float16 keys this nearly halves the keys' bytes (a 48-dimension key: 52 bytes
-with its scale, against 96) and makes a head's scores cheap: in a C++ loop over a hot
-`small` head (192 positions), its whole attention 0.65 µs against 0.88, the scores
-0.11–0.16 µs of it (benchmarks/NOTES.md, the sixteenth session). What the rounding costs
-a trained model is measured by benchmarks/decode_loss.py: nothing visible in the
-README's `baby` model. The engines see the rounding of both operands: `round_queries` is
+with its scale, against 96) and makes their scores cheap: decode attention 1.15–1.36×
+as fast (`python benchmarks/bench_attention.py --decode-only`), the weighted sum of the
+float16 values now most of it (benchmarks/NOTES.md, the sixteenth session). What the
+rounding costs a trained model is measured by benchmarks/decode_loss.py: nothing
+visible in the README's `baby` model. The engines see the rounding of both operands: `round_queries` is
 what the numpy reference does to a query before attention, and the stored keys are read
 back as `code * scale`.
 """
