@@ -265,14 +265,46 @@ void run_kernel(Fn&& fn) {
   }
 }
 
+// Int8 keys (attention.h's Int8Keys) as a pair (codes, scales): codes uint8 [lead...,
+// capacity / 16, head_dim / 4, 16, 4] and scales float32 [lead..., capacity], capacity
+// and head_dim rounded up (tinylm/kvcache.py's layout).
+struct Int8KeysArg {
+  py::array_t<uint8_t> codes;
+  py::array_t<float> scales;
+  // the view the kernels take (the engine writes through it; attention only reads)
+  tinylm::attention::Int8Keys view() const {
+    return {const_cast<uint8_t*>(codes.data()), const_cast<float*>(scales.data())};
+  }
+};
+
+Int8KeysArg int8_keys_arg(const py::handle& k, const std::vector<int64_t>& lead,
+                          const std::string& lead_names, int64_t capacity, int64_t head_dim) {
+  namespace A = tinylm::attention;
+  if (!py::isinstance<py::tuple>(k) || py::len(k) != 2)
+    bad_arg("k_cache", "int8 keys are a pair (codes, scales)");
+  auto pair = py::reinterpret_borrow<py::tuple>(k);
+  const int n = int(lead.size());
+  Int8KeysArg keys{checked<uint8_t>(pair[0], "k_cache codes", n + 4),
+                   checked<float>(pair[1], "k_cache scales", n + 1)};
+  const int64_t P = A::key_positions(capacity);
+  std::vector<int64_t> code_shape = lead, scale_shape = lead;
+  for (int64_t d : {P / A::kKeyBlock, A::key_row_bytes(head_dim) / 4, A::kKeyBlock, int64_t(4)})
+    code_shape.push_back(d);
+  scale_shape.push_back(P);
+  for (int axis = 0; axis < n + 4; ++axis)
+    require_dim(keys.codes, "k_cache codes", axis, code_shape[size_t(axis)],
+                "[" + lead_names + ", capacity / 16, head_dim / 4, 16, 4], both rounded up");
+  for (int axis = 0; axis < n + 1; ++axis)
+    require_dim(keys.scales, "k_cache scales", axis, scale_shape[size_t(axis)],
+                "[" + lead_names + ", capacity rounded up to 16]");
+  require_aligned(keys.scales, "k_cache scales");
+  return keys;
+}
+
 // attention_decode over int8 keys (attention.h's Int8Keys): k_ a pair (codes, scales).
 py::array_t<float> attention_decode_int8_keys(const py::array_t<float>& q, const py::object& k_,
                                               const py::object& v_, int64_t length) {
   namespace A = tinylm::attention;
-  auto kt = py::reinterpret_borrow<py::tuple>(k_);
-  if (kt.size() != 2) bad_arg("k_cache", "int8 keys are a pair (codes, scales)");
-  auto codes = checked<uint8_t>(kt[0], "k_cache codes", 5);
-  auto scales = checked<float>(kt[1], "k_cache scales", 2);
   auto vc = checked_half(v_, "v_cache", 3);
   const int64_t H = q.shape(0), D = q.shape(1), Hkv = vc.shape(0), C = vc.shape(1);
   require_dim(vc, "v_cache", 2, D, "head_dim of q");
@@ -282,25 +314,14 @@ py::array_t<float> attention_decode_int8_keys(const py::array_t<float>& q, const
   if (D > A::kMaxHeadDim)
     bad_arg("q", "head_dim " + std::to_string(D) + " is above the supported " +
                      std::to_string(A::kMaxHeadDim));
-  const int64_t P = A::key_positions(C), row = A::key_row_bytes(D);
-  const int64_t code_shape[5] = {Hkv, P / A::kKeyBlock, row / 4, A::kKeyBlock, 4};
-  for (int axis = 0; axis < 5; ++axis)
-    require_dim(codes, "k_cache codes", axis, code_shape[axis],
-                "[kv heads, capacity / 16, head_dim / 4, 16, 4], both rounded up");
-  require_dim(scales, "k_cache scales", 0, Hkv, "[kv heads, capacity rounded up to 16]");
-  require_dim(scales, "k_cache scales", 1, P, "[kv heads, capacity rounded up to 16]");
-  require_aligned(scales, "k_cache scales");
+  const Int8KeysArg keys = int8_keys_arg(k_, {Hkv}, "kv heads", C, D);
   if (length < 1 || length > C)
     bad_arg("length", std::to_string(length) + " is outside [1, " + std::to_string(C) +
                           "] (the cache capacity)");
   const A::DecodeDims d{H, Hkv, C, length, D};
   auto out = new_output({H, D});
   float* o = out.mutable_data();
-  // the kernels only read the cache (Int8Keys is the engine's writable view)
-  const A::Int8Keys keys{const_cast<uint8_t*>(codes.data()), const_cast<float*>(scales.data())};
-  run_kernel([&] {
-    A::decode(d, q.data(), keys, static_cast<const uint16_t*>(vc.data()), o);
-  });
+  run_kernel([&] { A::decode(d, q.data(), keys.view(), static_cast<const uint16_t*>(vc.data()), o); });
   return out;
 }
 
@@ -598,29 +619,15 @@ std::unique_ptr<EngineHandle> make_engine(const py::dict& cfg_d, const py::handl
   require_writeable(vc, "v_cache");
   keep.push_back(vc);
   if (int8_keys) {
-    auto kt = py::reinterpret_borrow<py::tuple>(k_obj);
-    if (kt.size() != 2) bad_arg("k_cache", "int8 keys are a pair (codes, scales)");
     if (!is_half(vc)) bad_arg("v_cache", "with int8 keys the values must be float16");
-    namespace A = tinylm::attention;
-    const int64_t P = A::key_positions(c.context), row = A::key_row_bytes(D);
-    auto codes = checked<uint8_t>(kt[0], "k_cache codes", 6);
-    auto scales = checked<float>(kt[1], "k_cache scales", 3);
-    const int64_t code_shape[6] = {c.n_layer, c.n_kv_head, P / A::kKeyBlock, row / 4, A::kKeyBlock, 4};
-    for (int axis = 0; axis < 6; ++axis)
-      require_dim(codes, "k_cache codes", axis, code_shape[axis],
-                  "[n_layer, n_kv_head, context / 16, head_dim / 4, 16, 4], both rounded up");
-    const int64_t scale_shape[3] = {c.n_layer, c.n_kv_head, P};
-    for (int axis = 0; axis < 3; ++axis)
-      require_dim(scales, "k_cache scales", axis, scale_shape[axis],
-                  "[n_layer, n_kv_head, context rounded up to 16]");
-    require_writeable(codes, "k_cache codes");
-    require_writeable(scales, "k_cache scales");
-    require_aligned(scales, "k_cache scales");
-    state.k_codes = codes.mutable_data();
-    state.k_scales = scales.mutable_data();
+    Int8KeysArg keys = int8_keys_arg(k_obj, {c.n_layer, c.n_kv_head}, "n_layer, n_kv_head", c.context, D);
+    require_writeable(keys.codes, "k_cache codes");
+    require_writeable(keys.scales, "k_cache scales");
+    state.k_codes = keys.codes.mutable_data();
+    state.k_scales = keys.scales.mutable_data();
     state.v_half = static_cast<uint16_t*>(vc.mutable_data());
-    keep.push_back(codes);
-    keep.push_back(scales);
+    keep.push_back(keys.codes);
+    keep.push_back(keys.scales);
   } else {
     auto kc = attention_arg(k_obj, "k_cache", 4);
     require_same_dtype(vc, "v_cache", kc, "k_cache");

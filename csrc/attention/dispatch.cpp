@@ -307,7 +307,6 @@ void run_decode(const TileKernels* kern, const DecodeDims& d, const DecodeJob& j
   }
 }
 
-
 // Either cache type: E is float or uint16_t (halves); the job carries the pointers.
 template <class E>
 void decode_cache(const TileKernels* kern, const DecodeDims& d, const float* q,
