@@ -1,39 +1,24 @@
-// Scores over int8 keys, NEON with the dot-product instructions (ARMv8.2 sdot: Raspberry
-// Pi 5, Apple M, Neoverse; also built for AArch32): a block's 64-byte rows each hold 4
-// dimensions of its 16 positions, four vectors of 4 positions, and one sdot adds a
-// vector's 4 dimensions into its 4 positions' sums. The key bytes lose their bias (xor
-// 0x80 turns k + 128 into k, signed), so the query's bias correction is not needed.
-#include <arm_neon.h>
-
-#include <cstring>
-
-#include "kernels.h"
+// Scores over int8 keys with ARM's dot products (ARMv8.2 sdot: Raspberry Pi 5, Apple M,
+// Neoverse; also built for AArch32; int8_keys_neon.h): one sdot adds a vector's 4
+// dimensions into its 4 positions' sums, where plain NEON takes four instructions.
+#include "int8_keys_neon.h"
 
 namespace tinylm::attention::detail {
+namespace {
 
-void int8_scores_neon_dotprod(const Int8Scores& j) {
-  const int64_t Dq = j.Dq, block_bytes = kKeyBlock * Dq * 4;
-  const uint8x16_t bias = vdupq_n_u8(0x80);
-  const float32x4_t q_scale = vdupq_n_f32(j.q_scale);
-  for (int64_t b = 0; b < j.blocks; ++b) {
-    const uint8_t* k = j.keys + b * block_bytes;
-    if (j.ahead != nullptr)
-      for (int64_t a = 0; a < j.ahead_bytes; a += 64) __builtin_prefetch(j.ahead + b * j.ahead_bytes + a);
-    int32x4_t sum[4];  // positions 4v .. 4v + 3
-    for (int v = 0; v < 4; ++v) sum[v] = vdupq_n_s32(0);
-    for (int64_t g = 0; g < Dq; ++g) {
-      int32_t word;
-      std::memcpy(&word, j.q + 4 * g, 4);
-      const int8x16_t q = vreinterpretq_s8_s32(vdupq_n_s32(word));
-      for (int v = 0; v < 4; ++v)
-        sum[v] = vdotq_s32(sum[v], vreinterpretq_s8_u8(veorq_u8(vld1q_u8(k + g * 64 + v * 16), bias)), q);
+struct DotProducts {
+  struct Sums {
+    int32x4_t s[4];  // positions 4v .. 4v + 3
+    Sums() {
+      for (int v = 0; v < 4; ++v) s[v] = vdupq_n_s32(0);
     }
-    for (int v = 0; v < 4; ++v) {
-      const int64_t t = b * kKeyBlock + v * 4;
-      const float32x4_t f = vcvtq_f32_s32(sum[v]);
-      vst1q_f32(j.s + t, vmulq_f32(vmulq_f32(f, q_scale), vld1q_f32(j.key_scales + t)));
-    }
-  }
-}
+  };
+  static void add(Sums& s, int v, int8x16_t key, int8x16_t q) { s.s[v] = vdotq_s32(s.s[v], key, q); }
+  static int32x4_t sums(const Sums& s, int v) { return s.s[v]; }
+};
+
+}  // namespace
+
+void int8_scores_neon_dotprod(const Int8Scores& j) { neon_int8_scores<DotProducts>(j); }
 
 }  // namespace tinylm::attention::detail
