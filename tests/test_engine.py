@@ -106,10 +106,14 @@ def test_native_matches_int8_reference_with_odd_head_dim():
     odd = ModelConfig(vocab_size=257, d_model=40, n_layer=2, n_head=4, n_kv_head=2, d_ff=64, context=40)
     q = quantize_params(init_params(odd, seed=5))
     ids = np.random.default_rng(5).integers(0, odd.vocab_size, odd.context)
-    ref = run_steps(ReferenceEngine(odd, q, int8_impl="numpy"), ids, 17)
-    nat = run_steps(NativeEngine(odd, q), ids, 17)
+    engines = ReferenceEngine(odd, q, int8_impl="numpy"), NativeEngine(odd, q)
+    ref, nat = (run_steps(e, ids, 17) for e in engines)
     assert np.abs(nat - ref).max() < 0.02 * np.abs(ref).max()
     assert np.abs(ref).max() > 0.1
+    for layer in range(odd.n_layer):  # every key where the reference put it, to a few codes
+        want, got = (e.keys.rows(layer).astype(int) for e in engines)
+        assert np.abs(got - want).max() <= 3 and (got == want).mean() > 0.75
+        assert (want[:, :odd.context, 10:] == 128).all() and (want[:, odd.context:] == 0).all()
 
 
 @pytest.mark.parametrize("chunks", [[1], [CFG.context], [5, 7, 1, 11]], ids=str)

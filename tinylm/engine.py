@@ -15,9 +15,10 @@ to int8 the same way) and float16 values. They shrink the cache's memory and the
 a decode step reads from it: a `small` model's cache at position 190 is 2.6 MB in
 float32, 43% of its int8 weights, and 1.0 MB as an int8 model keeps it; `medium`'s at
 its full context of 1024, 33.5 MB in float32, more than its 25.6 MB of int8 weights, and
-12.8 MB. Both engines store the same codes and halves (the reference engine rounds
-halves with numpy's astype, the native engine with csrc/half.h, which rounds exactly as
-numpy does).
+12.8 MB. Both engines round alike (the reference engine rounds halves with numpy's
+astype, the native engine with csrc/half.h, which rounds exactly as numpy does; both
+quantize keys and queries with quant.py's scheme), so they store the same codes and
+halves, but where their float keys differ in the last bit, a code can tip by one.
 
 - **Prefill**: the prompt goes through the model in one batched pass (matrix-matrix
   products), filling the cache. `ReferenceEngine` runs it in numpy; `NativeEngine`

@@ -55,9 +55,10 @@ void decode(const DecodeDims& d, const float* q, const uint16_t* k_cache,
 // The int8 models' key cache: each key (one position of one kv head) quantized to int8
 // with a scale of its own (int8::quantize_rows' scheme), in blocks of 16 positions laid
 // out for 4-byte dot products (one vector instruction scores 16 positions at once):
-//   codes [Hkv, capacity rounded up to 16, Dq * 4] bytes, Dq = ceil(D / 4): dimension d
-//   of position p of a head at byte ((p / 16 * Dq + d / 4) * 16 + p % 16) * 4 + d % 4,
-//   holding the code + 128 (unsigned; padding dimensions 128, i.e. 0);
+//   codes [Hkv, capacity rounded up to 16 / 16, Dq, 16, 4] bytes, Dq = ceil(D / 4): a
+//   block of 16 positions holds their dimensions 4g .. 4g + 3 side by side in its g-th
+//   64 bytes, so dimension d of position p of a head is at byte ((p / 16 * Dq + d / 4) *
+//   16 + p % 16) * 4 + d % 4; each holds the code + 128 (padding dimensions 128, i.e. 0);
 //   scales [Hkv, capacity rounded up to 16] floats.
 // The query is quantized the same way, a scale a head, so a score is an exact int32 dot
 // product, rescaled: score[p] = float(sum_d q8[d] * key8[p][d]) * (q_scale * float(1 /

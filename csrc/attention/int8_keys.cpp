@@ -1,6 +1,8 @@
 // The int8 key cache (attention.h's Int8Keys): storing a key, reading one back, and the
 // scalar scores every SIMD kernel (int8_keys_*.cpp) must reproduce exactly. Portable C++.
 #include <cstring>
+#include <stdexcept>
+#include <string>
 
 #include "../int8/int8.h"
 #include "attention.h"
@@ -17,6 +19,9 @@ int64_t code_offset(int64_t p, int64_t d, int64_t Dq) {
 }  // namespace
 
 void store_int8_key(const float* key, int64_t head_dim, int64_t pos, Int8Keys head) {
+  if (head_dim < 1 || head_dim > kMaxHeadDim)
+    throw std::invalid_argument("store_int8_key: head_dim " + std::to_string(head_dim) +
+                                " outside [1, " + std::to_string(kMaxHeadDim) + "]");
   int8_t codes[kMaxHeadDim + 4];
   int8::quantize_rows(key, 1, head_dim, codes, head_dim, head.scales + pos);
   const int64_t Dq = key_row_bytes(head_dim) / 4;

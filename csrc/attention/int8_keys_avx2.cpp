@@ -12,10 +12,6 @@
 namespace tinylm::attention::detail {
 namespace {
 
-inline void ask_for(const char* p, int64_t bytes) {
-  for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(p + b, 0, 3);
-}
-
 // sum += the 4-dimension dot products of 8 positions' key bytes with the query's word.
 inline __m256i add_dots(__m256i sum, const uint8_t* keys, __m256i q, __m256i q_abs) {
   const __m256i k = _mm256_xor_si256(_mm256_loadu_si256((const __m256i*)keys),
@@ -36,7 +32,7 @@ void int8_scores_avx2(const Int8Scores& j) {
   const int64_t Dq = j.Dq, block_bytes = kKeyBlock * Dq * 4;
   for (int64_t b = 0; b < j.blocks; ++b) {
     const uint8_t* k = j.keys + b * block_bytes;
-    if (j.ahead != nullptr) ask_for(j.ahead + b * j.ahead_bytes, j.ahead_bytes);
+    if (j.ahead != nullptr) ask_for_ahead(j, b, 1);
     __m256i lo = _mm256_setzero_si256(), hi = lo;  // positions 0-7, 8-15
     for (int64_t g = 0; g < Dq; ++g) {
       int32_t word;

@@ -23,10 +23,6 @@ inline __m512i query_word(const int8_t* q) {  // 4 query bytes in every 32-bit l
   return _mm512_set1_epi32(w);
 }
 
-inline void ask_for(const char* p, int64_t bytes) {
-  for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(p + b, 0, 3);
-}
-
 inline __m512 to_floats(__m512i x) {
 #if defined(TINYLM_SIMDE)  // SIMDe has no _mm512_cvtepi32_ps: two AVX conversions
   return _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_cvtepi32_ps(_mm512_castsi512_si256(x))),
@@ -52,7 +48,7 @@ void int8_scores_avx512vnni(const Int8Scores& j) {
   for (; b + 2 <= j.blocks; b += 2) {
     const uint8_t* k0 = j.keys + b * block_bytes;
     const uint8_t* k1 = k0 + block_bytes;
-    if (j.ahead != nullptr) ask_for(j.ahead + b * j.ahead_bytes, 2 * j.ahead_bytes);
+    if (j.ahead != nullptr) ask_for_ahead(j, b, 2);
     __m512i a0 = _mm512_setzero_si512(), a1 = a0, c0 = a0, c1 = a0;
     int64_t g = 0;
     for (; g + 2 <= Dq; g += 2) {
@@ -72,7 +68,7 @@ void int8_scores_avx512vnni(const Int8Scores& j) {
   }
   if (b < j.blocks) {
     const uint8_t* k0 = j.keys + b * block_bytes;
-    if (j.ahead != nullptr) ask_for(j.ahead + b * j.ahead_bytes, j.ahead_bytes);
+    if (j.ahead != nullptr) ask_for_ahead(j, b, 1);
     __m512i a0 = _mm512_setzero_si512();
     for (int64_t g = 0; g < Dq; ++g)
       a0 = _mm512_dpbusd_epi32(a0, _mm512_loadu_si512(k0 + g * 64), query_word(j.q + 4 * g));

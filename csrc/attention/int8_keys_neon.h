@@ -23,8 +23,7 @@ void neon_int8_scores(const Int8Scores& j) {
   const float32x4_t q_scale = vdupq_n_f32(j.q_scale);
   for (int64_t b = 0; b < j.blocks; ++b) {
     const uint8_t* k = j.keys + b * block_bytes;
-    if (j.ahead != nullptr)
-      for (int64_t a = 0; a < j.ahead_bytes; a += 64) __builtin_prefetch(j.ahead + b * j.ahead_bytes + a);
+    if (j.ahead != nullptr) ask_for_ahead(j, b, 1);
     typename Dots::Sums sums;
     for (int64_t g = 0; g < Dq; ++g) {
       int32_t word;

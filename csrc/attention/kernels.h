@@ -73,6 +73,15 @@ struct Int8Scores {
   float* s;
 };
 using Int8ScoresKernel = void (*)(const Int8Scores& job);
+namespace {  // each kernel file its own copy, compiled with its own flags
+// Asks for the job's `ahead` rows of block b (a hint, which never faults; the address is
+// computed as an integer, as the last blocks' may lie past the end of the array).
+inline void ask_for_ahead(const Int8Scores& job, int64_t b, int64_t blocks) {
+  const uintptr_t first = reinterpret_cast<uintptr_t>(job.ahead) + uintptr_t(b * job.ahead_bytes);
+  for (uintptr_t at = 0; at < uintptr_t(blocks * job.ahead_bytes); at += 64)
+    __builtin_prefetch(reinterpret_cast<const void*>(first + at), 0, 3);
+}
+}  // namespace
 void int8_scores_ref(const Int8Scores& job);
 #if defined(__x86_64__) || defined(_M_X64)
 void int8_scores_avx2(const Int8Scores& job);
