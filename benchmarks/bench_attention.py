@@ -174,7 +174,8 @@ def bench_decode(lengths, thread_counts, repeat):
     v_cache = rng.standard_normal((Hkv, capacity, D), dtype=np.float32)
     k_half, v_half = k_cache.astype(np.float16), v_cache.astype(np.float16)
     # the int8 models' cache: int8 keys, float16 values
-    keys = kvcache.Int8Keys(types.SimpleNamespace(n_layer=1, n_kv_head=Hkv, context=capacity, head_dim=D))
+    shape = types.SimpleNamespace(n_layer=1, n_kv_head=Hkv, context=capacity, head_dim=D)
+    keys = kvcache.Int8Keys(shape)
     keys.store(0, 0, k_cache)
     k_int8 = (keys.codes[0], keys.scales[0])
     for threads in thread_counts:

@@ -47,7 +47,8 @@ def random_models(directory):
     from tinylm.modelfile import save_model
     from tinylm.quant import quantize_file
     from tinylm.tokenizer import ByteTokenizer
-    fp32, int8 = os.path.join(directory, "tiny.safetensors"), os.path.join(directory, "tiny-int8.safetensors")
+    fp32 = os.path.join(directory, "tiny.safetensors")
+    int8 = os.path.join(directory, "tiny-int8.safetensors")
     save_model(fp32, preset("tiny"), init_params(preset("tiny"), seed=0), ByteTokenizer())
     quantize_file(fp32, int8)
     return [fp32, int8]
@@ -84,7 +85,8 @@ def main():
             results.append(dict(model=str(path), weights=model.weights, nats_per_token=nats,
                                 predictions=count, tinylm=os.path.dirname(tinylm.__file__)))
             rows.append([path, model.weights, f"{nats:.5f}", f"{count:,}"])
-    table = common.markdown(["model", "weights", "decode-step loss, nats/token", "predictions"], rows)
+    header = ["model", "weights", "decode-step loss, nats/token", "predictions"]
+    table = common.markdown(header, rows)
     common.write(args.out, {"windows": args.windows, "results": results}, table)
 
 

@@ -321,7 +321,8 @@ py::array_t<float> attention_decode_int8_keys(const py::array_t<float>& q, const
   const A::DecodeDims d{H, Hkv, C, length, D};
   auto out = new_output({H, D});
   float* o = out.mutable_data();
-  run_kernel([&] { A::decode(d, q.data(), keys.view(), static_cast<const uint16_t*>(vc.data()), o); });
+  const auto* values = static_cast<const uint16_t*>(vc.data());
+  run_kernel([&] { A::decode(d, q.data(), keys.view(), values, o); });
   return out;
 }
 
@@ -620,7 +621,8 @@ std::unique_ptr<EngineHandle> make_engine(const py::dict& cfg_d, const py::handl
   keep.push_back(vc);
   if (int8_keys) {
     if (!is_half(vc)) bad_arg("v_cache", "with int8 keys the values must be float16");
-    Int8KeysArg keys = int8_keys_arg(k_obj, {c.n_layer, c.n_kv_head}, "n_layer, n_kv_head", c.context, D);
+    Int8KeysArg keys =
+        int8_keys_arg(k_obj, {c.n_layer, c.n_kv_head}, "n_layer, n_kv_head", c.context, D);
     require_writeable(keys.codes, "k_cache codes");
     require_writeable(keys.scales, "k_cache scales");
     state.k_codes = keys.codes.mutable_data();
@@ -632,7 +634,8 @@ std::unique_ptr<EngineHandle> make_engine(const py::dict& cfg_d, const py::handl
     auto kc = attention_arg(k_obj, "k_cache", 4);
     require_same_dtype(vc, "v_cache", kc, "k_cache");
     for (int axis = 0; axis < 4; ++axis)
-      require_dim(kc, "k_cache", axis, cache_shape[axis], "[n_layer, n_kv_head, context, head_dim]");
+      require_dim(kc, "k_cache", axis, cache_shape[axis],
+                  "[n_layer, n_kv_head, context, head_dim]");
     require_writeable(kc, "k_cache");
     state.k_cache = kc.mutable_data();
     state.v_cache = static_cast<float*>(vc.mutable_data());

@@ -19,9 +19,9 @@ as fast (`python benchmarks/bench_attention.py --decode-only`), the weighted sum
 float16 values now most of it (benchmarks/NOTES.md, the sixteenth session). What the
 rounding costs a trained model is measured by benchmarks/decode_loss.py: nothing
 visible in the README's `baby` model; 0.0001 nats a token over windows of 256 positions
-(a third of what the int8 weights cost there). The engines see the rounding of both operands: `round_queries` is
-what the numpy reference does to a query before attention, and the stored keys are read
-back as `code * scale`.
+(a third of what the int8 weights cost there). The engines see the rounding of both
+operands: `round_queries` is what the numpy reference does to a query before attention,
+and the stored keys are read back as `code * scale`.
 """
 import math
 
@@ -89,7 +89,8 @@ class Int8Keys:
 
     def __init__(self, cfg):
         self.head_dim = cfg.head_dim
-        blocks, groups = _round_up(cfg.context, KEY_BLOCK) // KEY_BLOCK, _round_up(cfg.head_dim, 4) // 4
+        blocks = _round_up(cfg.context, KEY_BLOCK) // KEY_BLOCK
+        groups = _round_up(cfg.head_dim, 4) // 4
         self.codes = zeroed((cfg.n_layer, cfg.n_kv_head, blocks, groups, KEY_BLOCK, 4), np.uint8)
         self.scales = zeroed((cfg.n_layer, cfg.n_kv_head, blocks * KEY_BLOCK), np.float32)
 

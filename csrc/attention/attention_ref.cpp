@@ -159,7 +159,8 @@ void decode(const DecodeDims& d, const float* q, Int8Keys k_cache, const uint16_
     const int64_t hk = h / group;
     const Int8Keys head{k_cache.codes + hk * C * key_row_bytes(D), k_cache.scales + hk * C};
     int32_t dot = 0;
-    for (int64_t c = 0; c < D; ++c) dot += int32_t(int8_key_code(head, D, j, c)) * q8[size_t(h * D + c)];
+    for (int64_t c = 0; c < D; ++c)
+      dot += int32_t(int8_key_code(head, D, j, c)) * q8[size_t(h * D + c)];
     return double(float(dot) * (q_scale[size_t(h)] * inverse_sqrt_d) * head.scales[j]);
   };
   decode_scores(d, score, v_cache, out);

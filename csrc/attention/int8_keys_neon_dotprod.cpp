@@ -13,7 +13,9 @@ struct DotProducts {
       for (int v = 0; v < 4; ++v) s[v] = vdupq_n_s32(0);
     }
   };
-  static void add(Sums& s, int v, int8x16_t key, int8x16_t q) { s.s[v] = vdotq_s32(s.s[v], key, q); }
+  static void add(Sums& s, int v, int8x16_t key, int8x16_t q) {
+    s.s[v] = vdotq_s32(s.s[v], key, q);
+  }
   static int32x4_t sums(const Sums& s, int v) { return s.s[v]; }
 };
 
