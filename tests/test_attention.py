@@ -155,18 +155,21 @@ def random_cache(seed, H, Hkv, capacity, D):
     return q, k, v
 
 
-@FAST
-@given(
+# Decode shapes: kv heads, query heads a kv head, cache capacity (one 512-position part
+# or more), head_dim (odd ones, and whole vectors)
+DECODE_SHAPES = dict(
     Hkv=st.integers(1, 3),
     group=st.integers(1, 3),
     capacity=st.one_of(st.integers(1, 80), st.integers(500, 1100)),
     D=st.one_of(st.integers(1, 20), st.sampled_from([32, 48, 64, 128])),
-    half=st.booleans(),
-    data=st.data(),
 )
+
+
+@FAST
+@given(**DECODE_SHAPES, half=st.booleans(), data=st.data())
 def test_decode_matches_reference_on_every_isa(Hkv, group, capacity, D, half, data):
-    """Caches of float32, or of float16 (the int8 models' cache): the expected output is
-    computed from the same halves, widened by numpy."""
+    """Caches of float32, or of float16: the expected output is computed from the same
+    halves, widened by numpy."""
     length = data.draw(st.integers(1, capacity), label="length")
     q, k, v = random_cache(capacity * D + length, Hkv * group, Hkv, capacity, D)
     if half:
@@ -189,13 +192,7 @@ def int8_keys(k):
 
 
 @FAST
-@given(
-    Hkv=st.integers(1, 3),
-    group=st.integers(1, 3),
-    capacity=st.one_of(st.integers(1, 80), st.integers(500, 1100)),
-    D=st.one_of(st.integers(1, 20), st.sampled_from([32, 48, 64, 128])),
-    data=st.data(),
-)
+@given(**DECODE_SHAPES, data=st.data())
 def test_decode_over_int8_keys_matches_reference_on_every_isa(Hkv, group, capacity, D, data):
     """The int8 models' cache: keys in int8, values float16; the expected output is
     numpy's over the keys as stored (code * scale) and q rounded as they are."""

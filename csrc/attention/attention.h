@@ -45,8 +45,8 @@ void forward(const Dims& d, const float* q, const float* k, const float* v, floa
 void backward(const Dims& d, const float* q, const float* k, const float* v, const float* out,
               const float* lse, const float* dout, float* dq, float* dk, float* dv);
 
-// out [H, D]. The caches hold float32, or IEEE halves (numpy's float16; the int8
-// models' cache, tinylm/engine.py), widened to float as they are read.
+// out [H, D]. The caches hold float32, or IEEE halves (numpy's float16), widened to
+// float as they are read.
 void decode(const DecodeDims& d, const float* q, const float* k_cache, const float* v_cache,
             float* out);
 void decode(const DecodeDims& d, const float* q, const uint16_t* k_cache,

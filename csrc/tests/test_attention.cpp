@@ -117,7 +117,7 @@ void check_decode(const char* label, const detail::TileKernels* kernels, bool di
           "%s: decode differs from the reference by %.3g (H=%lld Hkv=%lld length=%lld D=%lld)",
           label, err, (long long)d.heads, (long long)d.kv_heads, (long long)d.length,
           (long long)d.head_dim);
-    // the same cache in IEEE halves (the int8 models' cache)
+    // the same cache in IEEE halves
     std::vector<uint16_t> kh(k.size()), vh(v.size());
     for (size_t i = 0; i < k.size(); ++i)
       kh[i] = tinylm::float_to_half(k[i]), vh[i] = tinylm::float_to_half(v[i]);
