@@ -542,22 +542,31 @@ const float* engine_vector(const py::handle& obj, const std::string& name, int64
   return a.data();
 }
 
-// A float32 matrix, or a (int8 values, float32 scales) pair for an int8 one. Shapes
-// are checked against the config by the engine itself (validate()).
-tinylm::engine::Matrix engine_matrix(const py::handle& obj, const std::string& name,
+// A float32 matrix, or a (int8 panels, float32 scales) pair for an int8 one of `cols`
+// columns: panels [ceil(rows / 16), ceil(cols / 4), 16, 4] (csrc/engine/gemv_panels.h),
+// one scale a row. Shapes are checked against the config by the engine itself
+// (validate()).
+tinylm::engine::Matrix engine_matrix(const py::handle& obj, const std::string& name, int64_t cols,
                                      std::vector<py::object>& keep) {
   tinylm::engine::Matrix m;
   if (py::isinstance<py::tuple>(obj)) {
     auto t = obj.cast<py::tuple>();
-    if (t.size() != 2) bad_arg(name, "an int8 matrix is a (values, scales) pair");
-    auto q = checked<int8_t>(t[0], name.c_str(), 2);
+    if (t.size() != 2) bad_arg(name, "an int8 matrix is a (panels, scales) pair");
+    auto q = checked<int8_t>(t[0], name.c_str(), 4);
     auto s = checked<float>(t[1], (name + " scales").c_str(), 1);
-    require_dim(s, (name + " scales").c_str(), 0, q.shape(0), "one scale per row");
-    require_int8_k(q, name.c_str());
+    if (cols > kInt8MaxK)
+      bad_arg(name, std::to_string(cols) + " columns exceed " + std::to_string(kInt8MaxK) +
+                        " (int32 accumulation of 127*127 products would overflow)");
+    const int64_t rows = s.shape(0);
+    const py::ssize_t want[4] = {(rows + 15) / 16, (cols + 3) / 4, 16, 4};
+    for (int axis = 0; axis < 4; ++axis)
+      require_dim(q, name.c_str(), axis, want[axis],
+                  "panels [ceil(rows / 16), ceil(cols / 4), 16, 4] for " + std::to_string(rows) +
+                      " rows (scales) and " + std::to_string(cols) + " columns");
     m.q = q.data();
     m.scale = s.data();
-    m.rows = q.shape(0);
-    m.cols = q.shape(1);
+    m.rows = rows;
+    m.cols = cols;
     keep.push_back(q);
     keep.push_back(s);
   } else {
@@ -589,7 +598,7 @@ std::unique_ptr<EngineHandle> make_engine(const py::dict& cfg_d, const py::handl
   if (c.n_layer < 1 || c.n_head < 1 || c.d_model < 1 || c.d_model % c.n_head)
     bad_arg("config", "n_layer, n_head and d_model must be positive, d_model a multiple of n_head");
   E::Weights w;
-  w.embed = engine_matrix(embed, "embed", keep);
+  w.embed = engine_matrix(embed, "embed", c.d_model, keep);
   w.final_norm = engine_vector(final_norm, "final_norm", c.d_model, keep);
   if (int64_t(layers.size()) != 9 * c.n_layer)
     bad_arg("layers", "expected 9 tensors per layer (norm, q, k, v, o, norm, gate, up, down), "
@@ -599,14 +608,14 @@ std::unique_ptr<EngineHandle> make_engine(const py::dict& cfg_d, const py::handl
     auto at = [&](int j) { return layers[size_t(9 * i + j)]; };
     E::Layer L;
     L.attn_norm = engine_vector(at(0), p + "input_layernorm", c.d_model, keep);
-    L.q = engine_matrix(at(1), p + "q_proj", keep);
-    L.k = engine_matrix(at(2), p + "k_proj", keep);
-    L.v = engine_matrix(at(3), p + "v_proj", keep);
-    L.o = engine_matrix(at(4), p + "o_proj", keep);
+    L.q = engine_matrix(at(1), p + "q_proj", c.d_model, keep);
+    L.k = engine_matrix(at(2), p + "k_proj", c.d_model, keep);
+    L.v = engine_matrix(at(3), p + "v_proj", c.d_model, keep);
+    L.o = engine_matrix(at(4), p + "o_proj", c.d_model, keep);
     L.mlp_norm = engine_vector(at(5), p + "post_attention_layernorm", c.d_model, keep);
-    L.gate = engine_matrix(at(6), p + "gate_proj", keep);
-    L.up = engine_matrix(at(7), p + "up_proj", keep);
-    L.down = engine_matrix(at(8), p + "down_proj", keep);
+    L.gate = engine_matrix(at(6), p + "gate_proj", c.d_model, keep);
+    L.up = engine_matrix(at(7), p + "up_proj", c.d_model, keep);
+    L.down = engine_matrix(at(8), p + "down_proj", c.d_ff, keep);
     w.layers.push_back(L);
   }
   const int64_t D = c.d_model / c.n_head;
@@ -668,7 +677,7 @@ void bind_engine(py::module_& m) {
            py::arg("layers"), py::arg("k_cache"), py::arg("v_cache"), py::arg("cos"),
            py::arg("sin"),
            "config: dict of the model's sizes; embed and each matrix a float32 array or an "
-           "(int8 values, float32 scales) pair; layers: 9 tensors per layer in "
+           "(int8 panels, float32 scales) pair (tinylm.quant.to_panels); layers: 9 tensors per layer in "
            "tinylm.model.LAYER_PARAMS order; k_cache, v_cache [n_layer, n_kv_head, context, "
            "head_dim] float32, or for an int8 model k_cache a pair (codes uint8 [n_layer, "
            "n_kv_head, context / 16, head_dim / 4, 16, 4], scales float32 [n_layer, n_kv_head, "
@@ -748,7 +757,7 @@ void bind_engine(py::module_& m) {
         std::vector<py::array_t<float>> outs;
         if (mats.size() < 1 || mats.size() > 8) bad_arg("matrices", "give 1 to 8 matrices");
         for (size_t i = 0; i < mats.size(); ++i) {
-          ms.push_back(engine_matrix(mats[i], "matrices[" + std::to_string(i) + "]", keep));
+          ms.push_back(engine_matrix(mats[i], "matrices[" + std::to_string(i) + "]", x.shape(0), keep));
           if (ms.back().cols != x.shape(0) || ms.back().is_int8() != ms.front().is_int8())
             bad_arg("matrices", "every matrix must be [N, len(x)], all float32 or all int8");
           outs.emplace_back(ms.back().rows);
@@ -760,7 +769,7 @@ void bind_engine(py::module_& m) {
       },
       py::arg("x"), py::arg("matrices"),
       "The decode step's fused matrix-vector product: [W @ x for W in matrices], each W a "
-      "float32 array or an (int8 values, scales) pair (tests).");
+      "float32 array or an (int8 panels, scales) pair (tinylm.quant.to_panels; tests).");
   m.def("engine_gemv_path", &E::active_gemv, "The float32 GEMV kernel the active ISA selects.");
   m.def("engine_gemv_int8_path", &E::active_gemv_int8,
         "The int8 decode GEMV kernel the active ISA selects.");

@@ -579,9 +579,12 @@ def test_logits_api(model_files, params):
 def test_weights_are_memory_mapped_not_copied(model_files):
     for path in model_files:
         model = tinylm.load(path)
+        "".join(model.generate("The ", max_tokens=5, temperature=0))
         for name in ("model.embed_tokens.weight", "model.layers.1.mlp.down_proj.weight"):
             w = model.params[name]
-            w = getattr(w, "values", w)  # int8: the values array
+            if hasattr(w, "panels"):  # int8: the file's panels, never unpacked into rows
+                assert w._values is None, name
+                w = w.panels
             assert isinstance(getattr(w, "base", None), np.memmap) or isinstance(w, np.memmap), name
 
 
@@ -1108,7 +1111,7 @@ def test_engine_gemv_on_every_isa_and_thread_count(K, rows, seed):
                     np.testing.assert_allclose(y, w @ x, rtol=1e-5, atol=1e-5 * np.sqrt(K))
                 # int8: the int32 sums are exact and the rescale is the reference's
                 # expression, so the result equals the numpy reference bit for bit
-                for y, q in zip(_C.engine_gemv(x, [(q.values, q.scale) for q in qs]), qs):
+                for y, q in zip(_C.engine_gemv(x, [(q.panels, q.scale) for q in qs]), qs):
                     np.testing.assert_array_equal(y, linear_reference(x[None], q)[0])
     finally:
         _C.set_isa(isa)
@@ -1117,12 +1120,17 @@ def test_engine_gemv_on_every_isa_and_thread_count(K, rows, seed):
 
 def test_engine_gemv_refuses_mismatches():
     x = np.ones(8, np.float32)
+    panels = np.ones((1, 2, 16, 4), np.int8)  # 1 to 16 rows of 8 columns
     with pytest.raises(ValueError, match="matrices"):
         _C.engine_gemv(x, [np.ones((3, 9), np.float32)])
     with pytest.raises(ValueError, match="matrices"):
-        _C.engine_gemv(x, [np.ones((3, 8), np.float32), (np.ones((3, 8), np.int8), np.ones(3, np.float32))])
-    with pytest.raises(ValueError, match="scales"):
-        _C.engine_gemv(x, [(np.ones((3, 8), np.int8), np.ones(2, np.float32))])
+        _C.engine_gemv(x, [np.ones((3, 8), np.float32), (panels, np.ones(3, np.float32))])
+    with pytest.raises(ValueError, match=r"dimension 0 must be 2 \(panels .* 17 rows"):
+        _C.engine_gemv(x, [(panels, np.ones(17, np.float32))])
+    with pytest.raises(ValueError, match=r"dimension 1 must be 3 \(panels .* 9 columns"):
+        _C.engine_gemv(np.ones(9, np.float32), [(panels, np.ones(3, np.float32))])
+    with pytest.raises(ValueError, match="4"):  # rows instead of panels
+        _C.engine_gemv(x, [(np.ones((3, 8), np.int8), np.ones(3, np.float32))])
 
 
 GUARDED_CHECK = r"""
@@ -1133,13 +1141,13 @@ from tinylm.quant import quantize_weight
 libc = ctypes.CDLL(None)
 page = mmap.PAGESIZE
 for K, N in [(K, N) for K in (1, 31, 33, 63, 65, 100, 288) for N in (3, 9)]:
-    buf = mmap.mmap(-1, 2 * page)
+    buf = mmap.mmap(-1, 3 * page)
     addr = ctypes.addressof(ctypes.c_char.from_buffer(buf))
-    assert libc.mprotect(ctypes.c_void_p(addr + page), page, 0) == 0  # PROT_NONE
-    raw = np.frombuffer(buf, np.int8, count=page)
+    assert libc.mprotect(ctypes.c_void_p(addr + 2 * page), page, 0) == 0  # PROT_NONE
+    raw = np.frombuffer(buf, np.int8, count=2 * page)
     q = quantize_weight(np.random.default_rng(K).standard_normal((N, K)).astype(np.float32))
-    w = raw[page - N * K:].reshape(N, K)  # the matrix ends exactly at the guard page
-    w[...] = q.values
+    w = raw[2 * page - q.panels.nbytes:].reshape(q.panels.shape)  # ends at the guard page
+    w[...] = q.panels
     x = np.random.default_rng(0).standard_normal(K).astype(np.float32)
     for isa in _C.available_isas():
         _C.set_isa(isa)
@@ -1150,9 +1158,9 @@ print("ok")
 
 
 def test_int8_gemv_never_reads_past_a_matrix(tmp_path):
-    """The int8 decode kernels read a row on into the next one (against x's zero padding);
-    the last row must stop at K. A matrix that ends at an inaccessible page would crash
-    the process if it did not (run in a subprocess so a crash is a clean failure)."""
+    """The int8 decode kernels read whole panels and no further: a matrix whose panels
+    end at an inaccessible page would crash the process if they did (run in a subprocess
+    so a crash is a clean failure)."""
     import subprocess
     import sys
     r = subprocess.run([sys.executable, "-c", GUARDED_CHECK], capture_output=True, text=True,

@@ -390,6 +390,44 @@ def test_tampered_int8_file_is_refused(tiny_model, tmp_path, tamper, message):
         quant.load_int8_model(bad)
 
 
+@given(st.integers(1, 40), st.integers(1, 70), st.integers(0, 2**32 - 1))
+def test_panels_hold_each_byte_where_the_layout_says(N, K, seed):
+    """Byte k of row n sits in panel n // 16, group k // 4, lane n % 16, byte k % 4; rows
+    past N and bytes past K are zero; and the panels give back the rows, and the same
+    embedding rows, as the matrix they came from."""
+    values = np.random.default_rng(seed).integers(-127, 128, (N, K)).astype(np.int8)
+    panels = quant.to_panels(values)
+    assert panels.shape == quant.panels_shape(N, K) == (-(-N // 16), -(-K // 4), 16, 4)
+    n, k = np.meshgrid(np.arange(N), np.arange(K), indexing="ij")
+    np.testing.assert_array_equal(panels[n // 16, k // 4, n % 16, k % 4], values)
+    assert int(np.abs(panels.astype(np.int64)).sum()) == int(np.abs(values.astype(np.int64)).sum())
+    np.testing.assert_array_equal(quant.from_panels(panels, N, K), values)
+    scale = np.linspace(0.5, 1, N, dtype=np.float32)
+    rows = quant.Int8Weight(values, scale)
+    stored = quant.Int8Weight.from_panels(panels, scale, (N, K))
+    ids = np.array([[0, N - 1], [N // 2, 0]])
+    np.testing.assert_array_equal(stored[ids], rows[ids])
+    np.testing.assert_array_equal(stored.values, values)
+
+
+def test_int8_file_of_the_row_layout_is_refused(tiny_model, tmp_path):
+    """A file quantized before the panels (matrices row by row) gets a message to quantize
+    again, not a shape error about each tensor."""
+    from tinylm.checkpoint import load_safetensors, save_safetensors
+    _, _, path = tiny_model
+    good = tmp_path / "int8.safetensors"
+    quant.quantize_file(path, good)
+    tensors, meta = load_safetensors(good)
+    cfg, params, _ = quant.load_int8_model(good)
+    old = {k: (params[k].values if k in params and hasattr(params[k], "panels") else np.array(v))
+           for k, v in tensors.items()}
+    meta = dict(meta, **{"tinylm.int8_scheme": "int8 symmetric, per-row float32 scales; "
+                         "activations per-token int8; int32 accumulation"})
+    save_safetensors(tmp_path / "old.safetensors", old, meta)
+    with pytest.raises(TinylmError, match="earlier layout.*quantize the fp32 model again"):
+        quant.load_int8_model(tmp_path / "old.safetensors")
+
+
 @pytest.mark.parametrize("path", ISAS)
 def test_quantize_rounds_half_to_even_on_every_path(path):
     halves = np.array([0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 126.5, -126.5], np.float32)

@@ -203,7 +203,7 @@ def test_no_kernel_returns_with_dirty_vector_registers():
                          capture_output=True, text=True, check=True).stdout
     # Stripped of its symbols, the listing would show a few huge blocks, each "clean" if
     # it holds one vzeroupper anywhere: the check needs the kernels as functions.
-    kernels = ("gemv_i8_avx512vnni(", "quantize_row_avx2(", "silu_mul_avx512(")
+    kernels = ("gemv_panels_avx512vnni(", "quantize_row_avx2(", "silu_mul_avx512(")
     functions = [line for line in out.splitlines() if line.endswith(">:")]
     if not all(any(k in f for f in functions) for k in kernels):
         message = f"{_C.__file__} has no symbols for its kernels (stripped?): nothing to check"

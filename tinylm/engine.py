@@ -302,9 +302,9 @@ def _not_finite_as_tinylm_error():
 
 
 def _native_weight(w):
-    """What the C++ engine takes for a matrix: the float32 array, or (int8 values, scales)."""
+    """What the C++ engine takes for a matrix: the float32 array, or (int8 panels, scales)."""
     if _is_int8(w):
-        return (w.values, w.scale)
+        return (w.panels, w.scale)
     return np.asarray(w)
 
 

@@ -36,13 +36,22 @@ A GGUF Q8_0 export would re-quantize (one pass; error of one extra rounding).
 
 Model files (`tinylm quantize IN OUT`)
 --------------------------------------
-Every matrix becomes `<name>` (int8 [N, K]) plus `<name>_scale` (float32 [N]); the norms
+Every matrix becomes `<name>` (int8 panels, below) plus `<name>_scale` (float32 [N]); the norms
 stay float32 (they are tiny, and they multiply, so their error would not average out).
 The tied embedding/head is int8 as well: a token's embedding is row `ids` of Wq times
 its row scale, and the head is one more int8 GEMV with the same per-row scales. In byte
 vocabularies it is small, in SentencePiece vocabularies it is often the largest matrix,
 and keeping it fp32 measured no better (baby: +0.052% vs +0.049% in one run). The metadata says
 `tinylm.weights = int8`.
+
+The file stores an int8 matrix in panels of 16 rows, [ceil(N / 16), ceil(K / 4), 16, 4]:
+within a panel, each group of four bytes of K holds those four bytes of its 16 rows side
+by side, rows past N and bytes past K zero (`to_panels`). That is the decode step's
+layout (csrc/engine/gemv_panels.h): one 64-byte group feeds 16 rows' sums at once (one
+AVX-512 VNNI instruction), where rows stored one after another each ended in a
+horizontal sum; and generation maps the file's weights without copying them, so the
+layout it reads is the one on disk. Files of the row-by-row layout (before panels) are
+refused with a message to quantize again.
 """
 import os
 
@@ -50,7 +59,8 @@ import numpy as np
 
 from .errors import TinylmError
 
-SCHEME = "int8 symmetric, per-row float32 scales; activations per-token int8; int32 accumulation"
+SCHEME = ("int8 symmetric, per-row float32 scales; activations per-token int8; int32 "
+          "accumulation; matrices in panels of 16 rows x 4 bytes")
 WEIGHTS_KEY = "tinylm.weights"
 SCALE_SUFFIX = "_scale"
 MAX_K = 65536  # 127 * 127 * K must fit in int32
@@ -113,12 +123,38 @@ def quantize_groups_reference(w, group=32):
 # ---------------------------------------------------------------- the int8 weight
 
 
+PANEL_ROWS = 16  # rows a panel; and 4 bytes of K a group
+
+
+def panels_shape(N, K):
+    """The panels of an int8 matrix [N, K]: (ceil(N / 16), ceil(K / 4), 16, 4)."""
+    return (-(-N // PANEL_ROWS), -(-K // 4), PANEL_ROWS, 4)
+
+
+def to_panels(values):
+    """int8 [N, K] -> its panels (the model file's layout; see the module's docstring)."""
+    N, K = values.shape
+    P, G = panels_shape(N, K)[:2]
+    padded = np.zeros((P * PANEL_ROWS, G * 4), np.int8)
+    padded[:N, :K] = values
+    return np.ascontiguousarray(padded.reshape(P, PANEL_ROWS, G, 4).transpose(0, 2, 1, 3))
+
+
+def from_panels(panels, N, K):
+    """Panels -> the int8 matrix [N, K] they hold (a copy)."""
+    P, G = panels.shape[:2]
+    return np.ascontiguousarray(panels.transpose(0, 2, 1, 3).reshape(P * PANEL_ROWS, G * 4)[:N, :K])
+
+
 class Int8Weight:
     """An int8 matrix [N, K] with one float32 scale per row: W ~= values * scale[:, None].
 
     It stands in for the float matrix in the two ways tinylm's model uses a weight,
     `x @ W.T` (runs the native int8 kernel) and `E[ids]` (dequantizes those rows), so
-    `tinylm.model.forward` runs an int8 model unchanged.
+    `tinylm.model.forward` runs an int8 model unchanged. It holds the rows (`values`,
+    from quantizing) or the panels (`panels`, from a model file) and makes the other on
+    first use: the native engine reads the file's panels in place, the numpy reference
+    the rows.
     """
 
     __array_ufunc__ = None  # make numpy defer `x @ w.T` to us instead of converting us
@@ -129,30 +165,71 @@ class Int8Weight:
             raise ValueError(f"{name}: values must be a 2-D int8 array, got "
                              f"{getattr(values, 'dtype', type(values).__name__)} "
                              f"{getattr(values, 'shape', '')}")
-        if not isinstance(scale, np.ndarray) or scale.dtype != np.float32 or scale.shape != values.shape[:1]:
-            raise ValueError(f"{name}: scale must be float32 of shape ({values.shape[0]},) "
+        self._init(values.shape, scale, name)
+        self._values, self._panels = np.ascontiguousarray(values), None
+        self._refuse_minus_128(values, name)
+
+    @classmethod
+    def from_panels(cls, panels, scale, shape, name="weight"):
+        """The matrix of `shape` (N, K) stored as `panels` (see to_panels), kept as given."""
+        self = cls.__new__(cls)
+        self._init(shape, scale, name)
+        want = panels_shape(*shape)
+        if not isinstance(panels, np.ndarray) or panels.dtype != np.int8 or panels.shape != want:
+            raise ValueError(f"{name}: panels must be int8 of shape {want} (the panels of "
+                             f"{tuple(shape)}), got {getattr(panels, 'dtype', type(panels).__name__)} "
+                             f"{getattr(panels, 'shape', '')}")
+        self._values, self._panels = None, panels
+        self._refuse_minus_128(panels, name)
+        return self
+
+    def _init(self, shape, scale, name):
+        if not isinstance(scale, np.ndarray) or scale.dtype != np.float32 or scale.shape != shape[:1]:
+            raise ValueError(f"{name}: scale must be float32 of shape ({shape[0]},) "
                              f"(one per row), got {getattr(scale, 'dtype', type(scale).__name__)} "
                              f"{getattr(scale, 'shape', '')}")
-        if values.size == 0:
-            raise ValueError(f"{name}: empty weight {values.shape}")
-        if values.shape[1] > MAX_K:
-            raise ValueError(f"{name}: K = {values.shape[1]} exceeds {MAX_K} (int32 accumulation)")
-        if (values == -128).any():
-            raise ValueError(f"{name}: values contain -128; symmetric int8 uses [-127, 127]")
+        if 0 in shape:
+            raise ValueError(f"{name}: empty weight {tuple(shape)}")
+        if shape[1] > MAX_K:
+            raise ValueError(f"{name}: K = {shape[1]} exceeds {MAX_K} (int32 accumulation)")
         if not np.isfinite(scale).all() or (scale < 0).any():
             raise ValueError(f"{name}: scale must be finite and non-negative")
-        self.values = np.ascontiguousarray(values)
+        self.shape = tuple(shape)
         self.scale = np.ascontiguousarray(scale)
 
-    shape = property(lambda self: self.values.shape)
+    @staticmethod
+    def _refuse_minus_128(data, name):
+        if (data == -128).any():
+            raise ValueError(f"{name}: values contain -128; symmetric int8 uses [-127, 127]")
+
+    @property
+    def values(self):
+        """The rows, int8 [N, K]."""
+        if self._values is None:
+            self._values = from_panels(self._panels, *self.shape)
+        return self._values
+
+    @property
+    def panels(self):
+        """The panels, int8 [ceil(N / 16), ceil(K / 4), 16, 4] (the model file's layout)."""
+        if self._panels is None:
+            self._panels = to_panels(self._values)
+        return self._panels
+
     ndim = 2
-    nbytes = property(lambda self: self.values.nbytes + self.scale.nbytes)
+    nbytes = property(lambda self: self.panels.nbytes + self.scale.nbytes)  # as stored
 
     def dequantize(self):
         return self.values.astype(np.float32) * self.scale[:, None]
 
-    def __getitem__(self, rows):  # embedding lookup: E[ids]
-        return self.values[rows].astype(np.float32) * self.scale[rows][..., None]
+    def __getitem__(self, rows):  # embedding lookup: E[ids], from whichever layout is held
+        if self._values is not None:
+            q = self._values[rows]
+        else:
+            rows = np.asarray(rows)
+            q = self._panels[rows // PANEL_ROWS, :, rows % PANEL_ROWS, :]
+            q = q.reshape(*rows.shape, -1)[..., :self.shape[1]]
+        return q.astype(np.float32) * self.scale[rows][..., None]
 
     @property
     def T(self):
@@ -214,7 +291,7 @@ def to_tensors(qparams: dict) -> dict:
     tensors = {}
     for name, w in qparams.items():
         if isinstance(w, Int8Weight):
-            tensors[name] = w.values
+            tensors[name] = w.panels
             tensors[name + SCALE_SUFFIX] = w.scale
         else:
             tensors[name] = w
@@ -271,14 +348,20 @@ def load_int8_model(path):
     if meta.get(WEIGHTS_KEY) != "int8":
         raise TinylmError(f"'{path}' is not an int8 model (metadata {WEIGHTS_KEY} = "
                           f"{meta.get(WEIGHTS_KEY)!r}); quantize it with `tinylm quantize`")
+    if meta.get("tinylm.int8_scheme") != SCHEME:
+        raise TinylmError(f"'{path}' is an int8 model of an earlier layout (its matrices "
+                          "row by row, not in panels); quantize the fp32 model again with "
+                          "`tinylm quantize`")
     params = {}
     for name, shape in param_shapes(cfg).items():
         if name not in tensors:
             raise TinylmError(f"'{path}': tensor '{name}' is missing")
         t = tensors[name]
-        if tuple(t.shape) != tuple(shape):
+        stored = shape if len(shape) == 1 else panels_shape(*shape)
+        if tuple(t.shape) != tuple(stored):
             raise TinylmError(f"'{path}': tensor '{name}' has shape {tuple(t.shape)}, "
-                              f"expected {tuple(shape)}")
+                              f"expected {tuple(stored)}"
+                              + ("" if len(shape) == 1 else f" (the panels of {tuple(shape)})"))
         if len(shape) == 1:
             if t.dtype != np.float32:
                 raise TinylmError(f"'{path}': norm '{name}' is {t.dtype}, expected float32")
@@ -290,7 +373,7 @@ def load_int8_model(path):
         if t.dtype != np.int8:
             raise TinylmError(f"'{path}': tensor '{name}' is {t.dtype}, expected int8")
         try:
-            params[name] = Int8Weight(t, scale, name)
+            params[name] = Int8Weight.from_panels(t, scale, shape, name)
         except ValueError as e:
             raise TinylmError(f"'{path}': {e}") from None
     return cfg, params, tokenizer

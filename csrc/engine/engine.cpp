@@ -33,6 +33,7 @@
 #include "../half.h"
 #include "../int8/int8.h"
 #include "engine.h"
+#include "gemv_kernels.h"
 
 namespace tinylm::engine {
 namespace {
@@ -74,17 +75,26 @@ void rope(float* v, int64_t heads, int64_t D, const float* cos, const float* sin
 }
 
 int64_t matrix_bytes(const Matrix& m) {
-  return m.rows * m.cols * (m.is_int8() ? 1 : int64_t(sizeof(float))) +
-         (m.is_int8() ? m.rows * int64_t(sizeof(float)) : 0);
+  if (!m.is_int8()) return m.rows * m.cols * int64_t(sizeof(float));
+  return panel_bytes(m.rows, m.cols) + m.rows * int64_t(sizeof(float));
 }
 
 // Rows [r0, r0 + n) of m, as a matrix of their own.
 Matrix rows_of(const Matrix& m, int64_t r0, int64_t n) {
   Matrix r = m;
-  if (m.f32 != nullptr) r.f32 = m.f32 + r0 * m.cols;
-  if (m.q != nullptr) r.q = m.q + r0 * m.cols, r.scale = m.scale + r0;
+  if (m.is_int8())
+    r.row0 = m.row0 + r0;
+  else
+    r.f32 = m.f32 + r0 * m.cols;
   r.rows = n;
   return r;
+}
+
+// Byte k of row n of an int8 matrix's panels (gemv_panels.h).
+int8_t panel_byte(const Matrix& m, int64_t n, int64_t k) {
+  n += m.row0;
+  const int64_t panel = n / kPanelRows, group = k / 4;
+  return m.q[(panel * panel_groups(m.cols) + group) * kPanelBytesPerGroup + n % kPanelRows * 4 + k % 4];
 }
 
 int64_t weight_bytes(const Weights& w) {  // the matrices': what a step streams
@@ -245,8 +255,7 @@ void Engine::embed(int32_t token, float* x) const {
   const Matrix& E = w_.embed;
   const int64_t d = cfg_.d_model;
   if (E.is_int8()) {
-    const int8_t* row = E.q + int64_t(token) * d;
-    for (int64_t i = 0; i < d; ++i) x[i] = float(row[i]) * E.scale[token];
+    for (int64_t i = 0; i < d; ++i) x[i] = float(panel_byte(E, token, i)) * E.scale[token];
   } else {
     std::memcpy(x, E.f32 + int64_t(token) * d, size_t(d) * sizeof(float));
   }
@@ -413,12 +422,10 @@ void Engine::attend_causal(int64_t layer, int64_t T, const float* q, float* out)
 
 namespace {
 
-// y [T, m.rows] = x [T, m.cols] m^T for each product (all of the same m.cols), with the int8
-// GEMM (tinylm/quant.py's linear), x quantized once for all of them
+// y [T, m.rows] = x [T, m.cols] m^T for each product (all of the same m.cols), over the
+// panels (tinylm/quant.py's linear, bit for bit), x quantized once for all of them
 void linear(const float* x, int64_t T, std::initializer_list<Product> products) {
-  std::vector<int8::Linear> layers;
-  for (const Product& p : products) layers.push_back({p.m->q, p.m->scale, p.m->rows, p.y});
-  int8::linear(x, T, products.begin()->m->cols, layers.data(), int(layers.size()));
+  gemm_int8(x, T, products.begin(), int(products.size()));
 }
 
 }  // namespace

@@ -9,11 +9,12 @@
 // The caller keeps all of them alive for the engine's lifetime (the Python binding holds
 // references).
 //
-// A matrix is either float32 [rows, cols] or int8 [rows, cols] with one float32 scale
-// per row (tinylm/quant.py's scheme). A step's products are matrix-vector (GEMV):
-// float32 with the SIMD kernels in gemv_*.cpp, int8 with the int8 family's kernels
-// (csrc/int8/), the activation quantized once per input vector; prefill's are the int8
-// GEMM's. A step runs on a team of threads
+// A matrix is either float32 [rows, cols] row-major or int8 [rows, cols] in panels of 16
+// rows (gemv_panels.h, the int8 model file's layout) with one float32 scale per row
+// (tinylm/quant.py's scheme). A step's products are matrix-vector (GEMV): float32 with
+// the SIMD kernels in gemv_*.cpp, int8 with those in gemv_panels_*.cpp, the activation
+// quantized once per input vector; prefill's are the int8 family's GEMM (csrc/int8/), on
+// rows unpacked from the panels. A step runs on a team of threads
 // (tinylm::run_team), each computing the same rows and heads at every step; each row's
 // and head's arithmetic is the same whichever thread does it, so results do not depend
 // on the thread count.
@@ -37,9 +38,12 @@ struct Config {
 
 struct Matrix {
   const float* f32 = nullptr;  // float32 weights, or
-  const int8_t* q = nullptr;   // int8 weights with
+  const int8_t* q = nullptr;   // int8 weights in panels with
   const float* scale = nullptr;  // one scale per row
   int64_t rows = 0, cols = 0;
+  // int8: the matrix is rows [row0, row0 + rows) of the panels at q (and of scale): a
+  // share of another's rows (a float32 share starts its own pointer instead)
+  int64_t row0 = 0;
   bool is_int8() const { return q != nullptr; }
 };
 
@@ -191,10 +195,15 @@ struct Product {
 struct RowShare {
   int index = 0, count = 0;
 };
-// prefetch: the kernels ask for their weights ahead of the loads (gemv_kernels.h), which
-// pays where those weights sit in L2.
+// prefetch: the float32 kernels ask for their weights ahead of the loads (gemv_kernels.h),
+// which pays where those weights sit in L2.
 void gemv(const float* x, const Product* products, int n_products, RowShare share = {},
           bool prefetch = true);
+
+// y [T, m.rows] = x [T, K] m^T for each of several int8 matrices of one K (the prefill's
+// products), x quantized once per row for all of them, as int8::linear does and bit for
+// bit the same (but over panels), split over the thread pool.
+void gemm_int8(const float* x, int64_t T, const Product* products, int n_products);
 
 // The float kernels of one instruction-set level: the GEMV, rows [n0, n1) of y = W x
 // (W [N, K] row-major), the MLP's g = silu(g) * u (silu.h), the key/value cache's

@@ -1,5 +1,5 @@
 // Matrix-vector products for the decode step: chooses the float32 kernel (gemv_*.cpp) or
-// the int8 kernel (csrc/int8/) for the active instruction-set level at each call, and
+// the int8 one (gemv_panels_*.cpp) for the active instruction-set level at each call, and
 // runs several products that share one input (q/k/v, gate/up) in one pass: one share of
 // their rows on the calling thread (the decode step's teams), or all of them split over
 // the thread pool. Portable C++ (no ISA flags).
@@ -18,7 +18,9 @@
 namespace tinylm::engine {
 namespace {
 
-constexpr int64_t kRowBlock = 4;  // rows per block: the kernels' tile height
+// Rows per block, the unit in which rows are split between threads: float32 kernels
+// take four rows at a time, int8 ones a panel of 16 (gemv_panels.h).
+constexpr int64_t kRowBlock = 4;
 // For products split over the pool: a parallel job costs about 0.7 us (the pool's round
 // trip with its workers awake; far more on a busy machine), while 128 KB of cached
 // weights stream in ~1.5 us, so smaller chunks would spend more on handing out work than
@@ -27,20 +29,18 @@ constexpr int64_t kRowBlock = 4;  // rows per block: the kernels' tile height
 // slower.)
 constexpr int64_t kMinChunkBytes = 128 * 1024;
 
-int64_t blocks_of(const Product& p) { return (p.m->rows + kRowBlock - 1) / kRowBlock; }
+int64_t block_rows(const Product& p) { return p.m->is_int8() ? kPanelRows : kRowBlock; }
+int64_t blocks_of(const Product& p) { return (p.m->rows + block_rows(p) - 1) / block_rows(p); }
 
-// Calls fn(product index, row begin, row end) for the blocks [b0, b1) of kRowBlock rows,
-// counting through the products' rows one product after another.
+// Calls fn(product index, row begin, row end) for the blocks [b0, b1), counting through
+// the products' rows one product after another.
 template <class Fn>
 void for_blocks(const Product* products, int n_products, int64_t b0, int64_t b1, Fn&& fn) {
   int64_t base = 0;
   for (int i = 0; i < n_products && b0 < b1; ++i) {
-    const int64_t blocks = blocks_of(products[i]);
+    const int64_t blocks = blocks_of(products[i]), rows = block_rows(products[i]);
     const int64_t lo = std::max(b0, base), hi = std::min(b1, base + blocks);
-    if (lo < hi) {
-      const int64_t rows = products[i].m->rows;
-      fn(i, (lo - base) * kRowBlock, std::min(rows, (hi - base) * kRowBlock));
-    }
+    if (lo < hi) fn(i, (lo - base) * rows, std::min(products[i].m->rows, (hi - base) * rows));
     base += blocks;
   }
 }
@@ -57,7 +57,8 @@ void for_rows(const Product* products, int n_products, int64_t bytes_per_row, Ro
     const int64_t b0 = total * share.index / share.count, b1 = total * (share.index + 1) / share.count;
     return for_blocks(products, n_products, b0, b1, fn);
   }
-  const int64_t grain = std::max<int64_t>(1, kMinChunkBytes / (bytes_per_row * kRowBlock));
+  const int64_t block_bytes = bytes_per_row * block_rows(products[0]);
+  const int64_t grain = std::max<int64_t>(1, kMinChunkBytes / block_bytes);
   parallel_for(total, grain, [&](int64_t b0, int64_t b1) { for_blocks(products, n_products, b0, b1, fn); });
 }
 
@@ -66,13 +67,6 @@ const GemvInfo& select_gemv() {
   for (const auto& k : gemv_kernels())
     if ((k.features & ~active) == 0) return k;
   return gemv_kernels().back();
-}
-
-const int8::KernelInfo& select_int8() {
-  const uint32_t active = active_features();
-  for (const auto& k : int8::kernels())
-    if ((k.features & ~active) == 0) return k;
-  return int8::kernels().back();
 }
 
 // Per-thread buffers for the quantized input and the int32 results (no allocation per
@@ -86,68 +80,84 @@ Int8Scratch& int8_scratch() {
   return s;
 }
 
-// The decode-specific int8 kernels (gemv_i8_*.cpp) where this build has one for the
-// active level; elsewhere (ARM) the int8 family's kernels with M = 1.
+// The int8 GEMV kernels (gemv_panels_*.cpp) compiled into this build, best first.
 struct I8Info {
   const char* name;
   uint32_t features;
-  GemvI8Kernel fn;
+  PanelGemvKernel fn;
   RescaleKernel rescale;
+  PanelGemmKernel gemm;
 };
 
 const std::vector<I8Info>& i8_kernels() {
   static const std::vector<I8Info> list = {
 #if defined(__x86_64__) || defined(_M_X64)
-      {"avx512vnni", kAVX2 | kAVX512 | kAVX512VNNI, gemv_i8_avx512vnni, rescale_avx2},
-      {"avxvnni", kAVX2 | kAVXVNNI, gemv_i8_avxvnni, rescale_avx2},
-      {"avx2", kAVX2, gemv_i8_avx2, rescale_avx2},
-      {"scalar", 0, gemv_i8_ref, rescale_ref},
+      {"avx512vnni", kAVX2 | kAVX512 | kAVX512VNNI, gemv_panels_avx512vnni, rescale_avx2,
+       gemm_panels_avx512vnni},
+      {"avxvnni", kAVX2 | kAVXVNNI, gemv_panels_avxvnni, rescale_avx2, gemm_panels_avxvnni},
+      {"avx2", kAVX2, gemv_panels_avx2, rescale_avx2, gemm_panels_avx2},
 #endif
+#if defined(__aarch64__) || defined(__arm__)
+      {"neon_dotprod", kNEON | kDotProd, gemv_panels_neon_dotprod, rescale_ref,
+       gemm_panels_neon_dotprod},
+      {"neon", kNEON, gemv_panels_neon, rescale_ref, gemm_panels_neon},
+#endif
+      {"scalar", 0, gemv_panels_ref, rescale_ref, gemm_panels_ref},
   };
   return list;
 }
 
-const I8Info* select_i8() {
+const I8Info& select_i8() {
   const uint32_t active = active_features();
   for (const auto& k : i8_kernels())
-    if ((k.features & ~active) == 0) return &k;
-  return nullptr;
+    if ((k.features & ~active) == 0) return k;
+  return i8_kernels().back();
 }
 
-void gemv_int8(const float* x, const Product* products, int n_products, RowShare share,
-               bool prefetch) {
-  const int64_t K = products[0].m->cols;
-  const int64_t stride = (K + int8::kPad - 1) / int8::kPad * int8::kPad;
+void gemv_int8(const float* x, const Product* products, int n_products, RowShare share) {
+  const int64_t K = products[0].m->cols, padded = panel_groups(K) * 4;
   Int8Scratch& s = int8_scratch();
-  s.xq.assign(size_t(stride), 0);  // zero padding: the kernels read whole vectors
+  s.xq.assign(size_t(padded), 0);  // zero padding: the kernels read whole groups of four
   float x_scale = 0;
   int32_t x_sum = 0;
-  int8::quantize_rows(x, 1, K, s.xq.data(), stride, &x_scale, &x_sum);
+  int8::quantize_rows(x, 1, K, s.xq.data(), padded, &x_scale, &x_sum);
   int64_t offsets[8], total = 0;
   for (int i = 0; i < n_products; ++i) {
     offsets[i] = total;
     total += products[i].m->rows;
   }
   s.c.resize(size_t(total));
-  const I8Info* own = select_i8();
-  const int8::KernelInfo& family = select_int8();
+  const I8Info& kernel = select_i8();
   const int8_t* xq = s.xq.data();
   int32_t* c_all = s.c.data();
   for_rows(products, n_products, K, share, [&](int i, int64_t n0, int64_t n1) {
     const Matrix& m = *products[i].m;
-    int32_t* c = c_all + offsets[i];
-    if (own != nullptr) {
-      own->fn(GemvI8{m.q, m.rows, K, xq, x_sum, c, prefetch}, n0, n1);
-    } else {
-      const int8::Problem p{xq, stride, &x_sum, 1, m.q, m.rows, K, c, m.rows};
-      family.fn(p, n0, n1);
-    }
-    const RescaleKernel rescale = own != nullptr ? own->rescale : rescale_ref;
-    rescale(c + n0, m.scale + n0, x_scale, products[i].y + n0, n1 - n0);
+    int32_t* c = c_all + offsets[i] + n0;
+    kernel.fn(PanelGemv{m.q, K, xq, x_sum, c}, m.row0 + n0, m.row0 + n1);
+    kernel.rescale(c, m.scale + m.row0 + n0, x_scale, products[i].y + n0, n1 - n0);
   });
 }
 
 }  // namespace
+
+void gemm_int8(const float* x, int64_t T, const Product* products, int n_products) {
+  const int64_t K = products[0].m->cols, stride = panel_groups(K) * 4;
+  for (int i = 0; i < n_products; ++i)
+    if (!products[i].m->is_int8() || products[i].m->cols != K)
+      throw std::invalid_argument("gemm_int8: int8 products of one K");
+  std::vector<int8_t> xq(size_t(T * stride), 0);  // zero padding: whole groups of four
+  std::vector<float> x_scale(static_cast<size_t>(T));
+  std::vector<int32_t> x_sum(static_cast<size_t>(T));
+  int8::quantize_rows(x, T, K, xq.data(), stride, x_scale.data(), x_sum.data());
+  const I8Info& kernel = select_i8();
+  // a row's work is T times a GEMV's: the pool's chunks are sized by it
+  for_rows(products, n_products, K * T, {}, [&](int i, int64_t n0, int64_t n1) {
+    const Matrix& m = *products[i].m;
+    kernel.gemm(PanelGemm{m.q, K, m.scale, xq.data(), stride, T, x_scale.data(), x_sum.data(),
+                          products[i].y + n0, m.rows},
+                m.row0 + n0, m.row0 + n1);
+  });
+}
 
 const std::vector<GemvInfo>& gemv_kernels() {
   static const std::vector<GemvInfo> list = {
@@ -174,10 +184,7 @@ uint64_t weigh(const double* x, int64_t n, double top, double inverse_temperatur
   return select_gemv().weigh(x, n, top, inverse_temperature, unit, w);
 }
 
-std::string active_gemv_int8() {
-  const I8Info* own = select_i8();
-  return own != nullptr ? std::string(own->name) : "int8 family " + std::string(select_int8().name);
-}
+std::string active_gemv_int8() { return select_i8().name; }
 
 void gemv(const float* x, const Product* products, int n_products, RowShare share,
           bool prefetch) {
@@ -186,7 +193,7 @@ void gemv(const float* x, const Product* products, int n_products, RowShare shar
   for (int i = 1; i < n_products; ++i)
     if (products[i].m->is_int8() != int8 || products[i].m->cols != products[0].m->cols)
       throw std::invalid_argument("gemv: products must share K and the weight type");
-  if (int8) return gemv_int8(x, products, n_products, share, prefetch);
+  if (int8) return gemv_int8(x, products, n_products, share);
   const GemvKernel kernel = select_gemv().fn;
   const int64_t K = products[0].m->cols;
   for_rows(products, n_products, K * int64_t(sizeof(float)), share, [&](int i, int64_t n0, int64_t n1) {

@@ -11,22 +11,42 @@
 
 namespace tinylm::engine {
 
-// One int8 product c = W x (exact int32) for the decode step. x is padded with zeros to
-// a multiple of 64 bytes (kernels may read whole vectors of it); x_sum = sum(x). A row
-// of W may be read past its end, up to the next vector boundary (those bytes meet x's
-// zeros), but never past the end of W (the last row's end). prefetch: as at the top of
-// this file.
-struct GemvI8 {
+// One int8 product c = W x (exact int32) for the decode step, W in panels (gemv_panels.h:
+// [ceil(N / 16)][ceil(K / 4)][16][4], rows past N and bytes past K zero). x is padded with
+// zeros to whole groups of four bytes; x_sum = sum(x). A kernel computes rows [n0, n1) of
+// the whole matrix, writing row n to c[n - n0].
+constexpr int64_t kPanelRows = 16, kPanelBytesPerGroup = 64;
+inline int64_t panel_groups(int64_t K) { return (K + 3) / 4; }
+inline int64_t panel_bytes(int64_t N, int64_t K) {
+  return (N + kPanelRows - 1) / kPanelRows * panel_groups(K) * kPanelBytesPerGroup;
+}
+struct PanelGemv {
   const int8_t* W;
-  int64_t N, K;
+  int64_t K;
   const int8_t* x;
   int32_t x_sum;
   int32_t* c;
-  bool prefetch = true;
 };
-using GemvI8Kernel = void (*)(const GemvI8& g, int64_t n0, int64_t n1);
+using PanelGemvKernel = void (*)(const PanelGemv& g, int64_t n0, int64_t n1);
+// The same for T rows of x at once (the prefill), rescaled as int8::linear does:
+// y[t * y_stride + n - n0] = float(sum_k x[t, k] W[n, k]) * (x_scale[t] * scale[n]) for the
+// rows n in [n0, n1) of the whole matrix. x [T, x_stride], each row zero-padded to whole
+// groups of four bytes; x_sum[t] its sum.
+struct PanelGemm {
+  const int8_t* W;
+  int64_t K;
+  const float* scale;
+  const int8_t* x;
+  int64_t x_stride, T;
+  const float* x_scale;
+  const int32_t* x_sum;
+  float* y;
+  int64_t y_stride;
+};
+using PanelGemmKernel = void (*)(const PanelGemm& g, int64_t n0, int64_t n1);
 
-void gemv_i8_ref(const GemvI8& g, int64_t n0, int64_t n1);
+void gemv_panels_ref(const PanelGemv& g, int64_t n0, int64_t n1);
+void gemm_panels_ref(const PanelGemm& g, int64_t n0, int64_t n1);
 
 // y[n] = float(c[n]) * (x_scale * scale[n]) for n in [0, count): the int8 products
 // rescaled, by the same expression as int8::linear, so that the two agree bit for bit.
@@ -34,9 +54,12 @@ using RescaleKernel = void (*)(const int32_t* c, const float* scale, float x_sca
                                int64_t count);
 void rescale_ref(const int32_t* c, const float* scale, float x_scale, float* y, int64_t count);
 #if defined(__x86_64__) || defined(_M_X64)
-void gemv_i8_avx2(const GemvI8& g, int64_t n0, int64_t n1);
-void gemv_i8_avx512vnni(const GemvI8& g, int64_t n0, int64_t n1);
-void gemv_i8_avxvnni(const GemvI8& g, int64_t n0, int64_t n1);
+void gemv_panels_avx2(const PanelGemv& g, int64_t n0, int64_t n1);
+void gemm_panels_avx2(const PanelGemm& g, int64_t n0, int64_t n1);
+void gemv_panels_avx512vnni(const PanelGemv& g, int64_t n0, int64_t n1);
+void gemm_panels_avx512vnni(const PanelGemm& g, int64_t n0, int64_t n1);
+void gemv_panels_avxvnni(const PanelGemv& g, int64_t n0, int64_t n1);
+void gemm_panels_avxvnni(const PanelGemm& g, int64_t n0, int64_t n1);
 void rescale_avx2(const int32_t* c, const float* scale, float x_scale, float* y, int64_t count);
 #endif
 
@@ -75,6 +98,10 @@ uint64_t weigh_avx512(const double* x, int64_t n, double top, double inverse_tem
 void gemv_neon(const float* W, const float* x, float* y, int64_t K, int64_t n0, int64_t n1,
                bool prefetch);
 void silu_mul_neon(float* g, const float* u, int64_t n);
+void gemv_panels_neon(const PanelGemv& g, int64_t n0, int64_t n1);
+void gemm_panels_neon(const PanelGemm& g, int64_t n0, int64_t n1);
+void gemv_panels_neon_dotprod(const PanelGemv& g, int64_t n0, int64_t n1);
+void gemm_panels_neon_dotprod(const PanelGemm& g, int64_t n0, int64_t n1);
 #endif
 
 }  // namespace tinylm::engine

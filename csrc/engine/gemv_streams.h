@@ -1,10 +1,9 @@
-// The decode step's x86 GEMV loops, float32 and int8, written once as templates over a
-// per-instruction-set "Ops" struct (gemv_avx2.cpp, gemv_avx512.cpp, gemv_i8_avx2.cpp,
-// gemv_i8_avxvnni.cpp, gemv_i8_avx512vnni.cpp define theirs; NEON has its own loop in
-// gemv_neon.cpp).
+// The decode step's x86 float32 GEMV loop, written once as a template over a
+// per-instruction-set "Ops" struct (gemv_avx2.cpp and gemv_avx512.cpp define theirs; NEON
+// has its own loop in gemv_neon.cpp; int8 weights are in panels, gemv_panels.h).
 //
 // Four rows at a time, one from each quarter of the range (rows n, n + q, n + 2q,
-// n + 3q): each vector of x is loaded (and, for int8, prepared) once for four rows, the
+// n + 3q): each vector of x is loaded once for four rows, the
 // four horizontal sums are done together, and the weights are read as four long
 // sequential streams, which the hardware prefetchers follow (four adjacent rows at
 // once, four short interleaved streams, measured 2x slower than one row at a time on a
@@ -36,6 +35,8 @@ namespace tinylm::engine::streams {
 // session). The engine asks for it where a thread's share of the weights fits in its L2:
 // right for every preset on the Zen 4, for `baby` on the Xeon; on the Xeon's `small`
 // fp32 and the Zen 3's `medium` (AVX2) the earlier measures favoured it beyond L2 too.
+// (The int8 figures are of the row-major int8 kernels this loop also ran until the
+// int8 weights moved to panels.)
 constexpr int64_t kPrefetchBytes = 512;
 
 // The address is formed as an integer: it may lie past the end of the weights. Static,
@@ -98,63 +99,6 @@ void gemv_f32(const float* W, const float* x, float* y, int64_t K, int64_t n0, i
       a1 = O::fma(O::load(w + k + O::kWidth), O::load(x + k + O::kWidth), a1);
     }
     y[n] = finish<O>(a0, a1, w, x, whole, K);
-  }
-}
-
-// ---- int8. Ops: Acc, X, kWidth (bytes per vector), kBias (c = raw - kBias * x_sum, for
-// kernels that bias w to unsigned), zero(), prepare_x(p) (a vector of x, ready for dot),
-// load_w(p), dot(acc, w, X), hsum4(a0, a1, a2, a3) (__m128i of the four lane sums).
-//
-// x is zero-padded to whole vectors, so a row simply reads on into the following rows:
-// those bytes meet x's zeros and add nothing. Only the rows within a vector of the
-// matrix's end, where that would read past it, take their tail through a zeroed buffer
-// (one row at a time). (The int8 family's GEMM with M = 1 copies the last partial vector
-// of every row instead, which for K = 288, the `small` preset, costs as much as the
-// products.)
-
-template <class O>
-void gemv_i8(const GemvI8& g, int64_t n0, int64_t n1) {
-  using Acc = typename O::Acc;
-  constexpr int64_t kW = O::kWidth;
-  const int64_t K = g.K, vectors = (K + kW - 1) / kW;
-  // wrapping arithmetic: the biased sums may exceed int32, the differences are exact
-  const uint32_t bias = uint32_t(O::kBias) * uint32_t(g.x_sum);
-  // rows [n0, n0 + 4q) four at a time; the last of them must have its whole vectors
-  // inside the matrix (reading on into the following rows)
-  int64_t q = (n1 - n0) / 4;
-  while (q > 0 && (g.N - (n0 + 4 * q - 1)) * K < vectors * kW) --q;
-  const int64_t stride = q * K;  // from one quarter's row to the next's
-  for (int64_t n = n0; n < n0 + q; ++n) {
-    const int8_t* w = g.W + n * K;
-    Acc a0 = O::zero(), a1 = a0, a2 = a0, a3 = a0;
-    for (int64_t v = 0; v < vectors; ++v) {
-      const typename O::X x = O::prepare_x(g.x + v * kW);
-      const int8_t* p = w + v * kW;
-      if (g.prefetch)
-        for (int j = 0; j < 4; ++j) prefetch_ahead(p + j * stride, kPrefetchBytes);
-      a0 = O::dot(a0, O::load_w(p), x);
-      a1 = O::dot(a1, O::load_w(p + stride), x);
-      a2 = O::dot(a2, O::load_w(p + 2 * stride), x);
-      a3 = O::dot(a3, O::load_w(p + 3 * stride), x);
-    }
-    alignas(16) int32_t sums[4];
-    _mm_store_si128((__m128i*)sums, O::hsum4(a0, a1, a2, a3));
-    for (int j = 0; j < 4; ++j) g.c[n + j * q] = int32_t(uint32_t(sums[j]) - bias);
-  }
-  // the rest one at a time
-  for (int64_t n = n0 + 4 * q; n < n1; ++n) {
-    const int8_t* w = g.W + n * K;
-    alignas(64) int8_t last[kW];
-    const int64_t safe = std::min(vectors, (g.N - n) * K / kW);  // whole vectors inside
-    if (safe < vectors) {  // only near the matrix's end: the tail (< kW bytes) from a buffer
-      std::memset(last, 0, sizeof last);
-      std::memcpy(last, w + safe * kW, size_t(K % kW));
-    }
-    Acc a = O::zero();
-    for (int64_t v = 0; v < vectors; ++v)
-      a = O::dot(a, O::load_w(v < safe ? w + v * kW : last), O::prepare_x(g.x + v * kW));
-    const Acc zero = O::zero();
-    g.c[n] = int32_t(uint32_t(_mm_cvtsi128_si32(O::hsum4(a, zero, zero, zero))) - bias);
   }
 }
 

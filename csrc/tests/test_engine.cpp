@@ -120,22 +120,26 @@ TEST(engine_gemv_kernels_match_reference) {
   }
 }
 
-// The int8 decode kernels: exact int32 sums against the scalar loop, for K on and off
-// every vector width, values at +-127, and rows next to the matrix's end (which must
-// not be read past: the matrix sits at the end of its buffer, so an over-read would be
-// caught by the sanitizers and by the Python test that puts a guard page there).
+// The int8 decode kernels over panels: exact int32 sums against a plain loop over the
+// rows (which also holds the scalar kernel's panel indexing to the layout), for K on and
+// off groups of four and vector widths, row counts on and off panels of 16, ranges that
+// start and end inside a panel, and values at +-127. The panels end their buffer, so a
+// read past them would be caught by the sanitizers (and by the Python test that puts a
+// guard page there).
 TEST(engine_int8_gemv_kernels_exact) {
-  std::vector<NamedKernel<engine::GemvI8Kernel>> kernels;
+  std::vector<NamedKernel<engine::PanelGemvKernel>> kernels;
 #if defined(__x86_64__) || defined(_M_X64)
-  kernels.push_back({"avx512vnni", kAVX2 | kAVX512 | kAVX512VNNI, engine::gemv_i8_avx512vnni});
-  kernels.push_back({"avxvnni", kAVX2 | kAVXVNNI, engine::gemv_i8_avxvnni});
-  kernels.push_back({"avx2", kAVX2, engine::gemv_i8_avx2});
+  kernels.push_back({"avx512vnni", kAVX2 | kAVX512 | kAVX512VNNI, engine::gemv_panels_avx512vnni});
+  kernels.push_back({"avxvnni", kAVX2 | kAVXVNNI, engine::gemv_panels_avxvnni});
+  kernels.push_back({"avx2", kAVX2, engine::gemv_panels_avx2});
 #endif
-  kernels.push_back({"scalar", 0, engine::gemv_i8_ref});
-  // Rows go four at a time from the quarters of the range given, the rest one by one:
-  // row counts around multiples of 4 and ranges that start and end anywhere.
-  const int64_t Ks[] = {1, 5, 31, 32, 33, 63, 64, 65, 100, 128, 255, 288, 1376};
-  const int64_t Ns[] = {1, 3, 4, 7, 9, 16, 17, 33, 48, 70};
+#if defined(__aarch64__) || defined(__arm__)
+  kernels.push_back({"neon_dotprod", kNEON | kDotProd, engine::gemv_panels_neon_dotprod});
+  kernels.push_back({"neon", kNEON, engine::gemv_panels_neon});
+#endif
+  kernels.push_back({"scalar", 0, engine::gemv_panels_ref});
+  const int64_t Ks[] = {1, 3, 4, 5, 31, 32, 33, 63, 64, 65, 100, 128, 255, 288, 1376};
+  const int64_t Ns[] = {1, 3, 15, 16, 17, 33, 48, 70};
   for (const auto& k : kernels) {
     if (!runnable(k.features)) continue;
     std::printf("  int8 gemv kernel %s\n", k.name);
@@ -146,30 +150,92 @@ TEST(engine_int8_gemv_kernels_exact) {
       // x = -127: every pair sum +-2 * 127^2, the largest of either sign (vpmaddubsw's
       // int16 saturates just past them), with the operands' signs the kernels' tricks move
       for (int extreme = 0; extreme < 3; ++extreme) {
-        const int64_t stride = (K + 63) / 64 * 64;
-        std::vector<int8_t> W(size_t(N * K)), x(size_t(stride), 0);
+        const int64_t groups = engine::panel_groups(K);
+        std::vector<int8_t> W(size_t(N * K)), x(size_t(groups * 4), 0);
         for (size_t i = 0; i < W.size(); ++i)
           W[i] = extreme == 1 ? int8_t(127) : extreme == 2 ? int8_t(i / size_t(K) % 2 ? 127 : -127)
                                              : int8_t(std::lround(g.f32() * 127));
         for (int64_t i = 0; i < K; ++i)
           x[size_t(i)] = extreme == 1 ? int8_t(127) : extreme == 2 ? int8_t(-127)
                                        : int8_t(std::lround(g.f32() * 127));
+        std::vector<int8_t> panels(size_t(engine::panel_bytes(N, K)), 0);
+        for (int64_t n = 0; n < N; ++n)
+          for (int64_t i = 0; i < K; ++i)
+            panels[size_t((n / 16 * groups + i / 4) * 64 + n % 16 * 4 + i % 4)] = W[size_t(n * K + i)];
         int32_t x_sum = 0;
+        std::vector<int32_t> want(static_cast<size_t>(N), 0);
+        for (int64_t n = 0; n < N; ++n)
+          for (int64_t i = 0; i < K; ++i) want[size_t(n)] += int32_t(W[size_t(n * K + i)]) * x[size_t(i)];
         for (int64_t i = 0; i < K; ++i) x_sum += x[size_t(i)];
-        std::vector<int32_t> got(static_cast<size_t>(N), 12345), want(static_cast<size_t>(N));
-        engine::gemv_i8_ref({W.data(), N, K, x.data(), x_sum, want.data()}, 0, N);
         const int64_t split = N / 3 + extreme;  // [0, split) and [split, N)
-        for (const bool prefetch : {true, false}) {
-          std::fill(got.begin(), got.end(), 12345);
-          k.fn({W.data(), N, K, x.data(), x_sum, got.data(), prefetch}, 0, std::min(split, N));
-          k.fn({W.data(), N, K, x.data(), x_sum, got.data(), prefetch}, std::min(split, N), N);
-          for (int64_t n = 0; n < N; ++n)
-            CHECK(got[size_t(n)] == want[size_t(n)],
-                  "%s K=%lld N=%lld extreme=%d prefetch=%d row %lld: %d, want %d", k.name,
-                  (long long)K, (long long)N, extreme, int(prefetch), (long long)n,
-                  got[size_t(n)], want[size_t(n)]);
-        }
+        std::vector<int32_t> got(static_cast<size_t>(N), 12345);
+        const engine::PanelGemv head{panels.data(), K, x.data(), x_sum, got.data()};
+        engine::PanelGemv tail = head;
+        tail.c = got.data() + std::min(split, N);
+        k.fn(head, 0, std::min(split, N));
+        k.fn(tail, std::min(split, N), N);
+        for (int64_t n = 0; n < N; ++n)
+          CHECK(got[size_t(n)] == want[size_t(n)], "%s K=%lld N=%lld extreme=%d row %lld: %d, want %d",
+                k.name, (long long)K, (long long)N, extreme, (long long)n, got[size_t(n)],
+                want[size_t(n)]);
       }
+  }
+}
+
+// The prefill's int8 products over panels, for 1 to 13 rows of x at once (on and off
+// every kernel's rows a pass, so each pass size runs): exactly int8::linear's result, the
+// int32 sums of a plain loop over the rows rescaled by its expression, for ranges of
+// rows that start and end inside a panel.
+TEST(engine_int8_gemm_kernels_exact) {
+  std::vector<NamedKernel<engine::PanelGemmKernel>> kernels;
+#if defined(__x86_64__) || defined(_M_X64)
+  kernels.push_back({"avx512vnni", kAVX2 | kAVX512 | kAVX512VNNI, engine::gemm_panels_avx512vnni});
+  kernels.push_back({"avxvnni", kAVX2 | kAVXVNNI, engine::gemm_panels_avxvnni});
+  kernels.push_back({"avx2", kAVX2, engine::gemm_panels_avx2});
+#endif
+#if defined(__aarch64__) || defined(__arm__)
+  kernels.push_back({"neon_dotprod", kNEON | kDotProd, engine::gemm_panels_neon_dotprod});
+  kernels.push_back({"neon", kNEON, engine::gemm_panels_neon});
+#endif
+  kernels.push_back({"scalar", 0, engine::gemm_panels_ref});
+  for (const auto& k : kernels) {
+    if (!runnable(k.features)) continue;
+    std::printf("  int8 gemm kernel %s\n", k.name);
+    Gen g(13);
+    for (int64_t K : {1, 5, 64, 130})
+      for (int64_t N : {3, 16, 37})
+        for (int64_t T = 1; T <= 13; ++T) {
+          const int64_t groups = engine::panel_groups(K), stride = groups * 4;
+          std::vector<int8_t> W(size_t(N * K)), x(size_t(T * stride), 0);
+          for (auto& v : W) v = int8_t(std::lround(g.f32() * 127));
+          std::vector<float> scale(static_cast<size_t>(N)), x_scale(static_cast<size_t>(T));
+          for (auto& v : scale) v = std::fabs(g.f32()) + 0.01f;
+          for (auto& v : x_scale) v = std::fabs(g.f32()) + 0.01f;
+          std::vector<int32_t> x_sum(static_cast<size_t>(T), 0);
+          for (int64_t t = 0; t < T; ++t)
+            for (int64_t i = 0; i < K; ++i) {
+              x[size_t(t * stride + i)] = int8_t(std::lround(g.f32() * 127));
+              x_sum[size_t(t)] += x[size_t(t * stride + i)];
+            }
+          std::vector<int8_t> panels(size_t(engine::panel_bytes(N, K)), 0);
+          for (int64_t n = 0; n < N; ++n)
+            for (int64_t i = 0; i < K; ++i)
+              panels[size_t((n / 16 * groups + i / 4) * 64 + n % 16 * 4 + i % 4)] = W[size_t(n * K + i)];
+          const int64_t n0 = N / 4, n1 = N - N / 5;  // rows [n0, n1)
+          std::vector<float> y(size_t(T * (n1 - n0)), -1.f);
+          k.fn({panels.data(), K, scale.data(), x.data(), stride, T, x_scale.data(), x_sum.data(),
+                y.data(), n1 - n0},
+               n0, n1);
+          for (int64_t t = 0; t < T; ++t)
+            for (int64_t n = n0; n < n1; ++n) {
+              int32_t c = 0;
+              for (int64_t i = 0; i < K; ++i) c += int32_t(W[size_t(n * K + i)]) * x[size_t(t * stride + i)];
+              const float want = float(c) * (x_scale[size_t(t)] * scale[size_t(n)]);
+              const float got = y[size_t(t * (n1 - n0) + n - n0)];
+              CHECK(got == want, "%s K=%lld N=%lld T=%lld row %lld of x %lld: %g, want %g", k.name,
+                    (long long)K, (long long)N, (long long)T, (long long)n, (long long)t, got, want);
+            }
+        }
   }
 }
 

@@ -1,0 +1,60 @@
+// int8 GEMV over panels (gemv_panels.h), AVX2: a group of a panel is two vectors, rows
+// 0-7 and 8-15, each four instructions: the sign trick (vpmaddubsw needs an unsigned
+// operand: take |x| and move x's sign onto w; with values in [-127, 127] a pair sum is at
+// most 2 * 127 * 127 and never saturates), then vpmaddwd with ones adds each row's two
+// pairs into its 32-bit lane.
+#include "../simd_x86.h"
+#include "gemv_kernels.h"
+#include "gemv_panels.h"
+
+namespace tinylm::engine {
+namespace {
+
+struct Avx2 {
+  struct Acc {
+    __m256i lo, hi;  // rows 0-7, 8-15
+  };
+  using W = Acc;
+  static constexpr int kChains = 2, kRows = 4;
+  static constexpr int32_t kBias = 0;
+  static Acc zero() { return {_mm256_setzero_si256(), _mm256_setzero_si256()}; }
+  static W load(const int8_t* w) {
+    return {_mm256_loadu_si256((const __m256i*)w), _mm256_loadu_si256((const __m256i*)(w + 32))};
+  }
+  static __m256i dot_half(__m256i acc, __m256i w, __m256i x, __m256i ax) {
+    const __m256i prod16 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(w, x));
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(prod16, _mm256_set1_epi16(1)));
+  }
+  static Acc dot(Acc acc, W w, const int8_t* x) {
+    int32_t x4;
+    std::memcpy(&x4, x, 4);
+    const __m256i xv = _mm256_set1_epi32(x4), ax = _mm256_abs_epi8(xv);
+    return {dot_half(acc.lo, w.lo, xv, ax), dot_half(acc.hi, w.hi, xv, ax)};
+  }
+  static Acc add(Acc a, Acc b) {
+    return {_mm256_add_epi32(a.lo, b.lo), _mm256_add_epi32(a.hi, b.hi)};
+  }
+  static void store(int32_t* out, Acc a) {
+    _mm256_storeu_si256((__m256i*)out, a.lo);
+    _mm256_storeu_si256((__m256i*)(out + 8), a.hi);
+  }
+};
+
+}  // namespace
+
+void gemv_panels_avx2(const PanelGemv& g, int64_t n0, int64_t n1) { panels::gemv<Avx2>(g, n0, n1); }
+
+void gemm_panels_avx2(const PanelGemm& g, int64_t n0, int64_t n1) { panels::gemm<Avx2>(g, n0, n1); }
+
+void rescale_avx2(const int32_t* c, const float* scale, float x_scale, float* y, int64_t count) {
+  const __m256 xs = _mm256_set1_ps(x_scale);
+  int64_t n = 0;
+  for (; n + 8 <= count; n += 8) {
+    const __m256 s = _mm256_mul_ps(xs, _mm256_loadu_ps(scale + n));
+    const __m256 v = _mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i*)(c + n)));
+    _mm256_storeu_ps(y + n, _mm256_mul_ps(v, s));
+  }
+  rescale_ref(c + n, scale + n, x_scale, y + n, count - n);
+}
+
+}  // namespace tinylm::engine

@@ -1,0 +1,52 @@
+// int8 GEMV over panels (gemv_panels.h), AVX-VNNI (the VEX-encoded 256-bit vpdpbusd of
+// Intel's client cores from Alder Lake on, which have no AVX-512): a group of a panel is
+// two vectors, rows 0-7 and 8-15, one instruction each (and an XOR) where the AVX2 kernel
+// needs four. vpdpbusd multiplies unsigned by signed bytes, so w is biased to unsigned
+// (w ^ 0x80 = w + 128) and 128 * sum(x) is taken off at the end. (Under SIMDe,
+// simd_x86.h has the AVX-512VL form of the instruction stand in: the same result.)
+#include "../simd_x86.h"
+#include "gemv_kernels.h"
+#include "gemv_panels.h"
+
+namespace tinylm::engine {
+namespace {
+
+struct AvxVnni {
+  struct Acc {
+    __m256i lo, hi;  // rows 0-7, 8-15
+  };
+  using W = Acc;
+  static constexpr int kChains = 2, kRows = 4;
+  static constexpr int32_t kBias = 128;
+  static Acc zero() { return {_mm256_setzero_si256(), _mm256_setzero_si256()}; }
+  static W load(const int8_t* w) {
+    const __m256i flip = _mm256_set1_epi8(char(0x80));
+    return {_mm256_xor_si256(_mm256_loadu_si256((const __m256i*)w), flip),
+            _mm256_xor_si256(_mm256_loadu_si256((const __m256i*)(w + 32)), flip)};
+  }
+  static Acc dot(Acc acc, W w, const int8_t* x) {
+    int32_t x4;
+    std::memcpy(&x4, x, 4);
+    const __m256i xv = _mm256_set1_epi32(x4);
+    return {_mm256_dpbusd_avx_epi32(acc.lo, w.lo, xv), _mm256_dpbusd_avx_epi32(acc.hi, w.hi, xv)};
+  }
+  static Acc add(Acc a, Acc b) {
+    return {_mm256_add_epi32(a.lo, b.lo), _mm256_add_epi32(a.hi, b.hi)};
+  }
+  static void store(int32_t* out, Acc a) {
+    _mm256_storeu_si256((__m256i*)out, a.lo);
+    _mm256_storeu_si256((__m256i*)(out + 8), a.hi);
+  }
+};
+
+}  // namespace
+
+void gemv_panels_avxvnni(const PanelGemv& g, int64_t n0, int64_t n1) {
+  panels::gemv<AvxVnni>(g, n0, n1);
+}
+
+void gemm_panels_avxvnni(const PanelGemm& g, int64_t n0, int64_t n1) {
+  panels::gemm<AvxVnni>(g, n0, n1);
+}
+
+}  // namespace tinylm::engine
