@@ -6,21 +6,15 @@
 #include "../simd_x86.h"
 #include "gemv_kernels.h"
 #include "gemv_panels.h"
+#include "gemv_panels_ymm.h"
 
 namespace tinylm::engine {
 namespace {
 
-struct Avx2 {
-  struct Acc {
-    __m256i lo, hi;  // rows 0-7, 8-15
-  };
-  using W = Acc;
+struct Avx2 : Ymm2Ops {
   static constexpr int kChains = 2, kRows = 4;
   static constexpr int32_t kBias = 0;
-  static Acc zero() { return {_mm256_setzero_si256(), _mm256_setzero_si256()}; }
-  static W load(const int8_t* w) {
-    return {_mm256_loadu_si256((const __m256i*)w), _mm256_loadu_si256((const __m256i*)(w + 32))};
-  }
+  static W load(const int8_t* w) { return load_group(w); }
   static __m256i dot_half(__m256i acc, __m256i w, __m256i x, __m256i ax) {
     const __m256i prod16 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(w, x));
     return _mm256_add_epi32(acc, _mm256_madd_epi16(prod16, _mm256_set1_epi16(1)));
@@ -30,13 +24,6 @@ struct Avx2 {
     std::memcpy(&x4, x, 4);
     const __m256i xv = _mm256_set1_epi32(x4), ax = _mm256_abs_epi8(xv);
     return {dot_half(acc.lo, w.lo, xv, ax), dot_half(acc.hi, w.hi, xv, ax)};
-  }
-  static Acc add(Acc a, Acc b) {
-    return {_mm256_add_epi32(a.lo, b.lo), _mm256_add_epi32(a.hi, b.hi)};
-  }
-  static void store(int32_t* out, Acc a) {
-    _mm256_storeu_si256((__m256i*)out, a.lo);
-    _mm256_storeu_si256((__m256i*)(out + 8), a.hi);
   }
 };
 

@@ -7,35 +7,24 @@
 #include "../simd_x86.h"
 #include "gemv_kernels.h"
 #include "gemv_panels.h"
+#include "gemv_panels_ymm.h"
 
 namespace tinylm::engine {
 namespace {
 
-struct AvxVnni {
-  struct Acc {
-    __m256i lo, hi;  // rows 0-7, 8-15
-  };
-  using W = Acc;
+struct AvxVnni : Ymm2Ops {
   static constexpr int kChains = 2, kRows = 4;
   static constexpr int32_t kBias = 128;
-  static Acc zero() { return {_mm256_setzero_si256(), _mm256_setzero_si256()}; }
   static W load(const int8_t* w) {
     const __m256i flip = _mm256_set1_epi8(char(0x80));
-    return {_mm256_xor_si256(_mm256_loadu_si256((const __m256i*)w), flip),
-            _mm256_xor_si256(_mm256_loadu_si256((const __m256i*)(w + 32)), flip)};
+    const Ymm2 v = load_group(w);
+    return {_mm256_xor_si256(v.lo, flip), _mm256_xor_si256(v.hi, flip)};
   }
   static Acc dot(Acc acc, W w, const int8_t* x) {
     int32_t x4;
     std::memcpy(&x4, x, 4);
     const __m256i xv = _mm256_set1_epi32(x4);
     return {_mm256_dpbusd_avx_epi32(acc.lo, w.lo, xv), _mm256_dpbusd_avx_epi32(acc.hi, w.hi, xv)};
-  }
-  static Acc add(Acc a, Acc b) {
-    return {_mm256_add_epi32(a.lo, b.lo), _mm256_add_epi32(a.hi, b.hi)};
-  }
-  static void store(int32_t* out, Acc a) {
-    _mm256_storeu_si256((__m256i*)out, a.lo);
-    _mm256_storeu_si256((__m256i*)(out + 8), a.hi);
   }
 };
 

@@ -6,6 +6,7 @@
 
 #include "gemv_kernels.h"
 #include "gemv_panels.h"
+#include "gemv_panels_neon.h"
 
 namespace tinylm::engine {
 namespace {
@@ -14,9 +15,7 @@ struct Neon {
   struct Acc {
     int32x4_t pairs[8];  // per vector of four rows: rows 0-1, then 2-3, two lanes a row
   };
-  struct W {
-    int8x16_t rows[4];  // rows 0-3, 4-7, 8-11, 12-15
-  };
+  using W = NeonGroup;
   static constexpr int kChains = 1;
 #if defined(__aarch64__)
   static constexpr int kRows = 2;  // 16 accumulators + 4 w + x of 32 registers
@@ -29,15 +28,9 @@ struct Neon {
     for (auto& v : a.pairs) v = vdupq_n_s32(0);
     return a;
   }
-  static W load(const int8_t* w) {
-    W v;
-    for (int q = 0; q < 4; ++q) v.rows[q] = vld1q_s8(w + 16 * q);
-    return v;
-  }
+  static W load(const int8_t* w) { return load_group(w); }
   static Acc dot(Acc acc, const W& w, const int8_t* x) {
-    int32_t x4;
-    std::memcpy(&x4, x, 4);
-    const int8x8_t xv = vreinterpret_s8_s32(vdup_n_s32(x4));
+    const int8x8_t xv = vget_low_s8(vreinterpretq_s8_s32(broadcast4(x)));
     for (int q = 0; q < 4; ++q) {
       acc.pairs[2 * q] = vpadalq_s16(acc.pairs[2 * q], vmull_s8(vget_low_s8(w.rows[q]), xv));
       acc.pairs[2 * q + 1] = vpadalq_s16(acc.pairs[2 * q + 1], vmull_s8(vget_high_s8(w.rows[q]), xv));

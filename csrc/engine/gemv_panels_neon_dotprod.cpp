@@ -5,6 +5,7 @@
 
 #include "gemv_kernels.h"
 #include "gemv_panels.h"
+#include "gemv_panels_neon.h"
 
 namespace tinylm::engine {
 namespace {
@@ -13,9 +14,7 @@ struct NeonDot {
   struct Acc {
     int32x4_t rows[4];  // rows 0-3, 4-7, 8-11, 12-15
   };
-  struct W {
-    int8x16_t rows[4];
-  };
+  using W = NeonGroup;
   static constexpr int kChains = 2;
 #if defined(__aarch64__)
   static constexpr int kRows = 4;  // 16 accumulators + 4 w + x of 32 registers
@@ -28,15 +27,9 @@ struct NeonDot {
     for (auto& v : a.rows) v = vdupq_n_s32(0);
     return a;
   }
-  static W load(const int8_t* w) {
-    W v;
-    for (int q = 0; q < 4; ++q) v.rows[q] = vld1q_s8(w + 16 * q);
-    return v;
-  }
+  static W load(const int8_t* w) { return load_group(w); }
   static Acc dot(Acc acc, const W& w, const int8_t* x) {
-    int32_t x4;
-    std::memcpy(&x4, x, 4);
-    const int8x16_t xv = vreinterpretq_s8_s32(vdupq_n_s32(x4));
+    const int8x16_t xv = vreinterpretq_s8_s32(broadcast4(x));
     for (int q = 0; q < 4; ++q) acc.rows[q] = vdotq_s32(acc.rows[q], w.rows[q], xv);
     return acc;
   }
