@@ -263,7 +263,10 @@ void Engine::embed(int32_t token, float* x) const {
 
 // Software prefetch helped GEMVs whose weights sit in L2 and cost those whose weights
 // stream from beyond it on the Zen 4 (gemv_streams.h), so it is asked for where a
-// thread's share fits in its L2 (taking each thread to have an L2 of its own).
+// thread's share fits in its L2 (taking each thread to have an L2 of its own). Only the
+// float32 kernels take it: the int8 ones read each panel as one stream, where a prefetch
+// 1 KB ahead cost `small` 5% and gained `baby` at most 5% (benchmarks/NOTES.md, the
+// seventeenth session).
 Engine::Share Engine::share_of(int t, int T, Barrier& barrier) const {
   return Share{t, T, barrier, weight_bytes_ <= T * l2_cache_bytes()};
 }

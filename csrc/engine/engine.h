@@ -143,7 +143,7 @@ class Engine {
   struct Share {
     int t, T;
     Barrier& barrier;
-    bool prefetch;  // the GEMVs prefetch (this thread's share of the weights fits in L2)
+    bool prefetch;  // float32 GEMVs prefetch (this thread's share of the weights fits in L2)
   };
   Share share_of(int t, int T, Barrier& barrier) const;  // thread t's of a team of T
   void forward(int32_t token, int64_t pos, float* logits);  // step() without the clock
