@@ -1,10 +1,13 @@
-// The per-instruction-set float32 GEMV kernels (each file compiled with its own flags by
-// build_isa.py); only gemv.cpp, the tests and benchmarks/*.cpp call them directly. Each
-// computes rows [n0, n1) of y = W x for a row-major W [N, K], and sums K in the same
-// blocked order whatever rows it is given, so a row's result does not depend on how rows
-// are split.
-// With `prefetch`, the x86 kernels ask for each weight stream ahead of its loads
-// (gemv_streams.h: where the weights sit in L2, not beyond it); the others ignore it.
+// The decode step's per-instruction-set kernels (each file compiled with its own flags by
+// build_isa.py); only gemv.cpp, the tests and benchmarks/*.cpp call them directly.
+//
+// int8 (gemv_panels_*.cpp): exact int32 products over weights in panels, below.
+//
+// float32 (gemv_*.cpp): each computes rows [n0, n1) of y = W x for a row-major W [N, K],
+// and sums K in the same blocked order whatever rows it is given, so a row's result does
+// not depend on how rows are split. With `prefetch`, the x86 kernels ask for each weight
+// stream ahead of its loads (gemv_streams.h: where the weights sit in L2, not beyond
+// it); the others ignore it.
 #pragma once
 
 #include <cstdint>
