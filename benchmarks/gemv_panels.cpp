@@ -77,7 +77,7 @@ int main(int argc, char** argv) {
   for (auto& v : x) v = int8_t(int(rng() % 255) - 127);
   for (Matrix& m : matrices)
     for (int64_t k = 0; k < m.K; ++k) m.x_sum += x[size_t(k)];
-  std::vector<int32_t> c(2048), want(2048);
+  std::vector<float> scale(2048, 1.f), y(2048), want(2048);
 
   __builtin_cpu_init();
   struct Kernel {
@@ -90,15 +90,16 @@ int main(int argc, char** argv) {
        tinylm::engine::gemv_panels_avx512vnni},
       {"avx2", bool(__builtin_cpu_supports("avx2")), tinylm::engine::gemv_panels_avx2}};
   auto run = [&](const Kernel& k, const Matrix& m) {
-    k.fn({m.panels, m.K, x.data(), m.x_sum, c.data()}, 0, m.N);
+    k.fn({m.panels, m.K, scale.data(), x.data(), m.x_sum, 1.f, y.data()}, 0, m.N);
   };
   // every kernel must give the scalar kernel's products
   for (const Kernel& k : kernels) {
     if (!k.runs) continue;
     for (const Matrix& m : matrices) {
-      tinylm::engine::gemv_panels_ref({m.panels, m.K, x.data(), m.x_sum, want.data()}, 0, m.N);
+      tinylm::engine::gemv_panels_ref({m.panels, m.K, scale.data(), x.data(), m.x_sum, 1.f, want.data()},
+                                      0, m.N);
       run(k, m);
-      if (!std::equal(c.begin(), c.begin() + m.N, want.begin())) {
+      if (!std::equal(y.begin(), y.begin() + m.N, want.begin())) {
         std::printf("%s differs from the scalar kernel\n", k.name);
         return 1;
       }

@@ -69,15 +69,10 @@ const GemvInfo& select_gemv() {
   return gemv_kernels().back();
 }
 
-// Per-thread buffers for the quantized input and the int32 results (no allocation per
-// token once they have grown).
-struct Int8Scratch {
-  std::vector<int8_t> xq;
-  std::vector<int32_t> c;
-};
-Int8Scratch& int8_scratch() {
-  thread_local Int8Scratch s;
-  return s;
+// The quantized input, kept per thread (no allocation per token once it has grown).
+std::vector<int8_t>& int8_scratch() {
+  thread_local std::vector<int8_t> xq;
+  return xq;
 }
 
 // The int8 GEMV kernels (gemv_panels_*.cpp) compiled into this build, best first.
@@ -85,24 +80,21 @@ struct I8Info {
   const char* name;
   uint32_t features;
   PanelGemvKernel fn;
-  RescaleKernel rescale;
   PanelGemmKernel gemm;
 };
 
 const std::vector<I8Info>& i8_kernels() {
   static const std::vector<I8Info> list = {
 #if defined(__x86_64__) || defined(_M_X64)
-      {"avx512vnni", kAVX2 | kAVX512 | kAVX512VNNI, gemv_panels_avx512vnni, rescale_avx2,
-       gemm_panels_avx512vnni},
-      {"avxvnni", kAVX2 | kAVXVNNI, gemv_panels_avxvnni, rescale_avx2, gemm_panels_avxvnni},
-      {"avx2", kAVX2, gemv_panels_avx2, rescale_avx2, gemm_panels_avx2},
+      {"avx512vnni", kAVX2 | kAVX512 | kAVX512VNNI, gemv_panels_avx512vnni, gemm_panels_avx512vnni},
+      {"avxvnni", kAVX2 | kAVXVNNI, gemv_panels_avxvnni, gemm_panels_avxvnni},
+      {"avx2", kAVX2, gemv_panels_avx2, gemm_panels_avx2},
 #endif
 #if defined(__aarch64__) || defined(__arm__)
-      {"neon_dotprod", kNEON | kDotProd, gemv_panels_neon_dotprod, rescale_ref,
-       gemm_panels_neon_dotprod},
-      {"neon", kNEON, gemv_panels_neon, rescale_ref, gemm_panels_neon},
+      {"neon_dotprod", kNEON | kDotProd, gemv_panels_neon_dotprod, gemm_panels_neon_dotprod},
+      {"neon", kNEON, gemv_panels_neon, gemm_panels_neon},
 #endif
-      {"scalar", 0, gemv_panels_ref, rescale_ref, gemm_panels_ref},
+      {"scalar", 0, gemv_panels_ref, gemm_panels_ref},
   };
   return list;
 }
@@ -116,25 +108,16 @@ const I8Info& select_i8() {
 
 void gemv_int8(const float* x, const Product* products, int n_products, RowShare share) {
   const int64_t K = products[0].m->cols, padded = panel_groups(K) * 4;
-  Int8Scratch& s = int8_scratch();
-  s.xq.assign(size_t(padded), 0);  // zero padding: the kernels read whole groups of four
+  std::vector<int8_t>& xq = int8_scratch();
+  xq.assign(size_t(padded), 0);  // zero padding: the kernels read whole groups of four
   float x_scale = 0;
   int32_t x_sum = 0;
-  int8::quantize_rows(x, 1, K, s.xq.data(), padded, &x_scale, &x_sum);
-  int64_t offsets[8], total = 0;
-  for (int i = 0; i < n_products; ++i) {
-    offsets[i] = total;
-    total += products[i].m->rows;
-  }
-  s.c.resize(size_t(total));
+  int8::quantize_rows(x, 1, K, xq.data(), padded, &x_scale, &x_sum);
   const I8Info& kernel = select_i8();
-  const int8_t* xq = s.xq.data();
-  int32_t* c_all = s.c.data();
   for_rows(products, n_products, K, share, [&](int i, int64_t n0, int64_t n1) {
     const Matrix& m = *products[i].m;
-    int32_t* c = c_all + offsets[i] + n0;
-    kernel.fn(PanelGemv{m.q, K, xq, x_sum, c}, m.row0 + n0, m.row0 + n1);
-    kernel.rescale(c, m.scale + m.row0 + n0, x_scale, products[i].y + n0, n1 - n0);
+    kernel.fn(PanelGemv{m.q, K, m.scale, xq.data(), x_sum, x_scale, products[i].y + n0},
+              m.row0 + n0, m.row0 + n1);
   });
 }
 

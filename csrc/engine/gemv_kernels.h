@@ -14,10 +14,11 @@
 
 namespace tinylm::engine {
 
-// One int8 product c = W x (exact int32) for the decode step, W in panels (gemv_panels.h:
-// [ceil(N / 16)][ceil(K / 4)][16][4], rows past N and bytes past K zero). x is padded with
-// zeros to whole groups of four bytes; x_sum = sum(x). A kernel computes rows [n0, n1) of
-// the whole matrix, writing row n to c[n - n0].
+// One int8 product for the decode step, W in panels (gemv_panels.h: [ceil(N / 16)]
+// [ceil(K / 4)][16][4], rows past N and bytes past K zero), rescaled as int8::linear does:
+// y[n - n0] = float(sum_k x[k] W[n, k]) * (x_scale * scale[n]) for the rows n in [n0, n1)
+// of the whole matrix, the sums exact in int32. x is padded with zeros to whole groups of
+// four bytes; x_sum = sum(x).
 constexpr int64_t kPanelRows = 16, kPanelBytesPerGroup = 64;
 inline int64_t panel_groups(int64_t K) { return (K + 3) / 4; }
 inline int64_t panel_bytes(int64_t N, int64_t K) {
@@ -26,9 +27,11 @@ inline int64_t panel_bytes(int64_t N, int64_t K) {
 struct PanelGemv {
   const int8_t* W;
   int64_t K;
+  const float* scale;
   const int8_t* x;
   int32_t x_sum;
-  int32_t* c;
+  float x_scale;
+  float* y;
 };
 using PanelGemvKernel = void (*)(const PanelGemv& g, int64_t n0, int64_t n1);
 // The same for T rows of x at once (the prefill), rescaled as int8::linear does:
@@ -51,11 +54,6 @@ using PanelGemmKernel = void (*)(const PanelGemm& g, int64_t n0, int64_t n1);
 void gemv_panels_ref(const PanelGemv& g, int64_t n0, int64_t n1);
 void gemm_panels_ref(const PanelGemm& g, int64_t n0, int64_t n1);
 
-// y[n] = float(c[n]) * (x_scale * scale[n]) for n in [0, count): the int8 products
-// rescaled, by the same expression as int8::linear, so that the two agree bit for bit.
-using RescaleKernel = void (*)(const int32_t* c, const float* scale, float x_scale, float* y,
-                               int64_t count);
-void rescale_ref(const int32_t* c, const float* scale, float x_scale, float* y, int64_t count);
 #if defined(__x86_64__) || defined(_M_X64)
 void gemv_panels_avx2(const PanelGemv& g, int64_t n0, int64_t n1);
 void gemm_panels_avx2(const PanelGemm& g, int64_t n0, int64_t n1);
@@ -63,7 +61,6 @@ void gemv_panels_avx512vnni(const PanelGemv& g, int64_t n0, int64_t n1);
 void gemm_panels_avx512vnni(const PanelGemm& g, int64_t n0, int64_t n1);
 void gemv_panels_avxvnni(const PanelGemv& g, int64_t n0, int64_t n1);
 void gemm_panels_avxvnni(const PanelGemm& g, int64_t n0, int64_t n1);
-void rescale_avx2(const int32_t* c, const float* scale, float x_scale, float* y, int64_t count);
 #endif
 
 void gemv_ref(const float* W, const float* x, float* y, int64_t K, int64_t n0, int64_t n1,

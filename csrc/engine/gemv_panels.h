@@ -29,6 +29,17 @@
 
 namespace tinylm::engine::panels {
 
+// The rows [first, last) of a panel whose first row is p0, from its raw sums: rescaled
+// with int8::linear's expression, so that the two agree bit for bit, into y[n - n0]. A
+// template on Ops like the rest, so that each kernel file has its own copy (a plain
+// inline function compiled with AVX-512 flags could be the one every file calls).
+template <class O>
+void finish(const int32_t* raw, int64_t p0, int64_t first, int64_t last, uint32_t bias,
+            float x_scale, const float* scale, float* y, int64_t n0) {
+  for (int64_t n = first; n < last; ++n)
+    y[n - n0] = float(int32_t(uint32_t(raw[n - p0]) - bias)) * (x_scale * scale[n]);
+}
+
 template <class O>
 void gemv(const PanelGemv& g, int64_t n0, int64_t n1) {
   using Acc = typename O::Acc;
@@ -49,9 +60,9 @@ void gemv(const PanelGemv& g, int64_t n0, int64_t n1) {
     alignas(64) int32_t raw[kPanelRows];
     O::store(raw, a[0]);
     // only the rows asked for: a panel at either end of [n0, n1) may hold others' rows
-    const int64_t first = std::max(n0, p * kPanelRows), last = std::min(n1, (p + 1) * kPanelRows);
-    for (int64_t n = first; n < last; ++n)
-      g.c[n - n0] = int32_t(uint32_t(raw[n - p * kPanelRows]) - bias);
+    const int64_t p0 = p * kPanelRows;
+    finish<O>(raw, p0, std::max(n0, p0), std::min(n1, p0 + kPanelRows), bias, g.x_scale, g.scale,
+              g.y, n0);
   }
 }
 
@@ -71,11 +82,7 @@ void gemm_rows(const PanelGemm& g, const int8_t* w, int64_t groups, int64_t t0, 
     alignas(64) int32_t raw[kPanelRows];
     O::store(raw, acc[i]);
     const uint32_t bias = uint32_t(O::kBias) * uint32_t(g.x_sum[t0 + i]);
-    const float xs = g.x_scale[t0 + i];
-    float* y = g.y + (t0 + i) * g.y_stride;
-    // int8::linear's expression, so that the two agree bit for bit
-    for (int64_t n = first; n < last; ++n)
-      y[n - n0] = float(int32_t(uint32_t(raw[n - p0]) - bias)) * (xs * g.scale[n]);
+    finish<O>(raw, p0, first, last, bias, g.x_scale[t0 + i], g.scale, g.y + (t0 + i) * g.y_stride, n0);
   }
 }
 

@@ -32,16 +32,4 @@ struct Avx2 : Ymm2Ops {
 void gemv_panels_avx2(const PanelGemv& g, int64_t n0, int64_t n1) { panels::gemv<Avx2>(g, n0, n1); }
 
 void gemm_panels_avx2(const PanelGemm& g, int64_t n0, int64_t n1) { panels::gemm<Avx2>(g, n0, n1); }
-
-void rescale_avx2(const int32_t* c, const float* scale, float x_scale, float* y, int64_t count) {
-  const __m256 xs = _mm256_set1_ps(x_scale);
-  int64_t n = 0;
-  for (; n + 8 <= count; n += 8) {
-    const __m256 s = _mm256_mul_ps(xs, _mm256_loadu_ps(scale + n));
-    const __m256 v = _mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i*)(c + n)));
-    _mm256_storeu_ps(y + n, _mm256_mul_ps(v, s));
-  }
-  rescale_ref(c + n, scale + n, x_scale, y + n, count - n);
-}
-
 }  // namespace tinylm::engine

@@ -120,8 +120,9 @@ TEST(engine_gemv_kernels_match_reference) {
   }
 }
 
-// The int8 decode kernels over panels: exact int32 sums against a plain loop over the
-// rows (which also holds the scalar kernel's panel indexing to the layout), for K on and
+// The int8 decode kernels over panels: exact int32 sums, rescaled with int8::linear's
+// expression, against a plain loop over the rows, bit for bit (which also holds the
+// scalar kernel's panel indexing to the layout), for K on and
 // off groups of four and vector widths, row counts on and off panels of 16, ranges that
 // start and end inside a panel, and values at +-127. The panels end their buffer, so a
 // read past them would be caught by the sanitizers (and by the Python test that puts a
@@ -162,22 +163,31 @@ TEST(engine_int8_gemv_kernels_exact) {
         for (int64_t n = 0; n < N; ++n)
           for (int64_t i = 0; i < K; ++i)
             panels[size_t((n / 16 * groups + i / 4) * 64 + n % 16 * 4 + i % 4)] = W[size_t(n * K + i)];
+        // scales of both kinds of magnitude: the sums' rounding to float shows
+        std::vector<float> scale(static_cast<size_t>(N));
+        for (int64_t n = 0; n < N; ++n) scale[size_t(n)] = std::fabs(g.f32()) * (n % 2 ? 1e-3f : 7.0f);
+        const float x_scale = 0.0123f + std::fabs(g.f32());
         int32_t x_sum = 0;
-        std::vector<int32_t> want(static_cast<size_t>(N), 0);
-        for (int64_t n = 0; n < N; ++n)
-          for (int64_t i = 0; i < K; ++i) want[size_t(n)] += int32_t(W[size_t(n * K + i)]) * x[size_t(i)];
+        std::vector<float> want(static_cast<size_t>(N));
+        for (int64_t n = 0; n < N; ++n) {
+          int32_t c = 0;
+          for (int64_t i = 0; i < K; ++i) c += int32_t(W[size_t(n * K + i)]) * x[size_t(i)];
+          want[size_t(n)] = float(c) * (x_scale * scale[size_t(n)]);  // int8::linear's expression
+        }
         for (int64_t i = 0; i < K; ++i) x_sum += x[size_t(i)];
-        const int64_t split = N / 3 + extreme;  // [0, split) and [split, N)
-        std::vector<int32_t> got(static_cast<size_t>(N), 12345);
-        const engine::PanelGemv head{panels.data(), K, x.data(), x_sum, got.data()};
+        const int64_t split = std::min(N / 3 + extreme, N);  // [0, split) and [split, N)
+        std::vector<float> got(static_cast<size_t>(N) + 1, -1.f);  // got[N]: must be left alone
+        const engine::PanelGemv head{panels.data(), K, scale.data(), x.data(), x_sum, x_scale, got.data()};
         engine::PanelGemv tail = head;
-        tail.c = got.data() + std::min(split, N);
-        k.fn(head, 0, std::min(split, N));
-        k.fn(tail, std::min(split, N), N);
+        tail.y = got.data() + split;
+        k.fn(head, 0, split);
+        k.fn(tail, split, N);
         for (int64_t n = 0; n < N; ++n)
-          CHECK(got[size_t(n)] == want[size_t(n)], "%s K=%lld N=%lld extreme=%d row %lld: %d, want %d",
-                k.name, (long long)K, (long long)N, extreme, (long long)n, got[size_t(n)],
-                want[size_t(n)]);
+          CHECK(std::memcmp(&got[size_t(n)], &want[size_t(n)], 4) == 0,
+                "%s K=%lld N=%lld extreme=%d row %lld: %.9g, want %.9g", k.name, (long long)K,
+                (long long)N, extreme, (long long)n, double(got[size_t(n)]), double(want[size_t(n)]));
+        CHECK(got[size_t(N)] == -1.f, "%s K=%lld N=%lld: wrote past the rows asked for", k.name,
+              (long long)K, (long long)N);
       }
   }
 }
@@ -236,36 +246,6 @@ TEST(engine_int8_gemm_kernels_exact) {
                     (long long)K, (long long)N, (long long)T, (long long)n, (long long)t, got, want);
             }
         }
-  }
-}
-
-// The int8 products' rescaling, bit for bit against the scalar expression: every count
-// around the vector widths (tails, masks), and int32 values that float cannot hold
-// exactly (rounded by the conversion, which the vector and scalar code must do alike).
-TEST(engine_int8_rescale_exact) {
-  std::vector<NamedKernel<engine::RescaleKernel>> kernels;
-#if defined(__x86_64__) || defined(_M_X64)
-  kernels.push_back({"avx2", kAVX2, engine::rescale_avx2});
-#endif
-  Gen g(12);
-  for (const auto& k : kernels) {
-    if (!runnable(k.features)) continue;
-    std::printf("  int8 rescale kernel %s\n", k.name);
-    for (int64_t count = 0; count <= 40; ++count) {
-      std::vector<int32_t> c(size_t(count) + 1, 0);
-      std::vector<float> scale(size_t(count) + 1, 0.f), want(size_t(count) + 1, -1.f), got = want;
-      for (int64_t n = 0; n < count; ++n) {
-        c[size_t(n)] = int32_t(g.f32() * (n % 3 ? 2.1e9f : 4.0e5f));
-        scale[size_t(n)] = std::fabs(g.f32()) * (n % 2 ? 1e-3f : 7.0f);
-      }
-      const float x_scale = 0.0123f + std::fabs(g.f32());
-      engine::rescale_ref(c.data(), scale.data(), x_scale, want.data(), count);
-      k.fn(c.data(), scale.data(), x_scale, got.data(), count);
-      for (int64_t n = 0; n <= count; ++n)  // n == count: must be left alone
-        CHECK(std::memcmp(&got[size_t(n)], &want[size_t(n)], 4) == 0,
-              "%s count %lld, element %lld: %.9g, want %.9g", k.name, (long long)count,
-              (long long)n, double(got[size_t(n)]), double(want[size_t(n)]));
-    }
   }
 }
 
