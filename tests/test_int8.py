@@ -375,6 +375,10 @@ def test_quantize_file_round_trip(tiny_model, tmp_path):
     (lambda t: t.update({"model.norm.weight": t["model.norm.weight"].astype(np.int8)}),
      "expected float32"),
     (lambda t: t["model.embed_tokens.weight"].__setitem__((0, 0), -128), "-128"),
+    (lambda t: t["model.embed_tokens.weight"].__setitem__((-1, -1, -1, -1), -128), "-128"),
+    (lambda t: t.update({"model.layers.0.mlp.down_proj.weight":
+                         t["model.layers.0.mlp.down_proj.weight"][:, :-1]}),
+     r"has shape .*expected .*\(the panels of"),
 ])
 def test_tampered_int8_file_is_refused(tiny_model, tmp_path, tamper, message):
     from tinylm.checkpoint import load_safetensors, save_safetensors
