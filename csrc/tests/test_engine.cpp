@@ -213,7 +213,7 @@ TEST(engine_int8_gemm_kernels_exact) {
     std::printf("  int8 gemm kernel %s\n", k.name);
     Gen g(13);
     for (int64_t K : {1, 5, 64, 130})
-      for (int64_t N : {3, 16, 37})
+      for (int64_t N : {3, 16, 37, 70, 130})
         for (int64_t T = 1; T <= 13; ++T) {
           const int64_t groups = engine::panel_groups(K), stride = groups * 4;
           std::vector<int8_t> W(size_t(N * K)), x(size_t(T * stride), 0);
