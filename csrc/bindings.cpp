@@ -677,9 +677,10 @@ void bind_engine(py::module_& m) {
            py::arg("layers"), py::arg("k_cache"), py::arg("v_cache"), py::arg("cos"),
            py::arg("sin"),
            "config: dict of the model's sizes; embed and each matrix a float32 array or an "
-           "(int8 panels, float32 scales) pair (tinylm.quant.to_panels); layers: 9 tensors per layer in "
-           "tinylm.model.LAYER_PARAMS order; k_cache, v_cache [n_layer, n_kv_head, context, "
-           "head_dim] float32, or for an int8 model k_cache a pair (codes uint8 [n_layer, "
+           "(int8 panels, float32 scales) pair (tinylm.quant.to_panels); layers: 9 tensors "
+           "per layer in tinylm.model.LAYER_PARAMS order; k_cache, v_cache [n_layer, "
+           "n_kv_head, context, head_dim] float32, or for an int8 model k_cache a pair "
+           "(codes uint8 [n_layer, "
            "n_kv_head, context / 16, head_dim / 4, 16, 4], scales float32 [n_layer, n_kv_head, "
            "context rounded up to 16]; tinylm/kvcache.py) and v_cache float16 (all written in "
            "place); cos, sin [context, head_dim / 2].")
@@ -757,7 +758,8 @@ void bind_engine(py::module_& m) {
         std::vector<py::array_t<float>> outs;
         if (mats.size() < 1 || mats.size() > 8) bad_arg("matrices", "give 1 to 8 matrices");
         for (size_t i = 0; i < mats.size(); ++i) {
-          ms.push_back(engine_matrix(mats[i], "matrices[" + std::to_string(i) + "]", x.shape(0), keep));
+          const std::string name = "matrices[" + std::to_string(i) + "]";
+          ms.push_back(engine_matrix(mats[i], name, x.shape(0), keep));
           if (ms.back().cols != x.shape(0) || ms.back().is_int8() != ms.front().is_int8())
             bad_arg("matrices", "every matrix must be [N, len(x)], all float32 or all int8");
           outs.emplace_back(ms.back().rows);

@@ -94,7 +94,8 @@ Matrix rows_of(const Matrix& m, int64_t r0, int64_t n) {
 int8_t panel_byte(const Matrix& m, int64_t n, int64_t k) {
   n += m.row0;
   const int64_t panel = n / kPanelRows, group = k / 4;
-  return m.q[(panel * panel_groups(m.cols) + group) * kPanelBytesPerGroup + n % kPanelRows * 4 + k % 4];
+  const int64_t at = (panel * panel_groups(m.cols) + group) * kPanelBytesPerGroup;
+  return m.q[at + n % kPanelRows * 4 + k % 4];
 }
 
 int64_t weight_bytes(const Weights& w) {  // the matrices': what a step streams
