@@ -120,6 +120,17 @@ TEST(engine_gemv_kernels_match_reference) {
   }
 }
 
+// The panels of an int8 matrix W [N, K] (gemv_panels.h's layout): byte k of row n in
+// panel n / 16, group k / 4, lane n % 16, byte k % 4; the rest zero.
+std::vector<int8_t> to_panels(const std::vector<int8_t>& W, int64_t N, int64_t K) {
+  const int64_t groups = engine::panel_groups(K);
+  std::vector<int8_t> panels(size_t(engine::panel_bytes(N, K)), 0);
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t k = 0; k < K; ++k)
+      panels[size_t((n / 16 * groups + k / 4) * 64 + n % 16 * 4 + k % 4)] = W[size_t(n * K + k)];
+  return panels;
+}
+
 // The int8 decode kernels over panels: exact int32 sums, rescaled with int8::linear's
 // expression, against a plain loop over the rows, bit for bit (which also holds the
 // scalar kernel's panel indexing to the layout), for K on and
@@ -159,10 +170,7 @@ TEST(engine_int8_gemv_kernels_exact) {
         for (int64_t i = 0; i < K; ++i)
           x[size_t(i)] = extreme == 1 ? int8_t(127) : extreme == 2 ? int8_t(-127)
                                        : int8_t(std::lround(g.f32() * 127));
-        std::vector<int8_t> panels(size_t(engine::panel_bytes(N, K)), 0);
-        for (int64_t n = 0; n < N; ++n)
-          for (int64_t i = 0; i < K; ++i)
-            panels[size_t((n / 16 * groups + i / 4) * 64 + n % 16 * 4 + i % 4)] = W[size_t(n * K + i)];
+        const std::vector<int8_t> panels = to_panels(W, N, K);
         // scales of both kinds of magnitude: the sums' rounding to float shows
         std::vector<float> scale(static_cast<size_t>(N));
         for (int64_t n = 0; n < N; ++n) scale[size_t(n)] = std::fabs(g.f32()) * (n % 2 ? 1e-3f : 7.0f);
@@ -227,10 +235,7 @@ TEST(engine_int8_gemm_kernels_exact) {
               x[size_t(t * stride + i)] = int8_t(std::lround(g.f32() * 127));
               x_sum[size_t(t)] += x[size_t(t * stride + i)];
             }
-          std::vector<int8_t> panels(size_t(engine::panel_bytes(N, K)), 0);
-          for (int64_t n = 0; n < N; ++n)
-            for (int64_t i = 0; i < K; ++i)
-              panels[size_t((n / 16 * groups + i / 4) * 64 + n % 16 * 4 + i % 4)] = W[size_t(n * K + i)];
+          const std::vector<int8_t> panels = to_panels(W, N, K);
           const int64_t n0 = N / 4, n1 = N - N / 5;  // rows [n0, n1)
           std::vector<float> y(size_t(T * (n1 - n0)), -1.f);
           k.fn({panels.data(), K, scale.data(), x.data(), stride, T, x_scale.data(), x_sum.data(),
