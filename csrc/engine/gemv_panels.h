@@ -13,12 +13,14 @@
 // Written once as a template on a per-instruction-set "Ops" struct, which each kernel
 // file (gemv_panels_*.cpp) defines in an anonymous namespace, so that every instantiation
 // is compiled with its own file's flags (as csrc/int8/tiles.h). Ops must provide:
-//   Acc, W         the sums of one panel's 16 rows; one group of weights, loaded
+//   Acc, W, X      the sums of one panel's 16 rows; a group of weights, loaded; four
+//                  bytes of x, broadcast
 //   kChains        independent accumulators a panel in the GEMV (to hide the dot's latency)
-//   kRows          rows of x a pass in the GEMM (as many accumulators as the registers hold)
+//   kRows, kPanels rows of x and panels a pass in the GEMM (kRows x kPanels accumulators,
+//                  as many as the registers hold)
 //   kBias          c = raw - kBias * x_sum (for kernels that bias w to unsigned)
-//   zero(), load(w) (the group at w, 64 bytes), dot(acc, W, x) (acc += W times x's four
-//   bytes at x, broadcast), add(a, b), store(int32_t out[16], acc)
+//   zero(), load(w) (the group at w, 64 bytes), broadcast(x) (the four bytes at x),
+//   dot(acc, W, X) (acc += W times X), add(a, b), store(int32_t out[16], acc)
 #pragma once
 
 #include <algorithm>
@@ -54,8 +56,9 @@ void gemv(const PanelGemv& g, int64_t n0, int64_t n1) {
     int64_t k = 0;
     for (; k + kChains <= groups; k += kChains)
       for (int j = 0; j < kChains; ++j)
-        a[j] = O::dot(a[j], O::load(w + (k + j) * kPanelBytesPerGroup), g.x + 4 * (k + j));
-    for (; k < groups; ++k) a[0] = O::dot(a[0], O::load(w + k * kPanelBytesPerGroup), g.x + 4 * k);
+        a[j] = O::dot(a[j], O::load(w + (k + j) * kPanelBytesPerGroup), O::broadcast(g.x + 4 * (k + j)));
+    for (; k < groups; ++k)
+      a[0] = O::dot(a[0], O::load(w + k * kPanelBytesPerGroup), O::broadcast(g.x + 4 * k));
     for (int j = 1; j < kChains; ++j) a[0] = O::add(a[0], a[j]);
     alignas(64) int32_t raw[kPanelRows];
     O::store(raw, a[0]);
@@ -66,47 +69,70 @@ void gemv(const PanelGemv& g, int64_t n0, int64_t n1) {
   }
 }
 
-// Rows [t0, t0 + R) of x against one panel, whose rows [first, last) are written (the
-// panel's first row is p0).
-template <class O, int R>
-void gemm_rows(const PanelGemm& g, const int8_t* w, int64_t groups, int64_t t0, int64_t p0,
-               int64_t first, int64_t last, int64_t n0) {
-  typename O::Acc acc[R];
-  for (auto& a : acc) a = O::zero();
+// Rows [t0, t0 + R) of x against NP consecutive panels from panel p (each x broadcast
+// once for all of them), writing the panels' rows within [n0, n1). Every loop over the
+// accumulators is unrolled, the stores after the products too: with those left a loop,
+// GCC kept the accumulators in memory as well, copying and storing each around every
+// product (6 rows x 4 panels at AVX-512 VNNI then took 183 ms over 512 tokens of `medium`,
+// 120 ms unrolled; benchmarks/NOTES.md).
+template <class O, int R, int NP>
+void gemm_rows(const PanelGemm& g, int64_t p, int64_t groups, int64_t t0, int64_t n0, int64_t n1) {
+  const int64_t panel_bytes = groups * kPanelBytesPerGroup;
+  const int8_t* w = g.W + p * panel_bytes;
+  typename O::Acc acc[R * NP];
+#pragma GCC unroll 32
+  for (int i = 0; i < R * NP; ++i) acc[i] = O::zero();
   const int8_t* x = g.x + t0 * g.x_stride;
   for (int64_t k = 0; k < groups; ++k) {
-    const typename O::W wv = O::load(w + k * kPanelBytesPerGroup);
-    for (int i = 0; i < R; ++i) acc[i] = O::dot(acc[i], wv, x + i * g.x_stride + 4 * k);
+    typename O::W wv[NP];
+#pragma GCC unroll 4
+    for (int j = 0; j < NP; ++j) wv[j] = O::load(w + j * panel_bytes + k * kPanelBytesPerGroup);
+#pragma GCC unroll 8
+    for (int i = 0; i < R; ++i) {
+      const typename O::X xv = O::broadcast(x + i * g.x_stride + 4 * k);
+#pragma GCC unroll 4
+      for (int j = 0; j < NP; ++j) acc[i * NP + j] = O::dot(acc[i * NP + j], wv[j], xv);
+    }
   }
+#pragma GCC unroll 8
   for (int i = 0; i < R; ++i) {
-    alignas(64) int32_t raw[kPanelRows];
-    O::store(raw, acc[i]);
     const uint32_t bias = uint32_t(O::kBias) * uint32_t(g.x_sum[t0 + i]);
-    finish<O>(raw, p0, first, last, bias, g.x_scale[t0 + i], g.scale, g.y + (t0 + i) * g.y_stride, n0);
+#pragma GCC unroll 4
+    for (int j = 0; j < NP; ++j) {
+      alignas(64) int32_t raw[kPanelRows];
+      O::store(raw, acc[i * NP + j]);
+      const int64_t p0 = (p + j) * kPanelRows;
+      finish<O>(raw, p0, std::max(n0, p0), std::min(n1, p0 + kPanelRows), bias, g.x_scale[t0 + i],
+                g.scale, g.y + (t0 + i) * g.y_stride, n0);
+    }
   }
 }
 
-// The last r < R rows of x, through the largest pass that fits.
-template <class O, int R>
-void gemm_rows_any(const PanelGemm& g, const int8_t* w, int64_t groups, int64_t t0, int r,
-                   int64_t p0, int64_t first, int64_t last, int64_t n0) {
+// Rows [t, T) of x, fewer than R, against NP panels from panel p: the largest pass that
+// fits, then the rest.
+template <class O, int R, int NP>
+void gemm_tail(const PanelGemm& g, int64_t p, int64_t groups, int64_t t, int64_t n0, int64_t n1) {
   if constexpr (R > 1)
-    if (r < R) return gemm_rows_any<O, R - 1>(g, w, groups, t0, r, p0, first, last, n0);
-  gemm_rows<O, R>(g, w, groups, t0, p0, first, last, n0);
+    if (g.T - t < R) return gemm_tail<O, R - 1, NP>(g, p, groups, t, n0, n1);
+  gemm_rows<O, R, NP>(g, p, groups, t, n0, n1);
+  if (t + R < g.T) gemm_tail<O, R, NP>(g, p, groups, t + R, n0, n1);
+}
+
+// Every row of x against NP panels from panel p, R rows a pass.
+template <class O, int R, int NP>
+void gemm_panels(const PanelGemm& g, int64_t p, int64_t groups, int64_t n0, int64_t n1) {
+  int64_t t = 0;
+  for (; t + R <= g.T; t += R) gemm_rows<O, R, NP>(g, p, groups, t, n0, n1);
+  if (t < g.T) gemm_tail<O, R, NP>(g, p, groups, t, n0, n1);
 }
 
 template <class O>
 void gemm(const PanelGemm& g, int64_t n0, int64_t n1) {
-  constexpr int R = O::kRows;
-  const int64_t groups = panel_groups(g.K);
-  for (int64_t p = n0 / kPanelRows; p * kPanelRows < n1; ++p) {
-    const int8_t* w = g.W + p * groups * kPanelBytesPerGroup;
-    const int64_t p0 = p * kPanelRows;
-    const int64_t first = std::max(n0, p0), last = std::min(n1, p0 + kPanelRows);
-    int64_t t = 0;
-    for (; t + R <= g.T; t += R) gemm_rows<O, R>(g, w, groups, t, p0, first, last, n0);
-    if (t < g.T) gemm_rows_any<O, R>(g, w, groups, t, int(g.T - t), p0, first, last, n0);
-  }
+  constexpr int R = O::kRows, NP = O::kPanels;
+  const int64_t groups = panel_groups(g.K), end = (n1 + kPanelRows - 1) / kPanelRows;
+  int64_t p = n0 / kPanelRows;
+  for (; p + NP <= end; p += NP) gemm_panels<O, R, NP>(g, p, groups, n0, n1);
+  for (; p < end; ++p) gemm_panels<O, R, 1>(g, p, groups, n0, n1);
 }
 
 }  // namespace tinylm::engine::panels

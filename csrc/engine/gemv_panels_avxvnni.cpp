@@ -13,18 +13,21 @@ namespace tinylm::engine {
 namespace {
 
 struct AvxVnni : Ymm2Ops {
-  static constexpr int kChains = 2, kRows = 4;
+  using X = __m256i;
+  static constexpr int kChains = 2, kRows = 4, kPanels = 1;
   static constexpr int32_t kBias = 128;
   static W load(const int8_t* w) {
     const __m256i flip = _mm256_set1_epi8(char(0x80));
     const Ymm2 v = load_group(w);
     return {_mm256_xor_si256(v.lo, flip), _mm256_xor_si256(v.hi, flip)};
   }
-  static Acc dot(Acc acc, W w, const int8_t* x) {
+  static X broadcast(const int8_t* x) {
     int32_t x4;
     std::memcpy(&x4, x, 4);
-    const __m256i xv = _mm256_set1_epi32(x4);
-    return {_mm256_dpbusd_avx_epi32(acc.lo, w.lo, xv), _mm256_dpbusd_avx_epi32(acc.hi, w.hi, xv)};
+    return _mm256_set1_epi32(x4);
+  }
+  static Acc dot(Acc acc, W w, X x) {
+    return {_mm256_dpbusd_avx_epi32(acc.lo, w.lo, x), _mm256_dpbusd_avx_epi32(acc.hi, w.hi, x)};
   }
 };
 

@@ -16,12 +16,14 @@ struct Neon {
     int32x4_t pairs[8];  // per vector of four rows: rows 0-1, then 2-3, two lanes a row
   };
   using W = NeonGroup;
+  using X = int8x8_t;
   static constexpr int kChains = 1;
 #if defined(__aarch64__)
   static constexpr int kRows = 2;  // 16 accumulators + 4 w + x of 32 registers
 #else
   static constexpr int kRows = 1;  // 8 + 4 + 1 of 16
 #endif
+  static constexpr int kPanels = 1;
   static constexpr int32_t kBias = 0;
   static Acc zero() {
     Acc a;
@@ -29,8 +31,8 @@ struct Neon {
     return a;
   }
   static W load(const int8_t* w) { return load_group(w); }
-  static Acc dot(Acc acc, const W& w, const int8_t* x) {
-    const int8x8_t xv = vget_low_s8(vreinterpretq_s8_s32(broadcast4(x)));
+  static X broadcast(const int8_t* x) { return vget_low_s8(vreinterpretq_s8_s32(broadcast4(x))); }
+  static Acc dot(Acc acc, const W& w, X xv) {
     for (int q = 0; q < 4; ++q) {
       acc.pairs[2 * q] = vpadalq_s16(acc.pairs[2 * q], vmull_s8(vget_low_s8(w.rows[q]), xv));
       acc.pairs[2 * q + 1] = vpadalq_s16(acc.pairs[2 * q + 1], vmull_s8(vget_high_s8(w.rows[q]), xv));

@@ -15,12 +15,14 @@ struct NeonDot {
     int32x4_t rows[4];  // rows 0-3, 4-7, 8-11, 12-15
   };
   using W = NeonGroup;
+  using X = int8x16_t;
   static constexpr int kChains = 2;
 #if defined(__aarch64__)
   static constexpr int kRows = 4;  // 16 accumulators + 4 w + x of 32 registers
 #else
   static constexpr int kRows = 2;  // 8 + 4 + 1 of 16
 #endif
+  static constexpr int kPanels = 1;
   static constexpr int32_t kBias = 0;
   static Acc zero() {
     Acc a;
@@ -28,8 +30,8 @@ struct NeonDot {
     return a;
   }
   static W load(const int8_t* w) { return load_group(w); }
-  static Acc dot(Acc acc, const W& w, const int8_t* x) {
-    const int8x16_t xv = vreinterpretq_s8_s32(broadcast4(x));
+  static X broadcast(const int8_t* x) { return vreinterpretq_s8_s32(broadcast4(x)); }
+  static Acc dot(Acc acc, const W& w, X xv) {
     for (int q = 0; q < 4; ++q) acc.rows[q] = vdotq_s32(acc.rows[q], w.rows[q], xv);
     return acc;
   }
