@@ -31,13 +31,15 @@
 
 namespace tinylm::engine::panels {
 
-// The rows [first, last) of a panel whose first row is p0, from its raw sums: rescaled
-// with int8::linear's expression, so that the two agree bit for bit, into y[n - n0]. A
-// template on Ops like the rest, so that each kernel file has its own copy (a plain
-// inline function compiled with AVX-512 flags could be the one every file calls).
+// The rows of the panel whose first row is p0 that lie in [n0, n1) (a panel at either
+// end may hold others' rows), from its raw sums: rescaled with int8::linear's expression,
+// so that the two agree bit for bit, into y[n - n0]. A template on Ops like the rest, so
+// that each kernel file has its own copy (a plain inline function compiled with AVX-512
+// flags could be the one every file calls).
 template <class O>
-void finish(const int32_t* raw, int64_t p0, int64_t first, int64_t last, uint32_t bias,
-            float x_scale, const float* scale, float* y, int64_t n0) {
+void finish(const int32_t* raw, int64_t p0, int64_t n0, int64_t n1, uint32_t bias,
+            float x_scale, const float* scale, float* y) {
+  const int64_t first = std::max(n0, p0), last = std::min(n1, p0 + kPanelRows);
   for (int64_t n = first; n < last; ++n)
     y[n - n0] = float(int32_t(uint32_t(raw[n - p0]) - bias)) * (x_scale * scale[n]);
 }
@@ -55,17 +57,16 @@ void gemv(const PanelGemv& g, int64_t n0, int64_t n1) {
     for (auto& acc : a) acc = O::zero();
     int64_t k = 0;
     for (; k + kChains <= groups; k += kChains)
-      for (int j = 0; j < kChains; ++j)
-        a[j] = O::dot(a[j], O::load(w + (k + j) * kPanelBytesPerGroup), O::broadcast(g.x + 4 * (k + j)));
+      for (int j = 0; j < kChains; ++j) {
+        const int64_t at = k + j;
+        a[j] = O::dot(a[j], O::load(w + at * kPanelBytesPerGroup), O::broadcast(g.x + 4 * at));
+      }
     for (; k < groups; ++k)
       a[0] = O::dot(a[0], O::load(w + k * kPanelBytesPerGroup), O::broadcast(g.x + 4 * k));
     for (int j = 1; j < kChains; ++j) a[0] = O::add(a[0], a[j]);
     alignas(64) int32_t raw[kPanelRows];
     O::store(raw, a[0]);
-    // only the rows asked for: a panel at either end of [n0, n1) may hold others' rows
-    const int64_t p0 = p * kPanelRows;
-    finish<O>(raw, p0, std::max(n0, p0), std::min(n1, p0 + kPanelRows), bias, g.x_scale, g.scale,
-              g.y, n0);
+    finish<O>(raw, p * kPanelRows, n0, n1, bias, g.x_scale, g.scale, g.y);
   }
 }
 
@@ -101,9 +102,8 @@ void gemm_rows(const PanelGemm& g, int64_t p, int64_t groups, int64_t t0, int64_
     for (int j = 0; j < NP; ++j) {
       alignas(64) int32_t raw[kPanelRows];
       O::store(raw, acc[i * NP + j]);
-      const int64_t p0 = (p + j) * kPanelRows;
-      finish<O>(raw, p0, std::max(n0, p0), std::min(n1, p0 + kPanelRows), bias, g.x_scale[t0 + i],
-                g.scale, g.y + (t0 + i) * g.y_stride, n0);
+      finish<O>(raw, (p + j) * kPanelRows, n0, n1, bias, g.x_scale[t0 + i], g.scale,
+                g.y + (t0 + i) * g.y_stride);
     }
   }
 }
