@@ -27,6 +27,7 @@
 
 #include "../attention/attention.h"
 #include "../threads.h"
+#include "gemv_kernels.h"
 
 namespace tinylm::engine {
 
@@ -84,7 +85,7 @@ struct Sampling {
 struct SampleScratch {  // the sampler's working memory, kept between calls
   std::vector<double> logits, chosen;
   std::vector<uint64_t> weights, bucket_weight;
-  std::vector<int32_t> ids, bucket, edge_positions;
+  std::vector<int32_t> ids, bucket, bucket_first, next_in_bucket, edge_positions;
 };
 
 // Throws std::invalid_argument describing the first inconsistency between config and
@@ -208,13 +209,14 @@ void gemm_int8(const float* x, int64_t T, const Product* products, int n_product
 // The float kernels of one instruction-set level: the GEMV, rows [n0, n1) of y = W x
 // (W [N, K] row-major), the MLP's g = silu(g) * u (silu.h), the key/value cache's
 // float-to-half conversion (bit for bit float_to_half of half.h, NaN payloads aside), and
-// the sampler's weights (bit for bit weigh_ref's arithmetic).
+// the sampler's weights (bit for bit weigh_ref's arithmetic) and its scan of the logits.
 using GemvKernel = void (*)(const float* W, const float* x, float* y, int64_t K, int64_t n0,
                             int64_t n1, bool prefetch);
 using SiluKernel = void (*)(float* g, const float* u, int64_t n);
 using HalvesKernel = void (*)(const float* x, uint16_t* h, int64_t n);
 using WeighKernel = uint64_t (*)(const double* x, int64_t n, double top,
                                  double inverse_temperature, double unit, uint64_t* w);
+using ExtremesKernel = Extremes (*)(const double* x, int64_t n);
 struct GemvInfo {
   const char* name;
   uint32_t features;
@@ -222,6 +224,7 @@ struct GemvInfo {
   SiluKernel silu;
   HalvesKernel halves;
   WeighKernel weigh;
+  ExtremesKernel extremes;
 };
 const std::vector<GemvInfo>& gemv_kernels();  // best first; the last is the scalar reference
 const char* active_gemv();
@@ -244,6 +247,9 @@ double weight_exp(double x);
 // (0 for -inf or NaN) and unit <= 2^52; returns their sum.
 uint64_t weigh(const double* x, int64_t n, double top, double inverse_temperature, double unit,
                uint64_t* w);
+// The highest of x[0..n), the lowest above -inf, and whether any is NaN (the top's sign
+// when it is a zero is either), with the active level's kernel.
+Extremes extremes(const double* x, int64_t n);
 // Logits with a NaN, +infinity or no finite value are refused (std::invalid_argument
 // with this message): nothing can be sampled from them.
 inline constexpr const char* kNotFinite =

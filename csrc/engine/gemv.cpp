@@ -145,13 +145,13 @@ void gemm_int8(const float* x, int64_t T, const Product* products, int n_product
 const std::vector<GemvInfo>& gemv_kernels() {
   static const std::vector<GemvInfo> list = {
 #if defined(__x86_64__) || defined(_M_X64)
-      {"avx512", kAVX2 | kAVX512, gemv_avx512, silu_mul_avx512, halves_f16c, weigh_avx512},
-      {"avx2", kAVX2, gemv_avx2, silu_mul_avx2, halves_f16c, weigh_avx2},
+      {"avx512", kAVX2 | kAVX512, gemv_avx512, silu_mul_avx512, halves_f16c, weigh_avx512, extremes_avx512},
+      {"avx2", kAVX2, gemv_avx2, silu_mul_avx2, halves_f16c, weigh_avx2, extremes_avx2},
 #endif
 #if defined(__aarch64__) || defined(__arm__)
-      {"neon", kNEON, gemv_neon, silu_mul_neon, floats_to_halves, weigh_ref},
+      {"neon", kNEON, gemv_neon, silu_mul_neon, floats_to_halves, weigh_ref, extremes_ref},
 #endif
-      {"scalar", 0, gemv_ref, silu_mul_ref, floats_to_halves, weigh_ref},
+      {"scalar", 0, gemv_ref, silu_mul_ref, floats_to_halves, weigh_ref, extremes_ref},
   };
   return list;
 }
@@ -166,6 +166,8 @@ uint64_t weigh(const double* x, int64_t n, double top, double inverse_temperatur
                uint64_t* w) {
   return select_gemv().weigh(x, n, top, inverse_temperature, unit, w);
 }
+
+Extremes extremes(const double* x, int64_t n) { return select_gemv().extremes(x, n); }
 
 std::string active_gemv_int8() { return select_i8().name; }
 

@@ -67,9 +67,16 @@ void gemv_ref(const float* W, const float* x, float* y, int64_t K, int64_t n0, i
               bool prefetch);
 void silu_mul_ref(float* g, const float* u, int64_t n);
 
-// engine.h's weigh, one weight at a time (sampling.cpp).
+// The sampler's scan of the logits (engine.h's extremes).
+struct Extremes {
+  double top;  // the highest value (-inf if none is above it)
+  double low;  // the lowest value above -inf (+inf if none)
+  bool nan;    // whether any is NaN
+};
+// engine.h's weigh and extremes, one value at a time (sampling.cpp).
 uint64_t weigh_ref(const double* x, int64_t n, double top, double inverse_temperature,
                    double unit, uint64_t* w);
+Extremes extremes_ref(const double* x, int64_t n);
 // weight_exp's constants, shared by its kernels: ln 2 in two parts (Cody and Waite),
 // log2(e), and e^r's Taylor coefficients from r^10 down, in Horner's order.
 namespace weight_exp_constants {
@@ -87,11 +94,13 @@ void silu_mul_avx2(float* g, const float* u, int64_t n);
 void halves_f16c(const float* x, uint16_t* h, int64_t n);  // F16C comes with our AVX2 level
 uint64_t weigh_avx2(const double* x, int64_t n, double top, double inverse_temperature,
                     double unit, uint64_t* w);
+Extremes extremes_avx2(const double* x, int64_t n);
 void gemv_avx512(const float* W, const float* x, float* y, int64_t K, int64_t n0, int64_t n1,
                  bool prefetch);
 void silu_mul_avx512(float* g, const float* u, int64_t n);
 uint64_t weigh_avx512(const double* x, int64_t n, double top, double inverse_temperature,
                       double unit, uint64_t* w);
+Extremes extremes_avx512(const double* x, int64_t n);
 #endif
 
 #if defined(__aarch64__) || defined(__arm__)

@@ -86,6 +86,17 @@ uint64_t weigh_ref(const double* x, int64_t n, double top, double inverse_temper
   return total;
 }
 
+Extremes extremes_ref(const double* x, int64_t n) {
+  Extremes e{-HUGE_VAL, HUGE_VAL, false};
+  for (int64_t i = 0; i < n; ++i) {
+    const double v = x[i];
+    e.nan |= v != v;
+    e.top = v > e.top ? v : e.top;
+    e.low = v < e.low && v > -HUGE_VAL ? v : e.low;
+  }
+  return e;
+}
+
 namespace {
 
 void penalize(std::vector<double>& l, const int32_t* history, int64_t n, double penalty) {
@@ -115,16 +126,12 @@ double weight_unit(int64_t V) {
   return std::ldexp(1.0, 53 - bits);
 }
 
-struct Nucleus {
-  int32_t last;     // its last token, best first (-1: every candidate)
-  uint64_t weight;  // its tokens' weight
-};
-
-// The shortest best-first run of the candidates ids (in id order; their logits `chosen`
-// and weights w by position) whose weights reach `target`; lo is the lowest finite logit
-// among them, hi the highest.
-Nucleus nucleus(const double* chosen, const uint64_t* w, const std::vector<int32_t>& ids,
-                const Better& better, double hi, double lo, double target, SampleScratch& m) {
+// Keeps top-p's nucleus: the shortest best-first run of the candidates (their logits
+// `chosen` and weights w by position; ids their tokens) whose weights reach `target`, lo
+// being the lowest finite logit among them and hi the highest. Every other candidate's
+// weight becomes 0, so that the pick never lands on it; returns the nucleus's weight.
+uint64_t keep_nucleus(const double* chosen, uint64_t* w, const std::vector<int32_t>& ids,
+                      const Better& better, double hi, double lo, double target, SampleScratch& m) {
   // Buckets follow the best-first order: a higher logit never lands in a later bucket
   // (every operation here is monotonic), equal logits share one, and -inf goes last.
   // (The logits come as float32, so hi - lo, when not 0, is far above 2^-1000 and the
@@ -141,7 +148,16 @@ Nucleus nucleus(const double* chosen, const uint64_t* w, const std::vector<int32
     const double v = chosen[i];
     bucket[i] = int32_t(std::min(v > -HUGE_VAL ? (hi - v) * scale : last_bucket, last_bucket));
   }
-  for (size_t i = 0; i < n; ++i) mass[size_t(bucket[i])] += w[i];
+  // Each bucket's weight, and its candidates as a list (first[b], then next[i] until -1)
+  std::vector<int32_t> &first = m.bucket_first, &next = m.next_in_bucket;
+  first.assign(buckets, -1);
+  next.resize(n);
+  for (size_t i = 0; i < n; ++i) {
+    const size_t b = size_t(bucket[i]);
+    mass[b] += w[i];
+    next[i] = first[b];
+    first[b] = int32_t(i);
+  }
   // Weights are whole numbers below 2^53 (exact as doubles): a weight is below target
   // when it is below its ceiling, compared as integers (and never below a target <= 0).
   const uint64_t need = target > 0 ? uint64_t(std::ceil(target)) : 0;
@@ -149,15 +165,20 @@ Nucleus nucleus(const double* chosen, const uint64_t* w, const std::vector<int32
   int32_t edge = 0;
   while (size_t(edge) + 1 < buckets && run + mass[size_t(edge)] < need)
     run += mass[size_t(edge++)];
-  std::vector<int32_t>& members = m.edge_positions;  // the edge bucket's, put in order
+  // The candidates in the edge bucket, put in order; those after the one whose weight
+  // reaches the target are out, as are the later buckets.
+  std::vector<int32_t>& members = m.edge_positions;
   members.clear();
-  for (size_t i = 0; i < n; ++i)
-    if (bucket[i] == edge) members.push_back(int32_t(i));
+  for (int32_t i = first[size_t(edge)]; i >= 0; i = next[size_t(i)]) members.push_back(i);
+  const size_t n_members = members.size();
   std::sort(members.begin(), members.end(),
             [&](int32_t a, int32_t b) { return better(ids[size_t(a)], ids[size_t(b)]); });
-  for (int32_t i : members)
-    if ((run += w[size_t(i)]) >= need) return {ids[size_t(i)], run};
-  return {ids[size_t(members.back())], run};  // not reached: the last bucket holds the rest
+  size_t last = 0;  // the last member kept (the last bucket holds the rest: always found)
+  while (last + 1 < n_members && (run += w[size_t(members[last])]) < need) ++last;
+  if (last + 1 == n_members) run += w[size_t(members[last])];
+  for (size_t i = 0; i < n; ++i) w[i] &= uint64_t(0) - uint64_t(bucket[i] <= edge);
+  for (size_t j = last + 1; j < n_members; ++j) w[size_t(members[j])] = 0;
+  return run;
 }
 
 }  // namespace
@@ -167,16 +188,11 @@ int32_t sample(const float* logits, int64_t V, const Sampling& s, uint64_t* rng_
   std::vector<double>& l = m.logits;
   l.assign(logits, logits + V);
   if (s.repetition_penalty != 1.0) penalize(l, history, n_history, s.repetition_penalty);
-  double top = -HUGE_VAL, lo = HUGE_VAL;  // the highest logit, the lowest finite one
-  int64_t arg = 0;
-  bool any_nan = false;
-  for (int64_t i = 0; i < V; ++i) {  // (std::max_element reloads its maximum at every step)
-    const double v = l[size_t(i)];
-    any_nan |= v != v;
-    if (v > top) top = v, arg = i;  // the first of equal maxima
-    if (v < lo && v > -HUGE_VAL) lo = v;
-  }
-  if (any_nan || !std::isfinite(top)) throw std::invalid_argument(kNotFinite);
+  const Extremes e = extremes(l.data(), V);
+  if (e.nan || !std::isfinite(e.top)) throw std::invalid_argument(kNotFinite);
+  const double top = e.top;
+  double lo = e.low;  // the lowest finite logit (of the candidates, once top-k has chosen)
+  const int64_t arg = std::find(l.begin(), l.end(), top) - l.begin();  // the first of equal maxima
   if (s.temperature == 0.0) return int32_t(arg);
   const Better better{l.data()};
 
@@ -208,15 +224,15 @@ int32_t sample(const float* logits, int64_t V, const Sampling& s, uint64_t* rng_
   const uint64_t total =
       weigh(chosen, int64_t(n), top, 1.0 / s.temperature, weight_unit(V), w.data());
 
-  // The pick: the first kept candidate, in id order, whose running weight exceeds r;
-  // top-p keeps those no worse than the nucleus's last, else all are kept.
-  Nucleus kept{-1, total};
-  if (s.top_p < 1.0)
-    kept = nucleus(chosen, w.data(), ids, better, top, lo, s.top_p * double(total), m);
-  const uint64_t r = std::min(uint64_t(rng_uniform(rng_state) * double(kept.weight)), kept.weight - 1);
+  // The pick: the first kept candidate, in id order, whose running weight exceeds r
+  // (top-p has set the weights of the others to 0; without it all are kept).
+  const uint64_t kept = s.top_p < 1.0 ? keep_nucleus(chosen, w.data(), ids, better, top, lo,
+                                                     s.top_p * double(total), m)
+                                      : total;
+  const uint64_t r = std::min(uint64_t(rng_uniform(rng_state) * double(kept)), kept - 1);
   uint64_t run = 0;
   for (size_t i = 0; i < n; ++i)
-    if ((kept.last < 0 || !better(kept.last, ids[i])) && (run += w[i]) > r) return ids[i];
+    if ((run += w[i]) > r) return ids[i];
   return ids.back();  // not reached: the kept tokens' running weight ends above r
 }
 

@@ -34,9 +34,19 @@ struct Avx2 {
   static D truncate(D v) { return _mm256_round_pd(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC); }
   static Mask at_least(D v, double d) { return _mm256_cmp_pd(v, _mm256_set1_pd(d), _CMP_GE_OQ); }
   static D zero_unless(D v, Mask m) { return _mm256_and_pd(v, m); }
+  static void store(double* p, D v) { _mm256_storeu_pd(p, v); }
+  static D max(D a, D b) { return _mm256_max_pd(a, b); }
+  static D min(D a, D b) { return _mm256_min_pd(a, b); }
+  static D above_or(D v, double d, double r) {
+    return _mm256_blendv_pd(_mm256_set1_pd(r), v, _mm256_cmp_pd(v, _mm256_set1_pd(d), _CMP_GT_OQ));
+  }
+  static D nan_bits(D v) { return _mm256_cmp_pd(v, v, _CMP_UNORD_Q); }
+  static D bit_or(D a, D b) { return _mm256_or_pd(a, b); }
 };
 
 }  // namespace
+
+Extremes extremes_avx2(const double* x, int64_t n) { return weigh_simd::extremes<Avx2>(x, n); }
 
 uint64_t weigh_avx2(const double* x, int64_t n, double top, double inverse_temperature,
                     double unit, uint64_t* w) {

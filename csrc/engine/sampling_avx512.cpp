@@ -35,9 +35,21 @@ struct Avx512 {
   static D truncate(D v) { return _mm512_roundscale_pd(v, _MM_FROUND_TO_ZERO); }
   static Mask at_least(D v, double d) { return _mm512_cmp_pd_mask(v, _mm512_set1_pd(d), _CMP_GE_OQ); }
   static D zero_unless(D v, Mask m) { return _mm512_maskz_mov_pd(m, v); }
+  static void store(double* p, D v) { _mm512_storeu_pd(p, v); }
+  static D max(D a, D b) { return _mm512_max_pd(a, b); }
+  static D min(D a, D b) { return _mm512_min_pd(a, b); }
+  static D above_or(D v, double d, double r) {
+    return _mm512_mask_mov_pd(_mm512_set1_pd(r), _mm512_cmp_pd_mask(v, _mm512_set1_pd(d), _CMP_GT_OQ), v);
+  }
+  static D nan_bits(D v) {
+    return _mm512_castsi512_pd(_mm512_maskz_set1_epi64(_mm512_cmp_pd_mask(v, v, _CMP_UNORD_Q), -1));
+  }
+  static D bit_or(D a, D b) { return _mm512_castsi512_pd(_mm512_or_si512(_mm512_castpd_si512(a), _mm512_castpd_si512(b))); }
 };
 
 }  // namespace
+
+Extremes extremes_avx512(const double* x, int64_t n) { return weigh_simd::extremes<Avx512>(x, n); }
 
 uint64_t weigh_avx512(const double* x, int64_t n, double top, double inverse_temperature,
                       double unit, uint64_t* w) {

@@ -7,7 +7,10 @@
 // Ops: D (doubles), I (64-bit integers), Mask, kLanes; set1(d), set1_int(i), load(p),
 // store(p, I), add, sub, mul (doubles), add_int, sub_int, shift52(I) (each lane << 52),
 // as_double(I), as_int(D) (the bits), truncate(D) (toward zero), at_least(D, d) (a Mask
-// of the lanes >= d, false for NaN), zero_unless(D, Mask).
+// of the lanes >= d, false for NaN), zero_unless(D, Mask); for the scan, max(a, b) and
+// min(a, b) (a > b ? a : b and a < b ? a : b, lane by lane: b where either is NaN, as
+// maxpd and minpd do), above_or(v, d, r) (v where v > d, else r), nan_bits(D) (all ones
+// in the NaN lanes), bit_or(D, D).
 //
 // The files that include this must turn FMA contraction off: a multiply and the add
 // after it fused into one FMA would change the last bits (and GCC fuses intrinsics too).
@@ -84,6 +87,35 @@ uint64_t weigh(const double* x, int64_t n, double top, double inverse_temperatur
   uint64_t sum = 0;
   for (uint64_t lane : lanes) sum += lane;
   return sum;
+}
+
+// extremes' contract (engine.h): the highest of x[0..n), the lowest above -inf, any NaN.
+template <class O>
+Extremes extremes(const double* x, int64_t n) {
+  constexpr int64_t kLanes = O::kLanes;
+  typename O::D top = O::set1(-HUGE_VAL), low = O::set1(HUGE_VAL), nan = O::set1(0.0);
+  auto take = [&](typename O::D v) {
+    nan = O::bit_or(nan, O::nan_bits(v));
+    top = O::max(v, top);  // a NaN v leaves top as it was
+    low = O::min(O::above_or(v, -HUGE_VAL, HUGE_VAL), low);
+  };
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) take(O::load(x + i));
+  if (i < n) {  // the last few through a buffer padded with -inf (neither top nor low)
+    double tail[kLanes];
+    std::fill(tail, tail + kLanes, -HUGE_VAL);
+    std::copy(x + i, x + n, tail);
+    take(O::load(tail));
+  }
+  double tops[kLanes], lows[kLanes], nans[kLanes];
+  O::store(tops, top), O::store(lows, low), O::store(nans, nan);
+  Extremes e{-HUGE_VAL, HUGE_VAL, false};
+  for (int64_t l = 0; l < kLanes; ++l) {
+    e.top = std::max(e.top, tops[l]);
+    e.low = std::min(e.low, lows[l]);
+    e.nan |= nans[l] != 0.0;  // all ones is a NaN: != 0 holds
+  }
+  return e;
 }
 
 }  // namespace tinylm::engine::weigh_simd

@@ -83,7 +83,8 @@ TEST(engine_levels_choose_their_own_kernels) {
   set_isa(saved);
   for (const auto& k : engine::gemv_kernels())
     if (std::string(k.name) == "avx2")
-      CHECK(k.weigh == engine::weigh_avx2, "the avx2 level's sampler weights are not weigh_avx2");
+      CHECK(k.weigh == engine::weigh_avx2 && k.extremes == engine::extremes_avx2,
+            "the avx2 level's sampler kernels are not weigh_avx2 and extremes_avx2");
 #endif
 }
 
@@ -409,6 +410,37 @@ TEST(engine_weigh_kernels_are_weight_exp_bit_for_bit) {
         CHECK(total == want_total, "%s (n %lld): total %llu, the weights add to %llu", k.name,
               (long long)n, (unsigned long long)total, (unsigned long long)want_total);
         CHECK(w[size_t(n)] == 123, "%s: wrote past n = %lld", k.name, (long long)n);
+      }
+}
+
+// Every level's scan of the logits against the scalar one: random values with NaN, both
+// infinities and both zeros planted at random places (or none), whole vectors and tails
+// of every length, and the empty row.
+TEST(engine_extremes_kernels_match_reference) {
+  Gen gen(17);
+  const double special[] = {std::nan(""), HUGE_VAL, -HUGE_VAL, 0.0, -0.0};
+  for (const auto& k : runnable_gemv())
+    for (int64_t n = 0; n <= 40; ++n)
+      for (int trial = 0; trial < 20; ++trial) {
+        std::vector<double> x(static_cast<size_t>(n));
+        for (double& v : x) v = 10.0 * (engine::rng_uniform(&gen.s) - 0.5);
+        for (int planted = 0; planted < trial % 4 && n > 0; ++planted)
+          x[size_t(engine::rng_next(&gen.s) % uint64_t(n))] = special[engine::rng_next(&gen.s) % 5];
+        if (trial == 19) std::fill(x.begin(), x.end(), -HUGE_VAL);
+        const engine::Extremes got = k.extremes(x.data(), n), want = engine::extremes_ref(x.data(), n);
+        CHECK(got.nan == want.nan && got.top == want.top && got.low == want.low,
+              "%s (n %lld, trial %d): top %g low %g nan %d, the scalar scan gives %g %g %d", k.name,
+              (long long)n, trial, got.top, got.low, int(got.nan), want.top, want.low, int(want.nan));
+        bool nan = false;  // and the scalar scan against plain std::max / std::min
+        double top = -HUGE_VAL, low = HUGE_VAL;
+        for (double v : x) {
+          if (v != v) { nan = true; continue; }
+          top = std::max(top, v);
+          if (v > -HUGE_VAL) low = std::min(low, v);
+        }
+        CHECK(want.nan == nan && (nan || (want.top == top && want.low == low)),
+              "extremes_ref (n %lld): top %g low %g nan %d, want %g %g %d", (long long)n, want.top,
+              want.low, int(want.nan), top, low, int(nan));
       }
 }
 
