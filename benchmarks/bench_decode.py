@@ -119,7 +119,6 @@ def worker(path, threads, tokens, prompt_len):
         python_share=1 - in_native / per_token, peak_rss_mb=peak_rss,
         isa=_C.active_isa(), gemv=_C.engine_gemv_path(), int8_kernel=_C.engine_gemv_int8_path(),
         first_piece=first, sample=text[:40])))
-    del words
 
 
 def make_models(presets, directory):

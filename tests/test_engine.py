@@ -286,6 +286,18 @@ def native_engine(p, threads):
     return engine
 
 
+def on_every_isa(check):
+    """Calls check(name) with each instruction-set level this CPU runs made active in
+    turn; the active level is restored after."""
+    isa = _C.active_isa()
+    try:
+        for name in _C.available_isas():
+            _C.set_isa(name)
+            check(name)
+    finally:
+        _C.set_isa(isa)
+
+
 @pytest.mark.parametrize("int8", [False, True], ids=["fp32", "int8"])
 def test_greedy_identical_across_threads_and_isas(params, int8):
     p = quantize_params(params) if int8 else params
@@ -307,14 +319,8 @@ def test_greedy_identical_across_threads_and_isas(params, int8):
 def test_native_logits_match_on_every_isa(params, int8):
     p = quantize_params(params) if int8 else params
     ref = run_steps(ReferenceEngine(CFG, p, int8_impl="numpy"), IDS, 5)
-    isa = _C.active_isa()
-    try:
-        for name in _C.available_isas():
-            _C.set_isa(name)
-            np.testing.assert_allclose(run_steps(NativeEngine(CFG, p), IDS, 5), ref,
-                                       atol=1e-4, rtol=1e-4, err_msg=name)
-    finally:
-        _C.set_isa(isa)
+    on_every_isa(lambda name: np.testing.assert_allclose(
+        run_steps(NativeEngine(CFG, p), IDS, 5), ref, atol=1e-4, rtol=1e-4, err_msg=name))
 
 
 def test_native_rng_matches_python():
@@ -337,14 +343,8 @@ def test_native_weights_are_the_reference_bit_for_bit(top, temperature, unit):
                          -np.abs(rng.standard_normal(1000)) * 40,
                          [0.0, -0.0, -40.0, -40.000001, -np.inf, -1e308]]) * temperature + top
     want = np.floor(weight_exp((xs - top) * (1.0 / temperature)) * unit + 0.5).astype(np.uint64)
-    isa = _C.active_isa()
-    try:
-        for name in _C.available_isas():
-            _C.set_isa(name)
-            got = _C.engine_weigh(xs, top, 1.0 / temperature, unit)
-            np.testing.assert_array_equal(got, want, err_msg=name)
-    finally:
-        _C.set_isa(isa)
+    on_every_isa(lambda name: np.testing.assert_array_equal(
+        _C.engine_weigh(xs, top, 1.0 / temperature, unit), want, err_msg=name))
     with pytest.raises(ValueError, match="x <= top"):  # the kernels' range ends at the top
         _C.engine_weigh(np.array([-1.0, top + 0.5]), top, 1.0, unit)
 
@@ -355,16 +355,22 @@ def test_native_weights_are_the_reference_bit_for_bit(top, temperature, unit):
        st.lists(st.integers(-1, 300), max_size=80), st.integers(0, 2**64 - 1))
 def test_native_sampler_picks_what_the_reference_picks(values, spread, ties, temperature, top_k,
                                                        top_p, penalty, history, seed):
-    """Flat and peaked distributions (top-p leaves out the light tokens natively), ties."""
+    """Flat and peaked distributions (top-p leaves out the light tokens natively), ties;
+    on every instruction-set level (the native scan of the logits and their weights are
+    the level's)."""
     logits = np.array(values, np.float32) * np.float32(spread)
     if ties:
         logits = np.round(logits)  # many equal logits: ties go to the lowest id
-    sampler = Sampler(temperature, top_k, top_p, penalty, seed)
-    state = sampler.rng.state
-    for _ in range(5):
-        want = sampler(logits, history)
-        got, state = _C.engine_sample(logits, temperature, top_k, top_p, penalty, state, history)
-        assert got == want and state == sampler.rng.state
+
+    def check(isa):
+        sampler = Sampler(temperature, top_k, top_p, penalty, seed)
+        state = sampler.rng.state
+        for _ in range(5):
+            want = sampler(logits, history)
+            got, state = _C.engine_sample(logits, temperature, top_k, top_p, penalty, state,
+                                          history)
+            assert got == want and state == sampler.rng.state, isa
+    on_every_isa(check)
 
 
 @pytest.mark.parametrize("logits", [[1, np.nan, 2], [1, np.inf, 2], [np.inf] * 3, [-np.inf] * 3,
@@ -378,9 +384,12 @@ def test_non_finite_logits_are_refused_by_both_samplers(logits, mode):
     logits = np.array(logits, np.float32)
     with pytest.raises(TinylmError, match="logits are NaN or infinite"):
         Sampler(**args)(logits, [0, 1])
-    with pytest.raises(ValueError) as native:
-        _C.engine_sample(logits, *args.values(), 5, [0, 1])
-    assert str(native.value) == NOT_FINITE
+
+    def check(isa):
+        with pytest.raises(ValueError) as native:
+            _C.engine_sample(logits, *args.values(), 5, [0, 1])
+        assert str(native.value) == NOT_FINITE, isa
+    on_every_isa(check)
 
 
 def masked_and_tied_logits():
@@ -399,22 +408,27 @@ def test_top_k_around_the_vocabulary_size(logits, top_k, top_p):
     native sampler gathers the candidates' logits only when top-k leaves some out (with
     ascending logits, the first tokens: every candidate's position moves), and sorts
     masked tokens last, as the reference does."""
-    for seed in range(10):
-        sampler = Sampler(2.0, top_k, top_p, 1.0, seed)
-        state = sampler.rng.state
-        for _ in range(5):
-            want = sampler(logits)
-            got, state = _C.engine_sample(logits, 2.0, top_k, top_p, 1.0, state, ())
-            assert got == want
+    def check(isa):
+        for seed in range(10):
+            sampler = Sampler(2.0, top_k, top_p, 1.0, seed)
+            state = sampler.rng.state
+            for _ in range(5):
+                want = sampler(logits)
+                got, state = _C.engine_sample(logits, 2.0, top_k, top_p, 1.0, state, ())
+                assert got == want, isa
+    on_every_isa(check)
 
 
 def test_signed_zeros_are_equal_logits():
     """-0.0 and 0.0 tie, so top-p orders them by id, as the reference's lexsort does."""
     logits = np.array([-0.0, 0.0, -0.0, 0.0, -1.0], np.float32)
-    for seed in range(20):
-        sampler = Sampler(1.0, 0, 0.99, 1.0, seed)
-        got, _ = _C.engine_sample(logits, 1.0, 0, 0.99, 1.0, sampler.rng.state, ())
-        assert got == sampler(logits)
+
+    def check(isa):
+        for seed in range(20):
+            sampler = Sampler(1.0, 0, 0.99, 1.0, seed)
+            got, _ = _C.engine_sample(logits, 1.0, 0, 0.99, 1.0, sampler.rng.state, ())
+            assert got == sampler(logits), isa
+    on_every_isa(check)
 
 
 @pytest.mark.parametrize("shape", ["flat", "peaked", "bunched"])
@@ -427,13 +441,16 @@ def test_native_sampler_orders_a_large_vocabulary_as_the_reference(shape):
     logits = {"flat": rng.normal(0, 0.1, V), "peaked": rng.normal(0, 4, V),
               "bunched": 1 + rng.integers(0, 4, V) * 1e-6}[shape].astype(np.float32)
     logits[[10, 20, 30]] = [9, -40, 6]
-    for top_p, temperature in [(0.95, 1.0), (0.5, 0.7), (0.999, 2.0)]:
-        sampler = Sampler(temperature, 0, top_p, 1.0, seed=3)
-        state = sampler.rng.state
-        for _ in range(20):
-            want = sampler(logits)
-            got, state = _C.engine_sample(logits, temperature, 0, top_p, 1.0, state, ())
-            assert got == want and state == sampler.rng.state
+
+    def check(isa):
+        for top_p, temperature in [(0.95, 1.0), (0.5, 0.7), (0.999, 2.0)]:
+            sampler = Sampler(temperature, 0, top_p, 1.0, seed=3)
+            state = sampler.rng.state
+            for _ in range(20):
+                want = sampler(logits)
+                got, state = _C.engine_sample(logits, temperature, 0, top_p, 1.0, state, ())
+                assert got == want and state == sampler.rng.state, isa
+    on_every_isa(check)
 
 
 @pytest.mark.parametrize("kwargs", [

@@ -27,7 +27,6 @@
 
 #include "../attention/attention.h"
 #include "../threads.h"
-#include "gemv_kernels.h"
 
 namespace tinylm::engine {
 
@@ -216,6 +215,13 @@ using SiluKernel = void (*)(float* g, const float* u, int64_t n);
 using HalvesKernel = void (*)(const float* x, uint16_t* h, int64_t n);
 using WeighKernel = uint64_t (*)(const double* x, int64_t n, double top,
                                  double inverse_temperature, double unit, uint64_t* w);
+// The sampler's scan of the logits (extremes, below); NaN values are left out of top and
+// low and only set nan.
+struct Extremes {
+  double top;  // the highest value; -inf if there is none
+  double low;  // the lowest value above -inf; +inf if there is none
+  bool nan;    // whether any value is NaN
+};
 using ExtremesKernel = Extremes (*)(const double* x, int64_t n);
 struct GemvInfo {
   const char* name;
@@ -247,8 +253,8 @@ double weight_exp(double x);
 // (0 for -inf or NaN) and unit <= 2^52; returns their sum.
 uint64_t weigh(const double* x, int64_t n, double top, double inverse_temperature, double unit,
                uint64_t* w);
-// The highest of x[0..n), the lowest above -inf, and whether any is NaN (the top's sign
-// when it is a zero is either), with the active level's kernel.
+// The highest of x[0..n), the lowest above -inf, and whether any is NaN, with the active
+// level's kernel (when the highest is a zero, its sign is either).
 Extremes extremes(const double* x, int64_t n);
 // Logits with a NaN, +infinity or no finite value are refused (std::invalid_argument
 // with this message): nothing can be sampled from them.

@@ -67,13 +67,8 @@ void gemv_ref(const float* W, const float* x, float* y, int64_t K, int64_t n0, i
               bool prefetch);
 void silu_mul_ref(float* g, const float* u, int64_t n);
 
-// The sampler's scan of the logits (engine.h's extremes).
-struct Extremes {
-  double top;  // the highest value (-inf if none is above it)
-  double low;  // the lowest value above -inf (+inf if none)
-  bool nan;    // whether any is NaN
-};
 // engine.h's weigh and extremes, one value at a time (sampling.cpp).
+struct Extremes;
 uint64_t weigh_ref(const double* x, int64_t n, double top, double inverse_temperature,
                    double unit, uint64_t* w);
 Extremes extremes_ref(const double* x, int64_t n);

@@ -8,18 +8,10 @@
 // logits' range cut into one bucket per candidate, best first), and only the few tokens
 // in the bucket where the running weight reaches p of the total are put in order; the
 // weights of the tokens left out are then set to 0, and the pick is one running sum over
-// the candidates in id order. On 1,280 rows of logits of the `baby` preset
-// with random weights (257 byte tokens, a flat distribution; temperature 0.8, top-p
-// 0.95), a loop of calls took 3.0 us a call against 6.0 with the bucket sort this
-// replaces, alternated in one run; 2.8 with the exponentials vectorized. Later, on 64
-// such rows, another machine state: 2.5 us before the AVX-512 exponentials of
-// sampling_avx512.cpp, 1.9 with them; 1.6 with the weights in one pass there and the
-// buckets in a loop the compiler vectorizes (alternated in one run each time). Then
-// (benchmarks/sampler.cpp, builds alternated): 1.59 -> 1.22-1.26 us a call on flat
-// logits, 1.24 -> 1.15-1.19 on peaked ones, with the logits' scan in vectors (extremes,
-// weigh_simd.h), the edge bucket's members listed as the buckets are weighed, and the
-// pick as one running sum. (The scan in four scalar chains instead, and the members
-// taken by a branch-free pass over the buckets, made the peaked case slower.)
+// the candidates in id order. The scan of the logits and their weights run in the active
+// level's vectors (weigh_simd.h). What each step of this design measured:
+// benchmarks/NOTES.md and the README's paragraph on the sampler; benchmarks/sampler.cpp
+// times it alone.
 // Nothing here allocates once the scratch vectors have grown.
 #include <algorithm>
 #include <cmath>
@@ -133,57 +125,61 @@ double weight_unit(int64_t V) {
 }
 
 // Keeps top-p's nucleus: the shortest best-first run of the candidates (their logits
-// `chosen` and weights w by position; ids their tokens) whose weights reach `target`, lo
-// being the lowest finite logit among them and hi the highest. Every other candidate's
-// weight becomes 0, so that the pick never lands on it; returns the nucleus's weight.
+// `chosen` and weights w by position; ids their tokens) whose running weight reaches
+// `target` (at least one: the best's weight is 1 unit, far above 0); lo is the lowest
+// finite logit among them and hi the highest. Every other candidate's weight becomes 0,
+// so that the pick never lands on it; returns the nucleus's weight.
 uint64_t keep_nucleus(const double* chosen, uint64_t* w, const std::vector<int32_t>& ids,
-                      const Better& better, double hi, double lo, double target, SampleScratch& m) {
+                      const Better& better, double hi, double lo, double target,
+                      SampleScratch& m) {
   // Buckets follow the best-first order: a higher logit never lands in a later bucket
   // (every operation here is monotonic), equal logits share one, and -inf goes last.
   // (The logits come as float32, so hi - lo, when not 0, is far above 2^-1000 and the
   // scale finite.) The buckets first, in a loop of their own that the compiler
-  // vectorizes, then their weights.
+  // vectorizes, then their weights and members.
   const size_t n = ids.size(), buckets = n;  // one per candidate
   const double scale = hi > lo ? double(buckets) / (hi - lo) : 0.0;
   const double last_bucket = double(buckets - 1);
   std::vector<int32_t>& bucket = m.bucket;  // by position
-  std::vector<uint64_t>& mass = m.bucket_weight;
   bucket.resize(n);
-  mass.assign(buckets, 0);
   for (size_t i = 0; i < n; ++i) {
     const double v = chosen[i];
     bucket[i] = int32_t(std::min(v > -HUGE_VAL ? (hi - v) * scale : last_bucket, last_bucket));
   }
-  // Each bucket's weight, and its candidates as a list (first[b], then next[i] until -1)
-  std::vector<int32_t> &first = m.bucket_first, &next = m.next_in_bucket;
-  first.assign(buckets, -1);
-  next.resize(n);
+  // Each bucket's weight, and its members as a list: positions bucket_first[b],
+  // next_in_bucket[that], ... until -1.
+  std::vector<uint64_t>& bucket_weight = m.bucket_weight;
+  std::vector<int32_t> &bucket_first = m.bucket_first, &next_in_bucket = m.next_in_bucket;
+  bucket_weight.assign(buckets, 0);
+  bucket_first.assign(buckets, -1);
+  next_in_bucket.resize(n);
   for (size_t i = 0; i < n; ++i) {
     const size_t b = size_t(bucket[i]);
-    mass[b] += w[i];
-    next[i] = first[b];
-    first[b] = int32_t(i);
+    bucket_weight[b] += w[i];
+    next_in_bucket[i] = bucket_first[b];
+    bucket_first[b] = int32_t(i);
   }
-  // Weights are whole numbers below 2^53 (exact as doubles): a weight is below target
-  // when it is below its ceiling, compared as integers (and never below a target <= 0).
+  // Weights are whole numbers below 2^53 (exact as doubles): a running weight is below
+  // target when it is below its ceiling, compared as integers.
   const uint64_t need = target > 0 ? uint64_t(std::ceil(target)) : 0;
-  uint64_t run = 0;  // the weight of the buckets before `edge`
+  uint64_t run = 0;  // the weight of the buckets before `edge`: below need
   int32_t edge = 0;
-  while (size_t(edge) + 1 < buckets && run + mass[size_t(edge)] < need)
-    run += mass[size_t(edge++)];
-  // The candidates in the edge bucket, put in order; those after the one whose weight
-  // reaches the target are out, as are the later buckets.
+  while (size_t(edge) + 1 < buckets && run + bucket_weight[size_t(edge)] < need)
+    run += bucket_weight[size_t(edge++)];
+  // The edge bucket's members, best first: those up to the one where the running weight
+  // reaches need are kept (all of them if it never does: the last bucket).
   std::vector<int32_t>& members = m.edge_positions;
   members.clear();
-  for (int32_t i = first[size_t(edge)]; i >= 0; i = next[size_t(i)]) members.push_back(i);
-  const size_t n_members = members.size();
+  for (int32_t i = bucket_first[size_t(edge)]; i >= 0; i = next_in_bucket[size_t(i)])
+    members.push_back(i);
   std::sort(members.begin(), members.end(),
             [&](int32_t a, int32_t b) { return better(ids[size_t(a)], ids[size_t(b)]); });
-  size_t last = 0;  // the last member kept (the last bucket holds the rest: always found)
-  while (last + 1 < n_members && (run += w[size_t(members[last])]) < need) ++last;
-  if (last + 1 == n_members) run += w[size_t(members[last])];
+  size_t kept = 0;
+  while (kept < members.size() && run < need) run += w[size_t(members[kept++])];
+  // the later buckets out, with a mask (a branch here mispredicts on random buckets),
+  // then the edge bucket's members past the last kept one
   for (size_t i = 0; i < n; ++i) w[i] &= uint64_t(0) - uint64_t(bucket[i] <= edge);
-  for (size_t j = last + 1; j < n_members; ++j) w[size_t(members[j])] = 0;
+  for (size_t j = kept; j < members.size(); ++j) w[size_t(members[j])] = 0;
   return run;
 }
 
@@ -198,8 +194,8 @@ int32_t sample(const float* logits, int64_t V, const Sampling& s, uint64_t* rng_
   if (e.nan || !std::isfinite(e.top)) throw std::invalid_argument(kNotFinite);
   const double top = e.top;
   double lo = e.low;  // the lowest finite logit (of the candidates, once top-k has chosen)
-  const int64_t arg = std::find(l.begin(), l.end(), top) - l.begin();  // the first of equal maxima
-  if (s.temperature == 0.0) return int32_t(arg);
+  if (s.temperature == 0.0)  // the first of equal maxima
+    return int32_t(std::find(l.begin(), l.end(), top) - l.begin());
   const Better better{l.data()};
 
   // The candidates, in id order: all tokens, or those no worse than the k-th best.

@@ -1,7 +1,8 @@
-// The sampler's weights (weigh_simd.h) four doubles at a time. The avx2 level used to run
-// weigh_ref as the baseline build compiles it, two doubles a vector; built with -mavx2,
-// GCC 12 does not vectorize that loop at all, for its two conversions (k through int32
-// and back, 2^-k's bits through int64). -mfma is on for this file: contraction off.
+// The sampler's weights and scan (weigh_simd.h) four doubles at a time. The avx2 level
+// used to run weigh_ref as the baseline build compiles it, two doubles a vector; built
+// with -mavx2, GCC 12 does not vectorize that loop at all, for its two conversions (k
+// through int32 and back, 2^-k's bits through int64). -mfma is on for this file:
+// contraction off.
 #if defined(__clang__)
 #pragma clang fp contract(off)
 #elif defined(__GNUC__)

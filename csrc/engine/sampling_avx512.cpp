@@ -1,4 +1,4 @@
-// The sampler's weights (weigh_simd.h) eight doubles at a time. -mfma is on for this
+// The sampler's weights and scan (weigh_simd.h) eight doubles at a time. -mfma is on for this
 // file: contraction off. Uses only intrinsics SIMDe implements, so the native test driver
 // can check it on a CPU without AVX-512.
 #if defined(__clang__)
@@ -39,12 +39,15 @@ struct Avx512 {
   static D max(D a, D b) { return _mm512_max_pd(a, b); }
   static D min(D a, D b) { return _mm512_min_pd(a, b); }
   static D above_or(D v, double d, double r) {
-    return _mm512_mask_mov_pd(_mm512_set1_pd(r), _mm512_cmp_pd_mask(v, _mm512_set1_pd(d), _CMP_GT_OQ), v);
+    const __mmask8 above = _mm512_cmp_pd_mask(v, _mm512_set1_pd(d), _CMP_GT_OQ);
+    return _mm512_mask_mov_pd(_mm512_set1_pd(r), above, v);
   }
   static D nan_bits(D v) {
     return _mm512_castsi512_pd(_mm512_maskz_set1_epi64(_mm512_cmp_pd_mask(v, v, _CMP_UNORD_Q), -1));
   }
-  static D bit_or(D a, D b) { return _mm512_castsi512_pd(_mm512_or_si512(_mm512_castpd_si512(a), _mm512_castpd_si512(b))); }
+  static D bit_or(D a, D b) {
+    return _mm512_castsi512_pd(_mm512_or_si512(_mm512_castpd_si512(a), _mm512_castpd_si512(b)));
+  }
 };
 
 }  // namespace

@@ -1,16 +1,17 @@
 // The sampler's weights (sampling.cpp's weigh_ref: floor(e^((x - top) * inverse_temperature)
 // * unit + 0.5), e^ by exp_step_by_step, as tinylm.sampling.weight_exp) a vector of
-// doubles at a time: the same IEEE operations in the same order, so the same bits.
-// Written once as a template on the vector "Ops" of each instruction-set file
-// (sampling_avx2.cpp, sampling_avx512.cpp), which compiles it with its own flags.
+// doubles at a time: the same IEEE operations in the same order, so the same bits; and
+// its scan of the logits (extremes_ref's results). Written once as templates on the
+// vector "Ops" of each instruction-set file (sampling_avx2.cpp, sampling_avx512.cpp),
+// which compiles them with its own flags.
 //
 // Ops: D (doubles), I (64-bit integers), Mask, kLanes; set1(d), set1_int(i), load(p),
-// store(p, I), add, sub, mul (doubles), add_int, sub_int, shift52(I) (each lane << 52),
-// as_double(I), as_int(D) (the bits), truncate(D) (toward zero), at_least(D, d) (a Mask
-// of the lanes >= d, false for NaN), zero_unless(D, Mask); for the scan, max(a, b) and
-// min(a, b) (a > b ? a : b and a < b ? a : b, lane by lane: b where either is NaN, as
-// maxpd and minpd do), above_or(v, d, r) (v where v > d, else r), nan_bits(D) (all ones
-// in the NaN lanes), bit_or(D, D).
+// store(p, I), store(p, D), add, sub, mul (doubles), add_int, sub_int, shift52(I) (each
+// lane << 52), as_double(I), as_int(D) (the bits), truncate(D) (toward zero),
+// at_least(D, d) (a Mask of the lanes >= d, false for NaN), zero_unless(D, Mask); for the
+// scan, max(a, b) and min(a, b) (a > b ? a : b and a < b ? a : b, lane by lane: b where
+// either is NaN, as maxpd and minpd do), above_or(v, d, r) (v where v > d, else r),
+// nan_bits(D) (all ones in the NaN lanes), bit_or(D, D).
 //
 // The files that include this must turn FMA contraction off: a multiply and the add
 // after it fused into one FMA would change the last bits (and GCC fuses intrinsics too).
@@ -20,6 +21,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "engine.h"
 #include "gemv_kernels.h"
 
 namespace tinylm::engine::weigh_simd {

@@ -81,10 +81,14 @@ TEST(engine_levels_choose_their_own_kernels) {
           e.level, engine::active_gemv_int8().c_str(), e.int8_gemv);
   }
   set_isa(saved);
-  for (const auto& k : engine::gemv_kernels())
+  for (const auto& k : engine::gemv_kernels()) {
     if (std::string(k.name) == "avx2")
       CHECK(k.weigh == engine::weigh_avx2 && k.extremes == engine::extremes_avx2,
             "the avx2 level's sampler kernels are not weigh_avx2 and extremes_avx2");
+    if (std::string(k.name) == "avx512")
+      CHECK(k.weigh == engine::weigh_avx512 && k.extremes == engine::extremes_avx512,
+            "the avx512 level's sampler kernels are not weigh_avx512 and extremes_avx512");
+  }
 #endif
 }
 
@@ -438,7 +442,7 @@ TEST(engine_extremes_kernels_match_reference) {
           top = std::max(top, v);
           if (v > -HUGE_VAL) low = std::min(low, v);
         }
-        CHECK(want.nan == nan && (nan || (want.top == top && want.low == low)),
+        CHECK(want.nan == nan && want.top == top && want.low == low,
               "extremes_ref (n %lld): top %g low %g nan %d, want %g %g %d", (long long)n, want.top,
               want.low, int(want.nan), top, low, int(nan));
       }
@@ -477,6 +481,112 @@ TEST(engine_sampling_rules) {
   const int32_t history[2] = {1, 3};
   CHECK(engine::sample(logits, 6, penalized, &s, history, 2, scratch) == 4,
         "the repetition penalty moves greedy off the repeated tokens");
+}
+
+// tinylm/sampling.py's rules 3-5 as the reference computes them: every candidate sorted
+// best first (ids, then their weights), top-p's nucleus as the first run of them whose
+// running weight reaches p of the total, the pick by running weight in id order. No
+// repetition penalty.
+std::pair<std::vector<int32_t>, std::vector<uint64_t>> sorted_candidates(
+    const std::vector<float>& logits, const engine::Sampling& s) {
+  const int64_t V = int64_t(logits.size());
+  const std::vector<double> l(logits.begin(), logits.end());
+  std::vector<int32_t> order(static_cast<size_t>(V));
+  for (int64_t i = 0; i < V; ++i) order[size_t(i)] = int32_t(i);
+  std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) {
+    return l[size_t(a)] > l[size_t(b)] || (l[size_t(a)] == l[size_t(b)] && a < b);
+  });
+  if (s.top_k > 0 && s.top_k < V) order.resize(size_t(s.top_k));
+  int bits = 0;
+  while ((V >> bits) != 0) ++bits;
+  const double unit = std::ldexp(1.0, 53 - bits), top = l[size_t(order[0])];
+  std::vector<uint64_t> w;
+  for (int32_t t : order) {
+    const double e = engine::weight_exp((l[size_t(t)] - top) * (1.0 / s.temperature));
+    w.push_back(uint64_t(int64_t(e * unit + 0.5)));
+  }
+  return {order, w};
+}
+
+int32_t sorted_sample(const std::vector<float>& logits, const engine::Sampling& s,
+                      uint64_t* state) {
+  const auto [order, w] = sorted_candidates(logits, s);
+  uint64_t total = 0;
+  for (uint64_t weight : w) total += weight;
+  size_t keep = order.size();
+  if (s.top_p < 1.0) {
+    uint64_t run = 0;
+    for (size_t j = 0; j < order.size(); ++j)
+      if (double(run += w[j]) >= s.top_p * double(total)) {
+        keep = j + 1;
+        break;
+      }
+  }
+  std::vector<std::pair<int32_t, uint64_t>> kept;  // (id, weight), in id order
+  uint64_t kept_total = 0;
+  for (size_t j = 0; j < keep; ++j) kept.push_back({order[j], w[j]}), kept_total += w[j];
+  std::sort(kept.begin(), kept.end());
+  const uint64_t r =
+      std::min(uint64_t(engine::rng_uniform(state) * double(kept_total)), kept_total - 1);
+  uint64_t run = 0;
+  for (const auto& [id, weight] : kept)
+    if ((run += weight) > r) return id;
+  return -1;
+}
+
+// Top-p with and without top-k, on every level, against sorted_sample: vocabularies from
+// 1 to 600 tokens, flat, peaked, tied (few distinct logits) and partly -inf logits, and
+// top-p just below and at each running weight of the best three (the nucleus's edge).
+TEST(engine_top_p_matches_a_sorting_sampler) {
+  const std::string saved = active_isa();
+  int checked = 0;
+  for (const auto& isa : available_isas()) {
+    set_isa(isa);
+    Gen g(23);
+    engine::SampleScratch scratch;
+    for (int trial = 0; trial < 300; ++trial) {
+      const int64_t V = 1 + int64_t(engine::rng_next(&g.s) % 600);
+      const double spread = trial % 3 == 0 ? 0.5 : trial % 3 == 1 ? 4.0 : 12.0;
+      std::vector<float> logits(static_cast<size_t>(V));
+      for (float& v : logits) {
+        v = float(spread * g.f32());
+        if (trial % 4 == 1) v = std::round(v);  // ties
+        if (trial % 5 == 2 && engine::rng_uniform(&g.s) < 0.3) v = -HUGE_VALF;  // masked
+      }
+      logits[size_t(engine::rng_next(&g.s) % uint64_t(V))] = float(spread);  // one finite
+      engine::Sampling s;
+      s.temperature = trial % 2 ? 0.8 : 1.7;
+      s.top_k = trial % 7 == 3 ? 1 + int64_t(engine::rng_next(&g.s) % uint64_t(V)) : 0;
+      // top-p at the best three's running weights over the total, and just below: the
+      // nucleus's edge
+      std::vector<double> top_ps = {0.05, 0.5, 0.9, 0.95, 0.999};
+      const auto [order, w] = sorted_candidates(logits, s);
+      uint64_t total = 0, running = 0;
+      for (uint64_t weight : w) total += weight;
+      for (size_t j = 0; j < 3 && j < w.size(); ++j) {
+        const double p = double(running += w[j]) / double(total);
+        if (p > 0 && p < 1) top_ps.push_back(p), top_ps.push_back(std::nextafter(p, 0.0));
+      }
+      for (const double p : top_ps) {
+        s.top_p = p;
+        uint64_t native_state = engine::seed_state(uint64_t(trial)), oracle_state = native_state;
+        for (int call = 0; call < 3; ++call) {
+          const int32_t got = engine::sample(logits.data(), V, s, &native_state, nullptr, 0, scratch);
+          const int32_t want = sorted_sample(logits, s, &oracle_state);
+          ++checked;
+          if (got != want) {
+            CHECK(false, "%s: V %lld, trial %d, top-k %lld, top-p %.17g, call %d: picked %d, "
+                  "sorting gives %d", isa.c_str(), (long long)V, trial, (long long)s.top_k, p,
+                  call, got, want);
+            set_isa(saved);
+            return;
+          }
+        }
+      }
+    }
+  }
+  set_isa(saved);
+  CHECK(checked > 0, "no case checked");
 }
 
 // A whole small model (grouped-query heads, odd sizes) stepped on 1, 2 and 3 threads on
