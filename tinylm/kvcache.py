@@ -107,7 +107,10 @@ class Int8Keys:
         self.scales[layer, :, start:start + T] = scales.reshape(Hkv, T)
 
     def load(self, layer, end):
-        return int8_keys_as_floats(self.codes[layer], self.scales[layer], self.head_dim)[:, :end]
+        blocks = _round_up(end, KEY_BLOCK) // KEY_BLOCK  # only those holding positions < end
+        keys = int8_keys_as_floats(self.codes[layer, :, :blocks],
+                                   self.scales[layer, :, :blocks * KEY_BLOCK], self.head_dim)
+        return keys[:, :end]
 
     def rows(self, layer):
         """A layer's stored bytes by position: [n_kv_head, positions, head_dim rounded up
