@@ -145,7 +145,8 @@ void gemm_int8(const float* x, int64_t T, const Product* products, int n_product
 const std::vector<GemvInfo>& gemv_kernels() {
   static const std::vector<GemvInfo> list = {
 #if defined(__x86_64__) || defined(_M_X64)
-      {"avx512", kAVX2 | kAVX512, gemv_avx512, silu_mul_avx512, halves_f16c, weigh_avx512, extremes_avx512},
+      {"avx512", kAVX2 | kAVX512, gemv_avx512, silu_mul_avx512, halves_f16c, weigh_avx512,
+       extremes_avx512},
       {"avx2", kAVX2, gemv_avx2, silu_mul_avx2, halves_f16c, weigh_avx2, extremes_avx2},
 #endif
 #if defined(__aarch64__) || defined(__arm__)

@@ -429,12 +429,15 @@ TEST(engine_extremes_kernels_match_reference) {
         std::vector<double> x(static_cast<size_t>(n));
         for (double& v : x) v = 10.0 * (engine::rng_uniform(&gen.s) - 0.5);
         for (int planted = 0; planted < trial % 4 && n > 0; ++planted)
-          x[size_t(engine::rng_next(&gen.s) % uint64_t(n))] = special[engine::rng_next(&gen.s) % 5];
+          x[size_t(engine::rng_next(&gen.s) % uint64_t(n))] =
+              special[engine::rng_next(&gen.s) % 5];
         if (trial == 19) std::fill(x.begin(), x.end(), -HUGE_VAL);
-        const engine::Extremes got = k.extremes(x.data(), n), want = engine::extremes_ref(x.data(), n);
+        const engine::Extremes got = k.extremes(x.data(), n);
+        const engine::Extremes want = engine::extremes_ref(x.data(), n);
         CHECK(got.nan == want.nan && got.top == want.top && got.low == want.low,
-              "%s (n %lld, trial %d): top %g low %g nan %d, the scalar scan gives %g %g %d", k.name,
-              (long long)n, trial, got.top, got.low, int(got.nan), want.top, want.low, int(want.nan));
+              "%s (n %lld, trial %d): top %g low %g nan %d, the scalar scan gives %g %g %d",
+              k.name, (long long)n, trial, got.top, got.low, int(got.nan), want.top, want.low,
+              int(want.nan));
         bool nan = false;  // and the scalar scan against plain std::max / std::min
         double top = -HUGE_VAL, low = HUGE_VAL;
         for (double v : x) {
@@ -553,7 +556,7 @@ TEST(engine_top_p_matches_a_sorting_sampler) {
         if (trial % 4 == 1) v = std::round(v);  // ties
         if (trial % 5 == 2 && engine::rng_uniform(&g.s) < 0.3) v = -HUGE_VALF;  // masked
       }
-      logits[size_t(engine::rng_next(&g.s) % uint64_t(V))] = float(spread);  // one finite
+      logits[size_t(engine::rng_next(&g.s) % uint64_t(V))] = float(spread);  // one at least finite
       engine::Sampling s;
       s.temperature = trial % 2 ? 0.8 : 1.7;
       s.top_k = trial % 7 == 3 ? 1 + int64_t(engine::rng_next(&g.s) % uint64_t(V)) : 0;
@@ -571,7 +574,8 @@ TEST(engine_top_p_matches_a_sorting_sampler) {
         s.top_p = p;
         uint64_t native_state = engine::seed_state(uint64_t(trial)), oracle_state = native_state;
         for (int call = 0; call < 3; ++call) {
-          const int32_t got = engine::sample(logits.data(), V, s, &native_state, nullptr, 0, scratch);
+          const int32_t got =
+              engine::sample(logits.data(), V, s, &native_state, nullptr, 0, scratch);
           const int32_t want = sorted_sample(logits, s, &oracle_state);
           ++checked;
           if (got != want) {
