@@ -30,6 +30,9 @@ struct Dims {
 
 struct DecodeDims {
   int64_t heads, kv_heads, capacity, length, head_dim;
+  // Ask for the cache's rows ahead of the loads: pays where the cache is read from beyond
+  // L2, costs where it is in L2 (the engine decides; benchmarks/NOTES.md).
+  bool prefetch = true;
 };
 
 // Throw std::invalid_argument describing the first problem (sizes < 1, Hkv not dividing

@@ -392,16 +392,19 @@ struct Tiled {
 
   // s[t] = q . k_t for n keys (D a multiple of W), four keys at a time so that four
   // independent chains of FMAs overlap, their horizontal sums done together (one sum at a
-  // time, its shuffles were most of a key's work at D = 48). Asks for the same keys' rows
-  // of `values` on the way, which the weighted sum reads next.
+  // time, its shuffles were most of a key's work at D = 48). Unless `values` is null,
+  // asks for the keys ahead and for the same keys' rows of `values`, which the weighted
+  // sum reads next.
   template <class E>
   static void scores4(const float* q, const E* K, const E* values, int64_t D, int64_t n,
                       float scale, float* s) {
     int64_t t = 0;
     for (; t + 4 <= n; t += 4) {
       const E* k = K + t * D;
-      prefetch_entries_ahead(k, 4 * D);
-      prefetch_entries(values + t * D, 4 * D);
+      if (values != nullptr) {
+        prefetch_entries_ahead(k, 4 * D);
+        prefetch_entries(values + t * D, 4 * D);
+      }
       V a0 = O::zero(), a1 = O::zero(), a2 = O::zero(), a3 = O::zero();
       for (int64_t d = 0; d < D; d += W) {
         const V qv = O::load(q + d);
@@ -412,7 +415,7 @@ struct Tiled {
       }
       O::hsum4(a0, a1, a2, a3, scale, s + t);
     }
-    prefetch_entries(values + t * D, (n - t) * D);
+    if (values != nullptr) prefetch_entries(values + t * D, (n - t) * D);
     for (; t < n; ++t) s[t] = dot(q, K + t * D, D) * scale;
   }
 
@@ -424,11 +427,11 @@ struct Tiled {
 
   // acc[d0 : d0 + NVt*W] += sum_t p[t] * Vrows[t][same], accumulated in registers: even
   // and odd keys in separate accumulators, so that each FMA waits on the one two keys
-  // back (with one set, every key waited out the FMA latency of the key before). Asks for
-  // n rows of `next` on the way (when not null).
+  // back (with one set, every key waited out the FMA latency of the key before). With
+  // `ask`, asks for the rows ahead, and for n rows of `next` on the way (when not null).
   template <int NVt, class E>
   static inline void weighted_rows(float* acc, const float* p, const E* Vrows, int64_t D,
-                                   int64_t n, Next next) {
+                                   int64_t n, Next next, bool ask) {
     V r[NVt], r2[NVt];
 #pragma GCC unroll 8
     for (int v = 0; v < NVt; ++v) r[v] = O::load(acc + v * W), r2[v] = O::zero();
@@ -436,9 +439,11 @@ struct Tiled {
     for (; t + 2 <= n; t += 2) {
       const V p0 = O::set1(p[t]), p1 = O::set1(p[t + 1]);
       const E* row = Vrows + t * D;
-      prefetch_entries_ahead(row, NVt * W);  // this block's columns of both rows
-      prefetch_entries_ahead(row + D, NVt * W);
-      if (next.rows != nullptr) prefetch_entries(next.rows + t * next.bytes, 2 * next.bytes);
+      if (ask) {
+        prefetch_entries_ahead(row, NVt * W);  // this block's columns of both rows
+        prefetch_entries_ahead(row + D, NVt * W);
+        if (next.rows != nullptr) prefetch_entries(next.rows + t * next.bytes, 2 * next.bytes);
+      }
 #pragma GCC unroll 8
       for (int v = 0; v < NVt; ++v) {
         r[v] = O::fma(p0, load(row + v * W), r[v]);
@@ -446,7 +451,7 @@ struct Tiled {
       }
     }
     if (t < n) {
-      if (next.rows != nullptr) prefetch_entries(next.rows + t * next.bytes, next.bytes);
+      if (ask && next.rows != nullptr) prefetch_entries(next.rows + t * next.bytes, next.bytes);
       const V pt = O::set1(p[t]);
 #pragma GCC unroll 8
       for (int v = 0; v < NVt; ++v) r[v] = O::fma(pt, load(Vrows + t * D + v * W), r[v]);
@@ -456,17 +461,17 @@ struct Tiled {
   }
 
   // acc[0:D] += sum_t p[t] * Vrows[t] (D a multiple of W), in column blocks of 4 vectors;
-  // the first block asks for n rows of `next`.
+  // with `ask`, each block asks for its rows ahead and the first for n rows of `next`.
   template <class E>
   static void weighted_sum(float* acc, const float* p, const E* Vrows, Next next, int64_t D,
-                           int64_t n) {
+                           int64_t n, bool ask) {
     int64_t d = 0;
     for (; d + 4 * W <= D; d += 4 * W, next.rows = nullptr)
-      weighted_rows<4>(acc + d, p, Vrows + d, D, n, next);
+      weighted_rows<4>(acc + d, p, Vrows + d, D, n, next, ask);
     switch ((D - d) / W) {
-      case 3: weighted_rows<3>(acc + d, p, Vrows + d, D, n, next); break;
-      case 2: weighted_rows<2>(acc + d, p, Vrows + d, D, n, next); break;
-      case 1: weighted_rows<1>(acc + d, p, Vrows + d, D, n, next); break;
+      case 3: weighted_rows<3>(acc + d, p, Vrows + d, D, n, next, ask); break;
+      case 2: weighted_rows<2>(acc + d, p, Vrows + d, D, n, next, ask); break;
+      case 1: weighted_rows<1>(acc + d, p, Vrows + d, D, n, next, ask); break;
       default: break;
     }
   }
@@ -491,7 +496,7 @@ struct Tiled {
   static void head_scores(const DecodeJob& j, int64_t h, const E* keys, const E* values,
                           int64_t hk, int64_t begin, int64_t n, float* s) {
     const float* q = j.q + h * j.D;
-    if (j.D % W == 0) return scores4(q, keys, values, j.D, n, j.scale, s);
+    if (j.D % W == 0) return scores4(q, keys, j.prefetch ? values : nullptr, j.D, n, j.scale, s);
     for (int64_t t = 0; t < n; ++t) s[t] = dot(q, keys + t * j.D, j.D) * j.scale;
   }
   static void head_scores(const DecodeJob& j, int64_t h, const uint8_t* keys,
@@ -502,7 +507,7 @@ struct Tiled {
     j.int8_scores({j.q8 + h * Dq * 4, j.q8_bias[h], j.q8_scale[h], keys,
                    j.k_scales + hk * key_positions(j.capacity) + begin,
                    (n + kKeyBlock - 1) / kKeyBlock, Dq,
-                   whole ? reinterpret_cast<const char*>(values) : nullptr,
+                   whole && j.prefetch ? reinterpret_cast<const char*>(values) : nullptr,
                    kKeyBlock * j.D * int64_t(sizeof(uint16_t)), s});
   }
 
@@ -555,7 +560,8 @@ struct Tiled {
       if (fast) {
         const bool last = h + 1 == heads;
         const K* next = last ? nullptr : key_rows(j, k_cache, hk0 + (h + 1) / group, begin);
-        weighted_sum(a, s, values, {reinterpret_cast<const char*>(next), key_bytes(j, next)}, D, n);
+        weighted_sum(a, s, values, {reinterpret_cast<const char*>(next), key_bytes(j, next)}, D, n,
+                     j.prefetch);
       } else {
         for (int64_t t = 0; t < n; ++t) axpy(a, s[t], values + t * D, D);
       }

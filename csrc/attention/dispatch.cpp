@@ -316,6 +316,7 @@ void decode_cache(const TileKernels* kern, const DecodeDims& d, const float* q,
   DecodeJob job{q, nullptr, nullptr, nullptr, nullptr, d.heads, d.kv_heads, d.capacity,
                 d.head_dim, round_up(d.head_dim, kern->lanes),
                 float(1.0 / std::sqrt(double(d.head_dim)))};
+  job.prefetch = d.prefetch;
   if constexpr (std::is_same_v<E, float>) {
     job.k_cache = k_cache, job.v_cache = v_cache;
   } else {
@@ -356,6 +357,7 @@ void decode_with(const TileKernels* kern, Int8ScoresKernel scores, const DecodeD
   job.k_codes = k_cache.codes, job.k_scales = k_cache.scales;
   job.q8 = q8.data(), job.q8_bias = bias.data(), job.q8_scale = scale.data();
   job.int8_scores = scores != nullptr ? scores : int8_scores_ref;
+  job.prefetch = d.prefetch;
   run_decode(kern, d, job, out);
 }
 

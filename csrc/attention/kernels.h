@@ -108,6 +108,7 @@ struct DecodeJob {
   const int32_t* q8_bias = nullptr;
   const float* q8_scale = nullptr;
   Int8ScoresKernel int8_scores = nullptr;
+  bool prefetch = true;  // DecodeDims' prefetch
 };
 
 struct TileKernels {

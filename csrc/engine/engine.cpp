@@ -171,6 +171,9 @@ Engine::Engine(const Config& cfg, Weights weights, State state)
   // (benchmarks/NOTES.md). Larger teams for smaller shares were not measured.
   constexpr int64_t kBytesPerThread = 1 << 20, kBytesForTwo = 768 << 10;
   weight_bytes_ = weight_bytes(w_);
+  const int64_t heads = cfg_.n_layer * cfg_.n_kv_head, D = cfg_.head_dim(), C = cfg_.context;
+  const int64_t P = attention::key_positions(C);  // an int8 head's rows of codes and scales
+  cache_bytes_ = heads * (int8 ? P * (attention::key_row_bytes(D) + 4) + C * D * 2 : 2 * C * D * 4);
   const int64_t at_least = weight_bytes_ >= kBytesForTwo ? 2 : 1;
   team_threads_ = int(std::min<int64_t>(std::max(weight_bytes_ / kBytesPerThread, at_least), 1024));
   o_out_.resize(size_t(d));
@@ -200,7 +203,7 @@ void Engine::attention_share(const Layer& L, int64_t layer, int64_t pos, Lane& m
   rope(q, heads * group, D, cos, sin);
   rope(k, heads, D, cos, sin);
   store_kv(layer, j0, heads, pos, k, v);
-  attend(layer, j0, heads, pos + 1, q, att_.data() + j0 * group * D);
+  attend(layer, j0, heads, pos + 1, q, att_.data() + j0 * group * D, s.cache_prefetch);
 }
 
 attention::Int8Keys Engine::int8_keys(int64_t layer, int64_t j) const {
@@ -226,10 +229,10 @@ void Engine::store_kv(int64_t layer, int64_t j0, int64_t heads, int64_t pos, con
 }
 
 void Engine::attend(int64_t layer, int64_t j0, int64_t heads, int64_t length, const float* q,
-                    float* out) const {
+                    float* out, bool prefetch) const {
   const int64_t D = cfg_.head_dim(), C = cfg_.context, Hkv = cfg_.n_kv_head;
   const int64_t first = (layer * Hkv + j0) * C * D;
-  const attention::DecodeDims dims{heads * (cfg_.n_head / Hkv), heads, C, length, D};
+  const attention::DecodeDims dims{heads * (cfg_.n_head / Hkv), heads, C, length, D, prefetch};
   if (st_.k_codes != nullptr)
     attention::decode(dims, q, int8_keys(layer, j0), st_.v_half + first, out);
   else
@@ -267,9 +270,14 @@ void Engine::embed(int32_t token, float* x) const {
 // thread's share fits in its L2 (taking each thread to have an L2 of its own). Only the
 // float32 kernels take it: the int8 ones read each panel as one stream, where a prefetch
 // 1 KB ahead cost `small` 5% and gained `baby` at most 5% (benchmarks/NOTES.md, the
-// seventeenth session).
+// seventeenth session). Decode attention asks for the cache ahead where the weights and
+// the cache together overflow the team's L2, as the cache is then read from beyond it
+// (`medium` int8 at 1 thread 859-969 -> 787-876 us a step, the thirteenth session); where
+// they fit, the requests only cost (`baby` int8 at 1 thread 18.0-18.2 -> 17.4-17.8 us
+// without them, the eighteenth).
 Engine::Share Engine::share_of(int t, int T, Barrier& barrier) const {
-  return Share{t, T, barrier, weight_bytes_ <= T * l2_cache_bytes()};
+  const int64_t l2 = T * l2_cache_bytes();
+  return Share{t, T, barrier, weight_bytes_ <= l2, weight_bytes_ + cache_bytes_ > l2};
 }
 
 void Engine::forward_share(int32_t token, int64_t pos, float* logits, const Share& s) {

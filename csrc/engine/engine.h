@@ -144,6 +144,7 @@ class Engine {
     int t, T;
     Barrier& barrier;
     bool prefetch;  // float32 GEMVs prefetch (this thread's share of the weights fits in L2)
+    bool cache_prefetch;  // decode attention asks for the cache ahead (weights and cache don't)
   };
   Share share_of(int t, int T, Barrier& barrier) const;  // thread t's of a team of T
   void forward(int32_t token, int64_t pos, float* logits);  // step() without the clock
@@ -160,9 +161,9 @@ class Engine {
   // and v [heads, head_dim].
   void store_kv(int64_t layer, int64_t j0, int64_t heads, int64_t pos, const float* k, const float* v);
   // Attention of those kv heads' query heads q [heads * group, head_dim] over cache
-  // positions [0, length) into out.
+  // positions [0, length) into out; prefetch: DecodeDims' (ask for the cache ahead).
   void attend(int64_t layer, int64_t j0, int64_t heads, int64_t length, const float* q,
-              float* out) const;
+              float* out, bool prefetch = true) const;
   // Attention of T tokens at positions [0, T), q and out [T, n_head * head_dim], with the
   // causal kernel of training over the cached keys and values (as floats; an int8 model's
   // queries rounded to int8 as the decode kernel rounds them).
@@ -174,6 +175,7 @@ class Engine {
   std::vector<Lane> lanes_;  // one per thread
   int team_threads_ = 1;  // at most this many threads run a step
   int64_t weight_bytes_ = 0;  // what a step streams
+  int64_t cache_bytes_ = 0;   // the KV cache's, at its full length
   // shared by the threads, each writing its share: q/k/v of their kv heads, attention's
   // output, the gate / up products, the o_proj and down_proj products
   std::vector<float> qkv_, att_, gu_, o_out_, down_out_, logits_;

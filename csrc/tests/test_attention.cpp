@@ -88,6 +88,19 @@ void check_training(const char* label, const detail::TileKernels* kernels, bool 
   }
 }
 
+// The same decode without asking for the cache ahead (DecodeDims::prefetch off), which
+// must change no bit of the output: run(dims, out) computes one.
+template <class Run>
+void check_prefetch_changes_nothing(const char* label, const DecodeDims& d,
+                                    const std::vector<float>& out, Run run) {
+  DecodeDims quiet = d;
+  quiet.prefetch = false;
+  std::vector<float> again(out.size(), -1.f);
+  run(quiet, again.data());
+  CHECK(again == out, "%s: decode without prefetching differs (H=%lld length=%lld D=%lld)",
+        label, (long long)d.heads, (long long)d.length, (long long)d.head_dim);
+}
+
 void check_decode(const char* label, const detail::TileKernels* kernels, bool dispatch) {
   const DecodeDims shapes[] = {
       // heads, kv_heads, capacity, length, head_dim
@@ -117,6 +130,12 @@ void check_decode(const char* label, const detail::TileKernels* kernels, bool di
           "%s: decode differs from the reference by %.3g (H=%lld Hkv=%lld length=%lld D=%lld)",
           label, err, (long long)d.heads, (long long)d.kv_heads, (long long)d.length,
           (long long)d.head_dim);
+    check_prefetch_changes_nothing(label, d, out, [&](const DecodeDims& e, float* o) {
+      if (dispatch)
+        tinylm::attention::decode(e, q.data(), k.data(), v.data(), o);
+      else
+        detail::decode_with(kernels, e, q.data(), k.data(), v.data(), o);
+    });
     // the same cache in IEEE halves
     std::vector<uint16_t> kh(k.size()), vh(v.size());
     for (size_t i = 0; i < k.size(); ++i)
@@ -130,6 +149,12 @@ void check_decode(const char* label, const detail::TileKernels* kernels, bool di
           "%s: decode of a half cache differs from the reference by %.3g (H=%lld Hkv=%lld "
           "length=%lld D=%lld)", label, err, (long long)d.heads, (long long)d.kv_heads,
           (long long)d.length, (long long)d.head_dim);
+    check_prefetch_changes_nothing(label, d, out, [&](const DecodeDims& e, float* o) {
+      if (dispatch)
+        tinylm::attention::decode(e, q.data(), kh.data(), vh.data(), o);
+      else
+        detail::decode_with(kernels, e, q.data(), kh.data(), vh.data(), o);
+    });
   }
 }
 
@@ -177,6 +202,12 @@ void check_decode_int8_keys(const char* label, const detail::TileKernels* kernel
           "%s: decode over int8 keys differs from the reference by %.3g (H=%lld Hkv=%lld "
           "length=%lld D=%lld)", label, err, (long long)d.heads, (long long)d.kv_heads,
           (long long)d.length, (long long)d.head_dim);
+    check_prefetch_changes_nothing(label, d, out, [&](const DecodeDims& e, float* o) {
+      if (dispatch)
+        tinylm::attention::decode(e, q.data(), cache.keys(), vh.data(), o);
+      else
+        detail::decode_with(kernels, scores, e, q.data(), cache.keys(), vh.data(), o);
+    });
     if (!dispatch) continue;
     std::vector<float> keys(k.size());  // the stored keys, as floats
     for (int64_t h = 0; h < d.kv_heads; ++h)
