@@ -714,7 +714,7 @@ void bind_engine(py::module_& m) {
           "decode",
           [](EngineHandle& h, int32_t token, int64_t pos, int64_t max_tokens, double temperature,
              int64_t top_k, double top_p, double repetition_penalty, uint64_t rng_state,
-             const std::vector<int32_t>& history, int32_t stop_token) {
+             const std::vector<int32_t>& history, int32_t stop_token, int64_t window) {
             E::Sampling s;
             s.temperature = temperature;
             s.top_k = top_k;
@@ -726,24 +726,27 @@ void bind_engine(py::module_& m) {
                                   "repetition_penalty >= 1 (check with tinylm.sampling)");
             if (max_tokens < 1) bad_arg("max_tokens", "must be at least 1");
             std::vector<int32_t> out(static_cast<size_t>(max_tokens));
-            int64_t n = 0;
+            E::Engine::Decoded r;
             run_kernel([&] {
-              n = h.engine->decode(token, pos, max_tokens, s, &rng_state, history.data(),
-                                   int64_t(history.size()), stop_token, out.data());
+              r = h.engine->decode(token, pos, max_tokens, s, &rng_state, history.data(),
+                                   int64_t(history.size()), stop_token, window, out.data());
             });
-            out.resize(size_t(n));
-            return py::make_tuple(py::cast(out), rng_state);
+            out.resize(size_t(r.picks));
+            return py::make_tuple(py::cast(out), rng_state, r.length, r.slides, r.slide_seconds);
           },
           py::arg("token"), py::arg("pos"), py::arg("max_tokens"), py::arg("temperature"),
           py::arg("top_k"), py::arg("top_p"), py::arg("repetition_penalty"),
-          py::arg("rng_state"), py::arg("history"), py::arg("stop_token"),
+          py::arg("rng_state"), py::arg("history"), py::arg("stop_token"), py::arg("window") = 0,
           "Runs token at pos, picks the next token as tinylm.sampling.Sampler does, runs "
-          "it, ... up to max_tokens picks; stops after a pick equal to stop_token or when "
-          "the cache is full. history: the tokens so far, ending with `token` (for the "
-          "repetition penalty). Returns (picks, new rng_state).")
+          "it, ... up to max_tokens picks; stops after a pick equal to stop_token. history: "
+          "the tokens so far, ending with `token` (for the repetition penalty and the "
+          "window). When the cache is full the call ends (window 0) or, with int8 weights "
+          "and window > 0, slides: the newest `window` tokens are prefilled at positions "
+          "0.. and the next token picked from their logits. Returns (picks, new rng_state, "
+          "the cache's length, slides, seconds spent sliding).")
       .def_property_readonly(
           "native_seconds", [](const EngineHandle& h) { return h.engine->native_seconds(); },
-          "Seconds spent inside step() and decode() so far.")
+          "Seconds spent inside step() and decode()'s steps (not its slides) so far.")
       .def_property(
           "max_threads", [](const EngineHandle& h) { return h.engine->max_threads(); },
           [](EngineHandle& h, int n) { h.engine->set_max_threads(n); },

@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -224,6 +225,24 @@ def test_native_prefill_refuses_bad_input(params):
     with pytest.raises(ValueError, match="int8 weights"):
         NativeEngine(CFG, params)._native.prefill(ids, 0)
 
+
+
+def test_native_decode_refuses_a_window_it_cannot_slide(params):
+    """The slide's batched pass is native for int8 weights only; a window must be positive
+    with a history to take it from; without a window a full cache is an error."""
+    sampling = (0.0, 0, 1.0, 1.0, 1)
+    fp32 = NativeEngine(CFG, params)._native
+    with pytest.raises(ValueError, match="int8 weights only.*pass window 0"):
+        fp32.decode(5, 0, 3, *sampling, [5], -1, 4)
+    i8 = NativeEngine(CFG, quantize_params(params))._native
+    with pytest.raises(ValueError, match="window -1 is negative"):
+        i8.decode(5, 0, 3, *sampling, [5], -1, -1)
+    with pytest.raises(ValueError, match="history must end with the token"):
+        i8.decode(5, CFG.context, 3, *sampling, [], -1, 4)
+    with pytest.raises(ValueError, match=r"position 24 outside.*the cache is full"):
+        i8.decode(5, CFG.context, 3, *sampling, [5], -1, 0)
+    with pytest.raises(ValueError, match="position 25 outside"):
+        i8.decode(5, CFG.context + 1, 3, *sampling, [5], -1, 4)
 
 def test_cache_is_int8_keys_float16_values_for_int8_models_float32_otherwise(params):
     eng = NativeEngine(CFG, params)
@@ -523,6 +542,69 @@ def check_decode_calls(p, prompt):
     eng.reset()
     eng.prefill(prompt)
     assert eng.decode(30, 10, Sampler(0), prompt + [30], stop_token=stop)[-1] == stop
+
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("int8", [False, True], ids=["fp32", "int8"])
+def test_decode_slides_the_window_as_steps_and_prefills_do(params, int8, threads):
+    """decode(window=w) past a full cache: the picks of one call (one C++ call for an int8
+    model, slides included; numpy prefills between C++ calls for float32) are those of
+    one-token steps of the same engine, sampled by the Python sampler, with the newest w
+    tokens prefilled at positions 0.. whenever the cache is full. Also when the cache is
+    full at the call; the slides are counted, their time apart from the steps'."""
+    p = quantize_params(params) if int8 else params
+    prompt, ctx = [256, 10, 20, 30, 20, 10], CFG.context
+    saved = _C.num_threads()
+    _C.set_num_threads(threads)
+    try:
+        for window in (1, 5, ctx // 2, ctx):
+            for n in (1, 3 * ctx + 5):
+                runs = []
+                for one_call in (True, False):
+                    eng = native_engine(p, threads)
+                    sampler = Sampler(1.1, 0, 0.9, 1.5, seed=5)
+                    history = list(prompt)
+                    token = sampler(eng.prefill(history), history)
+                    history.append(token)
+                    if one_call:
+                        native, t = eng.native_seconds, time.perf_counter()
+                        picks = eng.decode(token, n, sampler, history, window=window)
+                        wall = time.perf_counter() - t
+                        # the steps' time and the slides' are apart: together within the call's
+                        assert 0 < eng.native_seconds - native
+                        assert eng.native_seconds - native + eng.slide_seconds <= wall
+                        assert (eng.slide_seconds > 0) == (eng.slides > 0)
+                    else:
+                        picks = slid_stepwise(eng, token, n, sampler, history, window)
+                    runs.append((picks, eng.length, eng.slides))
+                assert runs[0] == runs[1], (window, n)
+                assert len(runs[0][0]) == n
+                if n > ctx:
+                    assert runs[0][2] >= 3
+            eng = native_engine(p, threads)  # full at the call: slides first
+            eng.prefill(list(range(ctx)))
+            picks = eng.decode(ctx - 1, 2, Sampler(0), list(range(ctx)), window=window)
+            assert len(picks) == 2 and eng.length == min(window + 1, ctx)
+            assert eng.slides == (2 if window == ctx else 1)  # (a full window slides again)
+    finally:
+        _C.set_num_threads(saved)
+
+
+def slid_stepwise(eng, token, n, sampler, history, window):
+    """Engine.decode with a window, step by step: the Python sampler after each native
+    step, and after each prefill of the newest `window` tokens when the cache is full."""
+    picks = []
+    while len(picks) < n:
+        if eng.length == CFG.context:
+            eng.reset()
+            eng.slides += 1
+            token = sampler(eng.prefill(history[-window:]), history)
+        else:
+            token = sampler(eng.step(token), history)
+        picks.append(token)
+        history.append(token)
+    return picks
 
 
 NAN_DECODE = """

@@ -47,7 +47,8 @@ window: it keeps the most recent `context // 2` tokens, re-prefills them at posi
 and carries on. Generation therefore never stops because of the context, at the cost of
 one batched prefill every `context // 2` tokens. It keeps at least one token: a model
 with a context of 1 re-reads the newest token alone for every next one (all it was
-trained to see).
+trained to see). `Engine.decode` slides (given the window); the native engine does it
+inside its C++ call for an int8 model, whose batched pass is native too.
 
 One generation at a time
 ------------------------
@@ -104,6 +105,7 @@ class Engine:
                               f"key/value cache, which this machine cannot map ({e}); is the "
                               "model file's config damaged?") from None
         self.length = 0
+        self.slides, self.slide_seconds = 0, 0.0  # decode's, since the engine was made
 
     def reset(self):
         self.length = 0
@@ -182,18 +184,46 @@ class Engine:
         """Appends `token` (history ends with it) and picks the next token."""
         return self.sample(self.step(token), sampler, history)
 
-    def decode(self, token, n, sampler, history, stop_token=-1):
+    def decode(self, token, n, sampler, history, stop_token=-1, window=0):
         """Appends `token` (history ends with it), picks the next token, appends that, and
-        so on: up to n picks, fewer when a pick equals stop_token (it is included) or
-        fills the cache. Returns the picks; `history` is not changed. The native engine
-        does it all in one call into C++."""
-        history, picks = list(history[-REPETITION_WINDOW:]), []
+        so on: up to n picks, fewer when a pick equals stop_token (it is included).
+        Returns the picks; `history` is not changed. When the cache is full (at the call
+        or after a pick), it stops there with window 0; with window > 0 the window slides
+        (the module docstring): the newest `window` tokens are prefilled at positions 0..
+        and the next token picked from their logits. The native engine does it all in one
+        call into C++ (the slides too, for an int8 model)."""
+        history, picks = list(history[-max(REPETITION_WINDOW, window):]), []
+        while len(picks) < n and not (picks and picks[-1] == stop_token):
+            if self.length < self.cfg.context:
+                picks += self._steps(token, n - len(picks), sampler, history, stop_token)
+            elif window:
+                picks.append(self._slide(window, sampler, history))
+            else:
+                break
+            token = picks[-1]
+        return picks
+
+    def _steps(self, token, n, sampler, history, stop_token):
+        """decode's steps until a pick equals stop_token, fills the cache or is the n-th;
+        each pick is appended to history."""
+        picks = []
         while True:
             token = self.step_sample(token, sampler, history)
             picks.append(token)
+            history.append(token)
             if len(picks) == n or token == stop_token or self.length == self.cfg.context:
                 return picks
-            history.append(token)
+
+    def _slide(self, window, sampler, history):
+        """decode's slide: the newest `window` tokens of history prefilled at positions
+        0..; returns the token picked after them, appended to history."""
+        t = time.perf_counter()
+        self.reset()
+        token = self.sample(self.prefill(history[-window:]), sampler, history)
+        history.append(token)
+        self.slides += 1
+        self.slide_seconds += time.perf_counter() - t
+        return token
 
 
 class ReferenceEngine(Engine):
@@ -254,20 +284,37 @@ class NativeEngine(Engine):
         """The native sampler: the reference's picks, in ~7 us a call against numpy's ~90."""
         from . import _C
         with _not_finite_as_tinylm_error():
-            token, sampler.rng.state = _C.engine_sample(logits, *self._sampling(sampler, history))
+            token, sampler.rng.state = _C.engine_sample(logits, *self._sampling(sampler),
+                                                        sampler.rng.state, _recent(history, sampler))
         return token
 
-    def decode(self, token, n, sampler, history, stop_token=-1):
-        with _not_finite_as_tinylm_error():
-            picks, sampler.rng.state = self._native.decode(
-                int(token), self.length, n, *self._sampling(sampler, history), stop_token)
-        self.length += len(picks)
+    def decode(self, token, n, sampler, history, stop_token=-1, window=0):
+        """An int8 model's slides run in the same C++ call (its batched pass is native)."""
+        if not self.int8:
+            return super().decode(token, n, sampler, history, stop_token, window)
+        picks, slides, seconds = self._native_decode(token, n, sampler, history, stop_token, window)
+        self.slides += slides
+        self.slide_seconds += seconds
         return picks
 
-    def _sampling(self, sampler, history):
-        """The sampler's settings and state as the C++ sampler takes them."""
+    def _steps(self, token, n, sampler, history, stop_token):
+        picks, _, _ = self._native_decode(token, n, sampler, history, stop_token, 0)
+        history += picks
+        return picks
+
+    def _native_decode(self, token, n, sampler, history, stop_token, window):
+        """One C++ decode call: (picks, slides, seconds spent sliding)."""
+        recent = _recent(history, sampler, window)
+        with _not_finite_as_tinylm_error():
+            picks, sampler.rng.state, self.length, slides, seconds = self._native.decode(
+                int(token), self.length, n, *self._sampling(sampler), sampler.rng.state,
+                recent, stop_token, window)
+        return picks, slides, seconds
+
+    def _sampling(self, sampler):
+        """The sampler's settings as the C++ sampler takes them."""
         return (sampler.temperature, _top_k(sampler, self.cfg.vocab_size), sampler.top_p,
-                sampler.repetition_penalty, sampler.rng.state, _recent(history, sampler))
+                sampler.repetition_penalty)
 
     @property
     def native_seconds(self):
@@ -285,9 +332,11 @@ def _top_k(sampler, vocab_size):
     return min(sampler.top_k, vocab_size)
 
 
-def _recent(history, sampler):
-    """What of `history` the repetition penalty looks at (nothing when it is off)."""
-    return history[-REPETITION_WINDOW:] if sampler.repetition_penalty != 1 else ()
+def _recent(history, sampler, window=0):
+    """What of `history` C++ reads: the repetition penalty's window (nothing when it is
+    off) or the slide's, whichever is longer."""
+    n = max(REPETITION_WINDOW if sampler.repetition_penalty != 1 else 0, window)
+    return history[-n:] if n else ()
 
 
 @contextlib.contextmanager
@@ -542,6 +591,7 @@ class Model:
         t_decode = time.perf_counter()
         native_start = getattr(eng, "native_seconds", 0.0)
         chunk = 1  # tokens per decode call: grows while a call stays short (see below)
+        window = max(1, ctx // 2)  # a full cache's newest tokens kept (a context of 1: 1, not 0)
         while True:
             # A call's picks at once: one piece of text for all of them, so that Python's
             # work per token stays a few list operations (handled token by token, they
@@ -560,24 +610,19 @@ class Model:
                 yield text
             if done or stream.stopped or st.generated_tokens >= max_tokens:
                 break
-            token = history[-1]
-            if eng.length == ctx:  # full: slide the window (see the module docstring)
-                t = time.perf_counter()
-                keep = history[-max(1, ctx // 2):]  # (ctx 1: the newest token, not -0: all)
-                eng.reset()
-                picks = [eng.sample(eng.prefill(keep), sampler, history)]
-                st.slides += 1
-                st.prefill_seconds += time.perf_counter() - t
-                t_decode += time.perf_counter() - t
-                continue
-            # The next tokens in one call (one C++ call for the native engine), so that
-            # Python's share of a token's time stays small on fast models. The text of a
-            # call's tokens appears when the call returns: calls are kept under
-            # CHUNK_SECONDS, so the stream still looks smooth on a slow machine.
-            t = time.perf_counter()
-            picks = eng.decode(token, min(chunk, max_tokens - st.generated_tokens), sampler,
-                               history, eot)
+            # The next tokens in one call (one C++ call for the native engine, the window's
+            # slides included for an int8 model), so that Python's share of a token's time
+            # stays small on fast models. The text of a call's tokens appears when the call
+            # returns: calls are kept under CHUNK_SECONDS, so the stream still looks smooth
+            # on a slow machine. Re-prefills count as prefill time, not decode time.
+            slides, slid, t = eng.slides, eng.slide_seconds, time.perf_counter()
+            picks = eng.decode(history[-1], min(chunk, max_tokens - st.generated_tokens),
+                               sampler, history, eot, window)
             seconds_per_token = (time.perf_counter() - t) / len(picks)
+            st.slides += eng.slides - slides
+            slid = eng.slide_seconds - slid
+            st.prefill_seconds += slid
+            t_decode += slid
             chunk = max(1, min(8 * chunk, MAX_CHUNK, int(CHUNK_SECONDS / seconds_per_token)))
         st.decode_seconds = time.perf_counter() - t_decode
         st.native_seconds = getattr(eng, "native_seconds", 0.0) - native_start
@@ -613,7 +658,10 @@ def _stop_strings(stop):
 # CHUNK_SECONDS at the speed measured so far; from one token, up to 8x the last call's
 # (growing 2x a call, a `baby` int8 generation of 256 tokens at 2 threads took 13 calls
 # instead of 10, and Python's share of its steps was 4.4-4.7% instead of 4.0-4.3%).
-MAX_CHUNK = 64
+# Each return to Python costs ~10-40 us on the fastest models (the interpreter resumes
+# with cold caches), so CHUNK_SECONDS is what bounds a call; MAX_CHUNK only caps a
+# call's list of picks.
+MAX_CHUNK = 1024
 CHUNK_SECONDS = 0.02
 
 

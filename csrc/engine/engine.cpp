@@ -328,15 +328,46 @@ void Engine::step(int32_t token, int64_t pos, float* logits) {
   forward(token, pos, logits);
 }
 
-int64_t Engine::decode(int32_t token, int64_t pos, int64_t max_tokens, const Sampling& s,
-                       uint64_t* rng_state, const int32_t* history, int64_t n_history,
-                       int32_t stop_token, int32_t* out) {
-  Stopwatch watch(native_seconds_);
+Engine::Decoded Engine::decode(int32_t token, int64_t pos, int64_t max_tokens,
+                               const Sampling& s, uint64_t* rng_state, const int32_t* history,
+                               int64_t n_history, int32_t stop_token, int64_t window,
+                               int32_t* out) {
   check_token(token);
-  check_position(pos);
+  if (window < 0) invalid("window " + std::to_string(window) + " is negative");
+  if (window > 0 && !w_.embed.is_int8())
+    invalid("decode: the window slides in C++ for int8 weights only (a float32 model's "
+            "batched pass is numpy's): pass window 0");
+  if (window > 0 && n_history < 1) invalid("decode: history must end with the token");
+  if (window == 0 || pos != cfg_.context) check_position(pos);  // a full cache slides first
   // the recent tokens, oldest first
-  const int64_t keep = std::min(n_history, kRepetitionWindow);
+  recent_keep_ = std::max(kRepetitionWindow, window);
+  const int64_t keep = std::min(n_history, recent_keep_);
   recent_.assign(history + n_history - keep, history + n_history);
+  Decoded r;
+  r.length = pos;
+  while (r.picks < max_tokens && (r.picks == 0 || out[r.picks - 1] != stop_token)) {
+    if (r.length < cfg_.context) {
+      Stopwatch watch(native_seconds_);
+      const int64_t n = decode_steps(token, r.length, max_tokens - r.picks, s, rng_state,
+                                     stop_token, out + r.picks);
+      r.picks += n;
+      r.length += n;
+    } else if (window > 0) {
+      Stopwatch watch(r.slide_seconds);
+      r.length = std::min(window, int64_t(recent_.size()));
+      out[r.picks++] = slide(r.length, s, rng_state);
+      ++r.slides;
+      remember(out[r.picks - 1]);
+    } else {
+      break;
+    }
+    token = out[r.picks - 1];
+  }
+  return r;
+}
+
+int64_t Engine::decode_steps(int32_t token, int64_t pos, int64_t max_tokens, const Sampling& s,
+                             uint64_t* rng_state, int32_t stop_token, int32_t* out) {
   int64_t n = 0;
   bool done = false;
   // One team for the whole call: each token's step runs on all of its threads, thread 0
@@ -357,8 +388,8 @@ int64_t Engine::decode(int32_t token, int64_t pos, int64_t max_tokens, const Sam
                        int64_t(recent_.size()), sample_scratch_);
         out[n++] = token;
         ++pos;
+        remember(token);
         done = n == max_tokens || token == stop_token || pos == cfg_.context;
-        if (!done) remember(token);
       }
       barrier.wait();  // the token picked
       if (barrier.broken() || done) return;
@@ -367,11 +398,18 @@ int64_t Engine::decode(int32_t token, int64_t pos, int64_t max_tokens, const Sam
   return n;
 }
 
-// Adds a pick to the recent tokens (the repetition penalty's window), trimming them to
-// the window when they have grown to twice that.
+// The batched pass runs outside a team, on the whole pool.
+int32_t Engine::slide(int64_t T, const Sampling& s, uint64_t* rng_state) {
+  prefill(recent_.data() + recent_.size() - T, T, 0, logits_.data(), false);
+  return sample(logits_.data(), cfg_.vocab_size, s, rng_state, recent_.data(),
+                int64_t(recent_.size()), sample_scratch_);
+}
+
+// Adds a pick to the recent tokens, trimming them to recent_keep_ when they have grown
+// to twice that.
 void Engine::remember(int32_t token) {
-  if (int64_t(recent_.size()) >= 2 * kRepetitionWindow)
-    recent_.erase(recent_.begin(), recent_.end() - kRepetitionWindow);
+  if (int64_t(recent_.size()) >= 2 * recent_keep_)
+    recent_.erase(recent_.begin(), recent_.end() - recent_keep_);
   recent_.push_back(token);
 }
 

@@ -76,6 +76,9 @@ struct State {
   uint16_t* v_half = nullptr;
 };
 
+// The recent tokens the repetition penalty looks at (tinylm/sampling.py's REPETITION_WINDOW).
+constexpr int64_t kRepetitionWindow = 64;
+
 struct Sampling {
   double temperature = 0, top_p = 1, repetition_penalty = 1;
   int64_t top_k = 0;
@@ -108,16 +111,27 @@ class Engine {
   // kernel's, token by token over the cache up to its position.
   void prefill(const int32_t* ids, int64_t T, int64_t pos, float* logits, bool all_logits);
 
+  // What a decode call did.
+  struct Decoded {
+    int64_t picks = 0;          // written to out
+    int64_t length = 0;         // positions the cache holds after the call
+    int64_t slides = 0;         // times the window slid
+    double slide_seconds = 0;   // spent in them (not in native_seconds)
+  };
   // Decodes up to max_tokens tokens in one call: step(token, pos), pick the next token
   // from the logits with the sampling rules of tinylm/sampling.py, step it at pos + 1,
-  // and so on. Writes the picks to out and returns how many there are: max_tokens, or
-  // fewer when a pick equals stop_token (it is included) or fills the cache (the last
-  // pick has no position left to run at). rng_state is the xorshift64* state, advanced
-  // in place; history holds the tokens so far, ending with `token`, for the repetition
-  // penalty (each step sees the last kRepetitionWindow of history and the picks).
-  int64_t decode(int32_t token, int64_t pos, int64_t max_tokens, const Sampling& s,
+  // and so on. Writes the picks to out; fewer than max_tokens when a pick equals
+  // stop_token (it is included). rng_state is the xorshift64* state, advanced in place;
+  // history holds the tokens so far, ending with `token`, for the repetition penalty
+  // (each step sees the last kRepetitionWindow of history and the picks) and the window.
+  // When the cache is full (at the call, or after a pick) the call ends with window 0;
+  // with window > 0 (int8 weights: the batched pass is native) the window slides as
+  // generation's does (tinylm/engine.py, "When the context is full"): the newest
+  // `window` tokens are prefilled at positions 0.. and the next token is picked from the
+  // last one's logits, all within the call.
+  Decoded decode(int32_t token, int64_t pos, int64_t max_tokens, const Sampling& s,
                  uint64_t* rng_state, const int32_t* history, int64_t n_history,
-                 int32_t stop_token, int32_t* out);
+                 int32_t stop_token, int64_t window, int32_t* out);
 
   const Config& config() const { return cfg_; }
 
@@ -127,8 +141,9 @@ class Engine {
   int max_threads() const { return team_threads_; }
   void set_max_threads(int n) { team_threads_ = std::max(1, n); }
 
-  // Seconds spent inside step() and decode() since the engine was made: with a clock
-  // read around a generation, the share of its time spent outside native code.
+  // Seconds spent inside step() and decode()'s steps (its slides are counted apart) since
+  // the engine was made: with a clock read around a generation, the share of its time
+  // spent outside native code.
   double native_seconds() const { return native_seconds_; }
 
  private:
@@ -148,6 +163,13 @@ class Engine {
   };
   Share share_of(int t, int T, Barrier& barrier) const;  // thread t's of a team of T
   void forward(int32_t token, int64_t pos, float* logits);  // step() without the clock
+  // decode()'s steps from pos until a pick equals stop_token, fills the cache or is the
+  // max_tokens-th; returns the picks, written to out
+  int64_t decode_steps(int32_t token, int64_t pos, int64_t max_tokens, const Sampling& s,
+                       uint64_t* rng_state, int32_t stop_token, int32_t* out);
+  // decode()'s slide: the newest T recent tokens prefilled at positions [0, T); returns
+  // the token picked after them
+  int32_t slide(int64_t T, const Sampling& s, uint64_t* rng_state);
   void remember(int32_t token);  // decode(): a pick joins the recent tokens
   void check_token(int32_t token) const;
   void check_position(int64_t pos) const;
@@ -180,7 +202,8 @@ class Engine {
   // output, the gate / up products, the o_proj and down_proj products
   std::vector<float> qkv_, att_, gu_, o_out_, down_out_, logits_;
   SampleScratch sample_scratch_;
-  std::vector<int32_t> recent_;  // decode()'s history
+  std::vector<int32_t> recent_;  // decode()'s history: at least the last recent_keep_ tokens
+  int64_t recent_keep_ = kRepetitionWindow;  // the penalty's window, or the slide's if longer
   double native_seconds_ = 0;
 };
 
@@ -265,7 +288,5 @@ inline constexpr const char* kNotFinite =
     "model file, or a training run that diverged)";
 int32_t sample(const float* logits, int64_t vocab, const Sampling& s, uint64_t* rng_state,
                const int32_t* history, int64_t n_history, SampleScratch& scratch);
-
-constexpr int64_t kRepetitionWindow = 64;
 
 }  // namespace tinylm::engine
