@@ -960,6 +960,21 @@ def test_a_generator_releases_the_model_however_it_ends(model_files, tmp_path):
             "".join(broken.generate("the ", **FIFTY_TOKENS))
 
 
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+@pytest.mark.parametrize("scale", [1e18, 1e30])
+def test_weights_too_large_for_float32_are_refused_by_both_engines(tmp_path, scale):
+    """Finite weights whose activations overflow float32 (x * x from |x| ~ 1.8e19): both
+    engines refuse the infinite logits with the same error and no numpy warnings. (The
+    numpy engine's norm squared in float32 gave rstd 0, finite logits, and text.)"""
+    params = {k: (v * np.float32(scale) if v.ndim == 2 else v) for k, v in make_params().items()}
+    path = str(tmp_path / "huge.safetensors")
+    save_model(path, CFG, params, ByteTokenizer())
+    for engine in ("native", "numpy"):
+        with pytest.raises(TinylmError, match="NaN, infinity or values too large"):
+            "".join(tinylm.load(path, engine=engine).generate("the ", max_tokens=4, seed=1))
+
+
 # ---------------------------------------------------------------- bad input
 
 

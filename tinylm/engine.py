@@ -78,6 +78,15 @@ from .sampling import NOT_FINITE, REPETITION_WINDOW, Rng, Sampler, check_samplin
 # ---------------------------------------------------------------- the engines
 
 
+def _rmsnorm(x, w, eps):
+    """RMSNorm as the native engine computes it: the mean square in float64, as x * x in
+    float32 overflows from |x| ~ 1.8e19 (with weights that large, the float32 norm gave
+    rstd 0, finite logits and text, where the native engine refuses the infinite
+    logits)."""
+    rstd = (1.0 / np.sqrt(np.square(x, dtype=np.float64).mean(axis=-1, keepdims=True) + eps))
+    return x * rstd.astype(np.float32) * w
+
+
 def _is_int8(w):
     return type(w).__name__ == "Int8Weight"
 
@@ -118,15 +127,20 @@ class Engine:
 
     def prefill(self, ids, all_logits=False):
         """Runs tokens `ids` at the next positions; logits of the last one [V] (or of every
-        one [T, V] with all_logits)."""
-        ids = self._checked_ids(ids)
+        one [T, V] with all_logits). Weights too large for float32 give infinite or NaN
+        logits, which the sampler refuses with a clear error: numpy's warnings on the way
+        say nothing more."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            return self._forward(self._checked_ids(ids), all_logits)
+
+    def _forward(self, ids, all_logits):
         cfg, p, T, start = self.cfg, self.params, len(ids), self.length
         H, Hkv, D = cfg.n_head, cfg.n_kv_head, cfg.head_dim
         cos, sin = self.cos[start:start + T], self.sin[start:start + T]
         x = np.asarray(p[M.EMBED][ids], np.float32)  # [T, d]
         for i in range(cfg.n_layer):
             w = lambda name: p[M.layer_param(i, name)]  # noqa: E731
-            h, _ = M.rmsnorm_forward(x, w("input_layernorm.weight"), cfg.norm_eps)
+            h = _rmsnorm(x, w("input_layernorm.weight"), cfg.norm_eps)
             q = self._linear(h, w("self_attn.q_proj.weight")).reshape(T, H, D).transpose(1, 0, 2)
             k = self._linear(h, w("self_attn.k_proj.weight")).reshape(T, Hkv, D).transpose(1, 0, 2)
             v = self._linear(h, w("self_attn.v_proj.weight")).reshape(T, Hkv, D).transpose(1, 0, 2)
@@ -134,14 +148,14 @@ class Engine:
             self.v_cache[i, :, start:start + T] = v  # (numpy rounds float16 to nearest even)
             out = self._attend(i, M.rope_forward(q, cos, sin), start + T)  # [H, T, D]
             x = x + self._linear(out.transpose(1, 0, 2).reshape(T, H * D), w("self_attn.o_proj.weight"))
-            h, _ = M.rmsnorm_forward(x, w("post_attention_layernorm.weight"), cfg.norm_eps)
+            h = _rmsnorm(x, w("post_attention_layernorm.weight"), cfg.norm_eps)
             g = self._linear(h, w("mlp.gate_proj.weight"))
             u = self._linear(h, w("mlp.up_proj.weight"))
             x = x + self._linear(g / (1 + np.exp(-g)) * u, w("mlp.down_proj.weight"))
         self.length = start + T
         if not all_logits:
             x = x[-1:]
-        h, _ = M.rmsnorm_forward(x, p[M.FINAL_NORM], cfg.norm_eps)
+        h = _rmsnorm(x, p[M.FINAL_NORM], cfg.norm_eps)
         logits = np.asarray(self._linear(h, p[M.EMBED]), np.float32)
         return logits if all_logits else logits[0]
 

@@ -54,8 +54,9 @@ LOG2E = 1.44269504088896338700e+00
 EXP_COEFFICIENTS = (1 / 3628800, 1 / 362880, 1 / 40320, 1 / 5040, 1 / 720, 1 / 120, 1 / 24,
                     1 / 6, 1 / 2, 1.0, 1.0)
 # Logits with a NaN, +infinity or no finite value: nothing can be sampled from them.
-NOT_FINITE = ("the model's logits are NaN or infinite: its weights hold NaN or infinity "
-              "(a corrupt model file, or a training run that diverged)")
+NOT_FINITE = ("the model's logits are NaN or infinite: its weights hold NaN, infinity or "
+              "values too large to compute with (a corrupt model file, or a training run "
+              "that diverged)")
 
 
 class Rng:

@@ -284,8 +284,8 @@ Extremes extremes(const double* x, int64_t n);
 // Logits with a NaN, +infinity or no finite value are refused (std::invalid_argument
 // with this message): nothing can be sampled from them.
 inline constexpr const char* kNotFinite =
-    "the model's logits are NaN or infinite: its weights hold NaN or infinity (a corrupt "
-    "model file, or a training run that diverged)";
+    "the model's logits are NaN or infinite: its weights hold NaN, infinity or values too "
+    "large to compute with (a corrupt model file, or a training run that diverged)";
 int32_t sample(const float* logits, int64_t vocab, const Sampling& s, uint64_t* rng_state,
                const int32_t* history, int64_t n_history, SampleScratch& scratch);
 
