@@ -587,6 +587,10 @@ def test_decode_slides_the_window_as_steps_and_prefills_do(params, int8, threads
             picks = eng.decode(ctx - 1, 2, Sampler(0), list(range(ctx)), window=window)
             assert len(picks) == 2 and eng.length == min(window + 1, ctx)
             assert eng.slides == (2 if window == ctx else 1)  # (a full window slides again)
+        for eng in (native_engine(p, threads), ReferenceEngine(CFG, p)):  # no window: refused
+            eng.prefill(list(range(ctx)))
+            with pytest.raises(ValueError, match="context|cache is full"):
+                eng.decode(ctx - 1, 2, Sampler(0), list(range(ctx)))
     finally:
         _C.set_num_threads(saved)
 

@@ -208,12 +208,13 @@ class Engine:
         call into C++ (the slides too, for an int8 model)."""
         history, picks = list(history[-max(REPETITION_WINDOW, window):]), []
         while len(picks) < n and not (picks and picks[-1] == stop_token):
-            if self.length < self.cfg.context:
-                picks += self._steps(token, n - len(picks), sampler, history, stop_token)
-            elif window:
+            full = self.length == self.cfg.context
+            if full and window:
                 picks.append(self._slide(window, sampler, history))
-            else:
+            elif full and picks:
                 break
+            else:  # (a step refuses a cache full at the call)
+                picks += self._steps(token, n - len(picks), sampler, history, stop_token)
             token = picks[-1]
         return picks
 
