@@ -1,7 +1,7 @@
 // The native decode step: a token through every layer and the tied head (step), or
 // several tokens a call, each sampled from the last one's logits (decode: Python is
 // crossed once per call, not per token); and for int8 models the batched pass over a
-// prompt (prefill).
+// prompt (prefill), which decode also runs when the context's window slides.
 //
 // The engine owns no weights and no cache: it reads the model's arrays where they
 // already are (memory-mapped from the model file) and the key/value cache arrays that
