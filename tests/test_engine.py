@@ -502,6 +502,13 @@ def test_decode_many_tokens_in_one_call_equals_one_at_a_time(params, int8, threa
         _C.set_num_threads(saved)
 
 
+def started(p, threads, prompt):
+    """A native engine with the prompt prefilled and its first pick made by a sampler with
+    the repetition penalty: (engine, sampler, the prompt's history, the pick)."""
+    eng, sampler, history = native_engine(p, threads), Sampler(1.1, 0, 0.9, 1.5, seed=5), list(prompt)
+    return eng, sampler, history, sampler(eng.prefill(history), history)
+
+
 def check_decode_calls(p, prompt):
     """Against one-token steps of the same native engine, each sampled by the Python
     sampler: the same logits bit for bit, so any difference is the decode call's (its
@@ -521,10 +528,7 @@ def check_decode_calls(p, prompt):
     for n in (1, 3, 7, 100):
         runs = []
         for one_call in (True, False):
-            eng = native_engine(p, threads)
-            sampler = Sampler(1.1, 0, 0.9, 1.5, seed=5)
-            history = list(prompt)
-            token = sampler(eng.prefill(history), history)
+            eng, sampler, history, token = started(p, threads, prompt)
             out = [token]
             while eng.length < CFG.context:
                 history.append(token)
@@ -562,10 +566,7 @@ def test_decode_slides_the_window_as_steps_and_prefills_do(params, int8, threads
             for n in (1, 3 * ctx + 5):
                 runs = []
                 for one_call in (True, False):
-                    eng = native_engine(p, threads)
-                    sampler = Sampler(1.1, 0, 0.9, 1.5, seed=5)
-                    history = list(prompt)
-                    token = sampler(eng.prefill(history), history)
+                    eng, sampler, history, token = started(p, threads, prompt)
                     history.append(token)
                     if one_call:
                         native, t = eng.native_seconds, time.perf_counter()
