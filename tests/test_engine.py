@@ -26,6 +26,7 @@ from tinylm.modelfile import save_model
 from tinylm.quant import quantize_file, quantize_params
 from tinylm.sampling import NOT_FINITE, REPETITION_WINDOW, Sampler
 from tinylm.tokenizer import ByteTokenizer
+from kernel_paths import threads as thread_count
 
 # grouped-query heads, odd sizes (not multiples of any SIMD width), a short context
 CFG = ModelConfig(vocab_size=257, d_model=72, n_layer=2, n_head=6, n_kv_head=2, d_ff=99, context=24)
@@ -226,7 +227,6 @@ def test_native_prefill_refuses_bad_input(params):
         NativeEngine(CFG, params)._native.prefill(ids, 0)
 
 
-
 def test_native_decode_refuses_a_window_it_cannot_slide(params):
     """The slide's batched pass is native for int8 weights only; a window must be positive
     with a history to take it from; without a window a full cache is an error."""
@@ -243,6 +243,7 @@ def test_native_decode_refuses_a_window_it_cannot_slide(params):
         i8.decode(5, CFG.context, 3, *sampling, [5], -1, 0)
     with pytest.raises(ValueError, match="position 25 outside"):
         i8.decode(5, CFG.context + 1, 3, *sampling, [5], -1, 4)
+
 
 def test_cache_is_int8_keys_float16_values_for_int8_models_float32_otherwise(params):
     eng = NativeEngine(CFG, params)
@@ -548,7 +549,6 @@ def check_decode_calls(p, prompt):
     assert eng.decode(30, 10, Sampler(0), prompt + [30], stop_token=stop)[-1] == stop
 
 
-
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("int8", [False, True], ids=["fp32", "int8"])
 def test_decode_slides_the_window_as_steps_and_prefills_do(params, int8, threads):
@@ -559,9 +559,7 @@ def test_decode_slides_the_window_as_steps_and_prefills_do(params, int8, threads
     full at the call; the slides are counted, their time apart from the steps'."""
     p = quantize_params(params) if int8 else params
     prompt, ctx = [256, 10, 20, 30, 20, 10], CFG.context
-    saved = _C.num_threads()
-    _C.set_num_threads(threads)
-    try:
+    with thread_count(threads):
         for window in (1, 5, ctx // 2, ctx):
             for n in (1, 3 * ctx + 5):
                 runs = []
@@ -592,8 +590,6 @@ def test_decode_slides_the_window_as_steps_and_prefills_do(params, int8, threads
             eng.prefill(list(range(ctx)))
             with pytest.raises(ValueError, match="context|cache is full"):
                 eng.decode(ctx - 1, 2, Sampler(0), list(range(ctx)))
-    finally:
-        _C.set_num_threads(saved)
 
 
 def slid_stepwise(eng, token, n, sampler, history, window):
@@ -963,7 +959,6 @@ def test_a_generator_releases_the_model_however_it_ends(model_files, tmp_path):
     for _ in range(2):  # the second time the same error, not "unfinished"
         with pytest.raises(TinylmError, match="logits are NaN or infinite"):
             "".join(broken.generate("the ", **FIFTY_TOKENS))
-
 
 
 @pytest.mark.filterwarnings("error::RuntimeWarning")
